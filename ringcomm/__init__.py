@@ -1,0 +1,98 @@
+"""ringcomm: collective communication for distributed training, in Python.
+
+Example::
+
+    import numpy as np
+    import ringcomm
+
+    comm = ringcomm.init()  # world from RINGCOMM_* / torchrun variables, or rank 0 of 1
+    grad = np.ones(1 << 20, np.float32)
+    comm.all_reduce(grad, op=ringcomm.AVG)
+    comm.close()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from ringcomm import config as _config
+from ringcomm.communicator import Communicator
+from ringcomm.config import Config
+from ringcomm.errors import (
+    CommClosedError,
+    CommTimeoutError,
+    PeerLostError,
+    RendezvousError,
+    RingcommError,
+    TransportError,
+)
+from ringcomm.rendezvous import form_world
+from ringcomm.types import ReduceOp
+from ringcomm.work import Work
+
+__version__ = "0.1.0"
+
+SUM = ReduceOp.SUM
+PROD = ReduceOp.PROD
+MIN = ReduceOp.MIN
+MAX = ReduceOp.MAX
+AVG = ReduceOp.AVG
+BAND = ReduceOp.BAND
+BOR = ReduceOp.BOR
+BXOR = ReduceOp.BXOR
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+if _config.log_level():
+    logging.getLogger(__name__).setLevel(_config.log_level().upper())
+
+
+def init(
+    rank: int | None = None,
+    size: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    transport: str | None = None,
+    *,
+    timeout: float | None = None,
+    config: Config | None = None,
+) -> Communicator:
+    """Join the world and return its communicator.
+
+    The world comes from, in order: these arguments, ``RINGCOMM_RANK``/``RINGCOMM_SIZE``/
+    ``RINGCOMM_MASTER_ADDR``/``RINGCOMM_MASTER_PORT``, torchrun's ``RANK``/``WORLD_SIZE``/
+    ``MASTER_ADDR``/``MASTER_PORT``; with none of them it is this process alone.
+    Rank 0 hosts the rendezvous store at the master address and port.
+
+    Args:
+        rank: this process's rank.
+        size: the world size.
+        master_addr: host of rank 0 (default 127.0.0.1).
+        master_port: port of the rendezvous store on rank 0 (default 29500).
+        transport: ``"zmq"`` (default; ipc:// on one host, tcp:// across hosts) or
+            ``"local"`` (ranks are threads of this process, for tests).
+        timeout: seconds for the rendezvous and the default limit of every operation
+            (``RINGCOMM_TIMEOUT_SECONDS``).
+        config: tuning knobs; default :meth:`Config.from_env`.
+
+    Raises:
+        RendezvousError: the store could not be reached or hosted, or a rank did not join.
+        ValueError: inconsistent world description.
+
+    Example::
+
+        comm = ringcomm.init(rank=0, size=2, master_addr="127.0.0.1", master_port=29500)
+    """
+    spec = _config.world_from(rank, size, master_addr, master_port, transport)
+    cfg = config if config is not None else Config.from_env()
+    if timeout is not None:
+        cfg = dataclasses.replace(cfg, timeout_seconds=timeout)
+    world, endpoints = form_world(spec, cfg)
+    return Communicator(world, cfg, endpoints)
+
+
+__all__ = [
+    "AVG", "BAND", "BOR", "BXOR", "MAX", "MIN", "PROD", "SUM",
+    "CommClosedError", "CommTimeoutError", "Communicator", "Config", "PeerLostError",
+    "ReduceOp", "RendezvousError", "RingcommError", "TransportError", "Work", "init",
+]

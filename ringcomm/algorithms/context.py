@@ -1,0 +1,67 @@
+"""What an algorithm sees of the world: its rank, its peers, and tagged segment I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ringcomm import native
+from ringcomm.algorithms.schedule import segment_bounds
+from ringcomm.transport.base import KIND_COLLECTIVE, Tag, Transport
+
+
+@dataclasses.dataclass
+class OpContext:
+    """One running operation: the transport, its sequence number, deadline and reduction.
+
+    Every message it sends or receives is tagged ``(kind, seq, step, segment)``.
+    """
+
+    transport: Transport
+    seq: int
+    deadline: float
+    segment_bytes: int
+    op: int = native.SUM
+    bfloat16: bool = False
+    kind: int = KIND_COLLECTIVE
+
+    @property
+    def rank(self) -> int:
+        return self.transport.rank
+
+    @property
+    def size(self) -> int:
+        return self.transport.size
+
+    def segments(self, start: int, stop: int, itemsize: int) -> list[tuple[int, int]]:
+        """Segment bounds of elements ``[start, stop)`` (see :func:`segment_bounds`)."""
+        return segment_bounds(start, stop, max(1, self.segment_bytes // itemsize))
+
+    def send(self, dst: int, step: int, segment: int, data: np.ndarray, *, copy: bool = False) -> None:
+        """Send ``data``; unless ``copy``, it must not change before :meth:`flush`."""
+        self.transport.send(dst, Tag(self.kind, self.seq, step, segment), data, copy=copy)
+
+    def recv(self, src: int, step: int, segment: int, like: np.ndarray) -> np.ndarray:
+        """Receive the payload matching ``like`` (dtype, size) as a read-only array."""
+        payload = self.transport.recv(
+            src, Tag(self.kind, self.seq, step, segment), like.nbytes, self.deadline
+        )
+        return np.frombuffer(payload, dtype=like.dtype)
+
+    def recv_into(self, src: int, step: int, segment: int, out: np.ndarray) -> None:
+        """Receive into ``out``."""
+        np.copyto(out, self.recv(src, step, segment, out))
+
+    def recv_reduce(self, src: int, step: int, segment: int, out: np.ndarray) -> None:
+        """Receive and reduce into ``out`` straight out of the received frame."""
+        native.reduce_into(out, self.recv(src, step, segment, out), self.op, self.bfloat16)
+
+    def finish_average(self, data: np.ndarray) -> None:
+        """Divide by the world size if the op is AVG (its last step)."""
+        if self.op == native.AVG:
+            native.divide(data, self.size, self.bfloat16)
+
+    def flush(self) -> None:
+        """Wait until no zero-copy send of this operation still reads user memory."""
+        self.transport.flush(self.deadline)

@@ -1,0 +1,79 @@
+"""Collectives where every rank talks to every other directly: gather, scatter, all-to-all,
+and the dissemination barrier."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ringcomm.algorithms.context import OpContext
+from ringcomm.algorithms.schedule import dissemination_partners
+
+
+def _send_all(ctx: OpContext, dst: int, step: int, data: np.ndarray) -> None:
+    for k, (a, b) in enumerate(ctx.segments(0, data.size, data.itemsize)):
+        ctx.send(dst, step, k, data[a:b])
+
+
+def _recv_all(ctx: OpContext, src: int, step: int, out: np.ndarray) -> None:
+    for k, (a, b) in enumerate(ctx.segments(0, out.size, out.itemsize)):
+        ctx.recv_into(src, step, k, out[a:b])
+
+
+def gather(ctx: OpContext, output: np.ndarray | None, input: np.ndarray, root: int) -> None:
+    """Slot r of ``output`` on ``root`` gets rank r's ``input``."""
+    count = input.size
+    if ctx.rank != root:
+        _send_all(ctx, root, 0, input)
+    else:
+        assert output is not None
+        np.copyto(output[root * count : (root + 1) * count], input)
+        for src in range(ctx.size):
+            if src != root:
+                _recv_all(ctx, src, 0, output[src * count : (src + 1) * count])
+    ctx.flush()
+
+
+def scatter(ctx: OpContext, output: np.ndarray, input: np.ndarray | None, root: int) -> None:
+    """Rank r's ``output`` gets slot r of ``input`` on ``root``."""
+    count = output.size
+    if ctx.rank != root:
+        _recv_all(ctx, root, 0, output)
+        return
+    assert input is not None
+    for dst in range(ctx.size):
+        if dst != root:
+            _send_all(ctx, dst, 0, input[dst * count : (dst + 1) * count])
+    np.copyto(output, input[root * count : (root + 1) * count])
+    ctx.flush()
+
+
+def all_to_all(ctx: OpContext, output: np.ndarray, input: np.ndarray) -> None:
+    """Slot s of rank d's ``output`` gets slot d of rank s's ``input``; pairwise exchange:
+    at step k rank r sends to r+k and receives from r-k."""
+    n, r = ctx.size, ctx.rank
+    count = input.size // n
+    np.copyto(output[r * count : (r + 1) * count], input[r * count : (r + 1) * count])
+    for k in range(1, n):
+        dst, src = (r + k) % n, (r - k) % n
+        _send_all(ctx, dst, k, input[dst * count : (dst + 1) * count])
+        _recv_all(ctx, src, k, output[src * count : (src + 1) * count])
+    ctx.flush()
+
+
+def barrier(ctx: OpContext) -> None:
+    """Dissemination barrier: ceil(log2 n) rounds of empty messages."""
+    empty = np.empty(0, np.uint8)
+    for step, (to, frm) in enumerate(dissemination_partners(ctx.rank, ctx.size)):
+        ctx.send(to, step, 0, empty)
+        ctx.recv(frm, step, 0, empty)
+
+
+def send(ctx: OpContext, dst: int, data: np.ndarray, tag: int) -> None:
+    """Point-to-point send (``ctx`` carries the p2p kind and per-pair sequence)."""
+    _send_all(ctx, dst, tag, data)
+    ctx.flush()
+
+
+def recv(ctx: OpContext, src: int, out: np.ndarray, tag: int) -> None:
+    """Point-to-point receive into ``out``."""
+    _recv_all(ctx, src, tag, out)

@@ -1,0 +1,118 @@
+"""Buffer intake: numpy arrays, torch CPU tensors and buffer-protocol objects, as flat arrays.
+
+Nothing is copied: the collective works on a flat numpy view of the caller's memory. torch
+is never imported here; a tensor is recognised because torch is already loaded. bfloat16
+(torch) has no numpy dtype and travels as its ``uint16`` bit pattern with ``bfloat16=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import numpy as np
+
+_SUPPORTED = frozenset(
+    np.dtype(t)
+    for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+              "float16", "float32", "float64")
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Buffer:
+    """A flat, contiguous view of a user's buffer.
+
+    Attributes:
+        array: 1-D numpy view of the memory (``uint16`` for bfloat16).
+        dtype_name: the user-facing dtype name, e.g. ``"float32"`` or ``"bfloat16"``.
+        bfloat16: True when ``array`` holds bfloat16 bit patterns.
+        owner: the object the user passed, kept alive while an operation runs.
+    """
+
+    array: np.ndarray
+    dtype_name: str
+    bfloat16: bool
+    owner: Any
+
+    @property
+    def count(self) -> int:
+        return int(self.array.size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+    @property
+    def is_floating(self) -> bool:
+        return self.bfloat16 or self.array.dtype.kind == "f"
+
+    @property
+    def is_integral(self) -> bool:
+        return not self.bfloat16 and self.array.dtype.kind in "iub"
+
+
+def _torch_tensor_type() -> type | None:
+    torch = sys.modules.get("torch")
+    return getattr(torch, "Tensor", None) if torch is not None else None
+
+
+def _from_torch(t: Any, name: str) -> tuple[np.ndarray, str, bool]:
+    import torch  # already imported: we were handed a tensor
+
+    if t.device.type != "cpu":
+        raise TypeError(f"{name}: ringcomm takes CPU tensors; got one on {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: tensor is not contiguous; call .contiguous() first")
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16).reshape(-1), "bfloat16", True
+    try:
+        arr = t.numpy()
+    except TypeError as e:
+        raise TypeError(f"{name}: unsupported tensor dtype {t.dtype}") from e
+    return arr.reshape(-1), str(arr.dtype), False
+
+
+def as_buffer(obj: Any, name: str, *, writable: bool) -> Buffer:
+    """Return a flat view of ``obj``'s memory, checking contiguity, dtype and writability.
+
+    Args:
+        obj: numpy array, torch CPU tensor, or any object with the buffer protocol.
+        name: the argument's name, for error messages.
+        writable: the operation writes into this buffer.
+
+    Raises:
+        TypeError: unsupported object or dtype.
+        ValueError: non-contiguous or read-only memory where writing is needed.
+    """
+    tensor_type = _torch_tensor_type()
+    if tensor_type is not None and isinstance(obj, tensor_type):
+        arr, dtype_name, bf16 = _from_torch(obj, name)
+    else:
+        if isinstance(obj, np.ndarray):
+            arr = obj
+        else:
+            try:
+                view = memoryview(obj)
+            except TypeError:
+                raise TypeError(
+                    f"{name}: expected a numpy array, a torch CPU tensor or an object with the "
+                    f"buffer protocol, got {type(obj).__name__}"
+                ) from None
+            if not view.contiguous:
+                raise ValueError(f"{name}: buffer is not contiguous")
+            arr = np.asarray(view)
+        if not arr.flags.c_contiguous:
+            raise ValueError(
+                f"{name}: array is not C-contiguous (strides {arr.strides}); "
+                "pass np.ascontiguousarray(...) and copy the result back"
+            )
+        if arr.dtype not in _SUPPORTED:
+            raise TypeError(f"{name}: unsupported dtype {arr.dtype}")
+        arr = arr.reshape(-1)
+        dtype_name, bf16 = str(arr.dtype), False
+    if writable and not arr.flags.writeable:
+        raise ValueError(f"{name}: buffer is read-only but the operation writes into it")
+    return Buffer(arr, dtype_name, bf16, obj)

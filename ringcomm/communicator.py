@@ -1,0 +1,539 @@
+"""The communicator: validation, issue order, and the progress thread.
+
+Every operation is checked in the caller's thread (so bad input raises before anything is
+sent), numbered, and queued. One progress thread per communicator runs the queue in issue
+order; ``async_op=True`` returns a :class:`~ringcomm.Work` at once, otherwise the caller
+waits. Sub-communicators have their own thread, so their operations run concurrently.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ringcomm import algorithms
+from ringcomm.algorithms import linear, recursive_doubling, ring, star, tree
+from ringcomm.algorithms.context import OpContext
+from ringcomm.buffers import Buffer, as_buffer
+from ringcomm.config import Config
+from ringcomm.errors import CommClosedError
+from ringcomm.rendezvous import EndpointFactory
+from ringcomm.transport.base import KIND_COLLECTIVE, KIND_P2P, Transport
+from ringcomm.types import ReduceOp
+from ringcomm.work import Work
+
+log = logging.getLogger(__name__)
+
+_ALLREDUCE = {
+    "ring": ring.allreduce,
+    "recursive_doubling": recursive_doubling.allreduce,
+    "star": star.allreduce,
+}
+_BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain}
+_SPLIT_RECORD_BYTES = 512
+_MAX_TAG = 2**32 - 1
+
+_live: weakref.WeakSet[Communicator] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for comm in list(_live):
+        comm.close()
+
+
+@dataclasses.dataclass
+class _Op:
+    name: str
+    seq: int
+    kind: int
+    body: Callable[[OpContext], Any]
+    timeout: float | None
+    reduce_op: int
+    bfloat16: bool
+    future: concurrent.futures.Future[Any]
+
+
+def _reduce_op(op: Any, buf: Buffer, name: str) -> ReduceOp:
+    try:
+        rop = ReduceOp(op)
+    except ValueError:
+        raise TypeError(f"{name}: op must be a ringcomm.ReduceOp, got {op!r}") from None
+    if rop == ReduceOp.AVG and not buf.is_floating:
+        raise TypeError(f"{name} does not support AVG on {buf.dtype_name}; use SUM and divide")
+    if rop in (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR) and not buf.is_integral:
+        raise TypeError(f"{name} does not support {rop.name} on {buf.dtype_name} (integers only)")
+    return rop
+
+
+def _same_dtype(output: Buffer, input: Buffer, name: str) -> None:
+    if output.dtype_name != input.dtype_name:
+        raise TypeError(f"{name}: output is {output.dtype_name} but input is {input.dtype_name}")
+
+
+def _no_overlap(output: Buffer, input: Buffer, name: str) -> None:
+    if np.shares_memory(output.array, input.array):
+        raise ValueError(f"{name}: output and input overlap; pass separate buffers")
+
+
+class Communicator:
+    """A group of ranks that run collectives together. Made by :func:`ringcomm.init` or
+    :meth:`split`; a context manager that closes itself.
+
+    Attributes:
+        rank: this process's rank in the group, 0 .. size-1.
+        size: the number of ranks.
+    """
+
+    def __init__(self, transport: Transport, config: Config, endpoints: EndpointFactory):
+        self._transport = transport
+        self._config = config
+        self._endpoints = endpoints
+        self.rank = transport.rank
+        self.size = transport.size
+        self._seq = 0
+        self._p2p_sends: collections.Counter[tuple[int, int]] = collections.Counter()
+        self._p2p_recvs: collections.Counter[tuple[int, int]] = collections.Counter()
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._progress, name=f"ringcomm-progress-{self.rank}", daemon=True
+        )
+        self._thread.start()
+        _live.add(self)
+
+    # -- the progress thread ----------------------------------------------------------------
+    def _progress(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._broken is not None:
+                item.future.set_exception(
+                    CommClosedError(
+                        f"{item.name} #{item.seq}: the communicator is unusable after an earlier "
+                        f"error ({self._broken}); close it and build a new one"
+                    )
+                )
+                continue
+            timeout = item.timeout if item.timeout is not None else self._config.timeout_seconds
+            ctx = OpContext(
+                self._transport,
+                item.seq,
+                time.monotonic() + timeout,
+                self._config.segment_bytes,
+                item.reduce_op,
+                item.bfloat16,
+                item.kind,
+            )
+            self._transport.current_op = f"{item.name} #{item.seq}"
+            try:
+                result = item.body(ctx)
+            except BaseException as e:  # the op's error goes to whoever waits on it
+                # Ranks may now disagree on where they are: this communicator is done.
+                self._broken = e
+                log.debug("rank %d: %s #%d failed: %s", self.rank, item.name, item.seq, e)
+                item.future.set_exception(e)
+            else:
+                item.future.set_result(result)
+
+    def _submit(
+        self,
+        name: str,
+        body: Callable[[OpContext], Any],
+        buffers: tuple[Any, ...],
+        *,
+        async_op: bool,
+        timeout: float | None,
+        reduce_op: int = ReduceOp.SUM,
+        bfloat16: bool = False,
+        p2p_key: tuple[collections.Counter[tuple[int, int]], tuple[int, int]] | None = None,
+    ) -> Work | None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"{name}: timeout must be positive, got {timeout}")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        with self._lock:  # numbering and queueing together keep issue order
+            if self._closed:
+                raise CommClosedError(f"{name}: the communicator is closed")
+            if p2p_key is None:
+                self._seq += 1
+                seq, kind = self._seq, KIND_COLLECTIVE
+            else:
+                counter, key = p2p_key
+                seq, kind = counter[key], KIND_P2P
+                counter[key] += 1
+            self._queue.put(_Op(name, seq, kind, body, timeout, reduce_op, bfloat16, future))
+        work = Work(future, f"{name} #{seq}", buffers)
+        if async_op:
+            return work
+        work.wait()
+        return None
+
+    # -- collectives ------------------------------------------------------------------------
+    def all_reduce(
+        self,
+        buf: Any,
+        op: ReduceOp = ReduceOp.SUM,
+        *,
+        async_op: bool = False,
+        algorithm: str | None = None,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Reduce ``buf`` across all ranks, in place: every rank ends with the result.
+
+        Args:
+            buf: numpy array, torch CPU tensor or writable buffer-protocol object.
+            op: how to combine (:class:`ReduceOp`); AVG divides the sum by ``size``.
+            async_op: return a :class:`Work` instead of waiting.
+            algorithm: ``"ring"``, ``"recursive_doubling"`` or ``"star"`` (default: by size).
+            timeout: seconds before :class:`CommTimeoutError` (default
+                ``RINGCOMM_TIMEOUT_SECONDS``).
+
+        Returns:
+            A :class:`Work` if ``async_op``, else None.
+
+        Raises:
+            TypeError: unsupported buffer, dtype or op for the dtype.
+            ValueError: non-contiguous or read-only buffer, unknown algorithm.
+
+        Example::
+
+            grad = np.ones(1000, np.float32)
+            comm.all_reduce(grad, op=ringcomm.AVG)
+        """
+        b = as_buffer(buf, "all_reduce buf", writable=True)
+        rop = _reduce_op(op, b, "all_reduce")
+        name = algorithms.choose_allreduce(b.nbytes, self.size, self._config, algorithm)
+        run = _ALLREDUCE[name]
+        return self._submit(
+            "all_reduce", lambda ctx: run(ctx, b.array), (buf,), async_op=async_op,
+            timeout=timeout, reduce_op=rop, bfloat16=b.bfloat16,
+        )
+
+    def all_gather(
+        self, output: Any, input: Any, *, async_op: bool = False, timeout: float | None = None
+    ) -> Work | None:
+        """Gather every rank's ``input`` into ``output`` on every rank, in rank order.
+
+        ``output`` holds ``size * input.size`` elements; ``input`` may be slot ``rank`` of
+        ``output`` itself (in place).
+        """
+        o = as_buffer(output, "all_gather output", writable=True)
+        i = as_buffer(input, "all_gather input", writable=False)
+        _same_dtype(o, i, "all_gather")
+        if o.count != self.size * i.count:
+            raise ValueError(
+                f"all_gather: output holds {o.count} elements, expected size * input = "
+                f"{self.size} * {i.count}"
+            )
+        mine = o.array[self.rank * i.count : (self.rank + 1) * i.count]
+        in_place = i.count > 0 and mine.ctypes.data == i.array.ctypes.data
+        if not in_place:
+            _no_overlap(o, i, "all_gather")
+        return self._submit(
+            "all_gather", lambda ctx: ring.allgather(ctx, o.array, i.array), (output, input),
+            async_op=async_op, timeout=timeout,
+        )
+
+    def reduce_scatter(
+        self,
+        output: Any,
+        input: Any,
+        op: ReduceOp = ReduceOp.SUM,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Reduce ``input`` across ranks; rank r's ``output`` gets chunk r of the result.
+
+        ``input`` holds ``size * output.size`` elements and is left unchanged.
+        """
+        o = as_buffer(output, "reduce_scatter output", writable=True)
+        i = as_buffer(input, "reduce_scatter input", writable=False)
+        _same_dtype(o, i, "reduce_scatter")
+        rop = _reduce_op(op, o, "reduce_scatter")
+        if i.count != self.size * o.count:
+            raise ValueError(
+                f"reduce_scatter: input holds {i.count} elements, expected size * output = "
+                f"{self.size} * {o.count}"
+            )
+        _no_overlap(o, i, "reduce_scatter")
+        return self._submit(
+            "reduce_scatter", lambda ctx: ring.reduce_scatter(ctx, o.array, i.array),
+            (output, input), async_op=async_op, timeout=timeout, reduce_op=rop,
+            bfloat16=o.bfloat16,
+        )
+
+    def broadcast(
+        self,
+        buf: Any,
+        root: int = 0,
+        *,
+        async_op: bool = False,
+        algorithm: str | None = None,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Copy ``buf`` from ``root`` to every rank (``algorithm``: binomial or chain)."""
+        self._check_rank(root, "broadcast root")
+        b = as_buffer(buf, "broadcast buf", writable=self.rank != root)
+        run = _BROADCAST[algorithms.choose_broadcast(b.nbytes, self.size, self._config, algorithm)]
+        return self._submit(
+            "broadcast", lambda ctx: run(ctx, b.array, root), (buf,), async_op=async_op,
+            timeout=timeout,
+        )
+
+    def reduce(
+        self,
+        buf: Any,
+        root: int = 0,
+        op: ReduceOp = ReduceOp.SUM,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Reduce ``buf`` across ranks into ``buf`` on ``root``; other ranks' buffers are
+        left unchanged."""
+        self._check_rank(root, "reduce root")
+        b = as_buffer(buf, "reduce buf", writable=self.rank == root)
+        rop = _reduce_op(op, b, "reduce")
+        return self._submit(
+            "reduce", lambda ctx: tree.reduce_binomial(ctx, b.array, root), (buf,),
+            async_op=async_op, timeout=timeout, reduce_op=rop, bfloat16=b.bfloat16,
+        )
+
+    def gather(
+        self,
+        output: Any,
+        input: Any,
+        root: int = 0,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Gather every rank's ``input`` into ``output`` on ``root`` (rank order).
+
+        ``output`` (``size * input.size`` elements) is needed on ``root`` only; elsewhere it
+        may be None.
+        """
+        self._check_rank(root, "gather root")
+        i = as_buffer(input, "gather input", writable=False)
+        o = None
+        if self.rank == root:
+            if output is None:
+                raise ValueError("gather: the root needs an output buffer")
+            o = as_buffer(output, "gather output", writable=True)
+            _same_dtype(o, i, "gather")
+            if o.count != self.size * i.count:
+                raise ValueError(
+                    f"gather: output holds {o.count} elements, expected size * input = "
+                    f"{self.size} * {i.count}"
+                )
+            _no_overlap(o, i, "gather")
+        out_arr = o.array if o is not None else None
+        return self._submit(
+            "gather", lambda ctx: linear.gather(ctx, out_arr, i.array, root), (output, input),
+            async_op=async_op, timeout=timeout,
+        )
+
+    def scatter(
+        self,
+        output: Any,
+        input: Any,
+        root: int = 0,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Send slot r of ``input`` on ``root`` to rank r's ``output``.
+
+        ``input`` (``size * output.size`` elements) is needed on ``root`` only.
+        """
+        self._check_rank(root, "scatter root")
+        o = as_buffer(output, "scatter output", writable=True)
+        i = None
+        if self.rank == root:
+            if input is None:
+                raise ValueError("scatter: the root needs an input buffer")
+            i = as_buffer(input, "scatter input", writable=False)
+            _same_dtype(o, i, "scatter")
+            if i.count != self.size * o.count:
+                raise ValueError(
+                    f"scatter: input holds {i.count} elements, expected size * output = "
+                    f"{self.size} * {o.count}"
+                )
+            _no_overlap(o, i, "scatter")
+        in_arr = i.array if i is not None else None
+        return self._submit(
+            "scatter", lambda ctx: linear.scatter(ctx, o.array, in_arr, root), (output, input),
+            async_op=async_op, timeout=timeout,
+        )
+
+    def all_to_all(
+        self, output: Any, input: Any, *, async_op: bool = False, timeout: float | None = None
+    ) -> Work | None:
+        """Slot s of rank d's ``output`` gets slot d of rank s's ``input``.
+
+        Both hold the same number of elements, a multiple of ``size``.
+        """
+        o = as_buffer(output, "all_to_all output", writable=True)
+        i = as_buffer(input, "all_to_all input", writable=False)
+        _same_dtype(o, i, "all_to_all")
+        if o.count != i.count or i.count % self.size:
+            raise ValueError(
+                f"all_to_all: output ({o.count}) and input ({i.count}) must hold the same "
+                f"number of elements, a multiple of size {self.size}"
+            )
+        _no_overlap(o, i, "all_to_all")
+        return self._submit(
+            "all_to_all", lambda ctx: linear.all_to_all(ctx, o.array, i.array), (output, input),
+            async_op=async_op, timeout=timeout,
+        )
+
+    def barrier(self, *, async_op: bool = False, timeout: float | None = None) -> Work | None:
+        """Return once every rank has entered the barrier."""
+        return self._submit("barrier", linear.barrier, (), async_op=async_op, timeout=timeout)
+
+    # -- point to point ---------------------------------------------------------------------
+    def send(
+        self,
+        buf: Any,
+        dst: int,
+        tag: int = 0,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Send ``buf`` to rank ``dst``; matched by the n-th :meth:`recv` from this rank with
+        the same ``tag`` (messages between a pair never overtake each other)."""
+        self._check_rank(dst, "send dst")
+        self._check_tag(tag)
+        b = as_buffer(buf, "send buf", writable=False)
+        return self._submit(
+            "send", lambda ctx: linear.send(ctx, dst, b.array, tag), (buf,), async_op=async_op,
+            timeout=timeout, p2p_key=(self._p2p_sends, (dst, tag)),
+        )
+
+    def recv(
+        self,
+        buf: Any,
+        src: int,
+        tag: int = 0,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Receive into ``buf`` the message that rank ``src`` sent with ``tag``; its size
+        must match ``buf``."""
+        self._check_rank(src, "recv src")
+        self._check_tag(tag)
+        b = as_buffer(buf, "recv buf", writable=True)
+        return self._submit(
+            "recv", lambda ctx: linear.recv(ctx, src, b.array, tag), (buf,), async_op=async_op,
+            timeout=timeout, p2p_key=(self._p2p_recvs, (src, tag)),
+        )
+
+    # -- sub-communicators ------------------------------------------------------------------
+    def split(self, color: int | None, key: int = 0, *, timeout: float | None = None) -> Communicator | None:
+        """Split into sub-communicators, one per ``color``; collective over this communicator.
+
+        Ranks are ordered by ``key``, then by their rank here. A rank passing ``color=None``
+        joins none and gets None.
+
+        Example::
+
+            row = comm.split(color=comm.rank // 2)
+        """
+        if color is not None and (not isinstance(color, int) or color < 0):
+            raise ValueError(f"split: color must be a non-negative int or None, got {color!r}")
+        if not isinstance(key, int):
+            raise TypeError(f"split: key must be an int, got {type(key).__name__}")
+        holder: list[Communicator | None] = []
+
+        def body(ctx: OpContext) -> None:
+            holder.append(self._split(ctx, color, key))
+
+        self._submit("split", body, (), async_op=False, timeout=timeout)
+        return holder[0]
+
+    def _split(self, ctx: OpContext, color: int | None, key: int) -> Communicator | None:
+        endpoint = self._endpoints() if color is not None else None
+        record = json.dumps(
+            {"color": color, "key": key, "addr": endpoint.address.decode() if endpoint else ""}
+        ).encode()
+        if len(record) > _SPLIT_RECORD_BYTES:
+            raise ValueError(f"split: endpoint address too long ({len(record)} bytes)")
+        mine = np.zeros(_SPLIT_RECORD_BYTES, np.uint8)
+        mine[: len(record)] = np.frombuffer(record, np.uint8)
+        everyone = np.empty(_SPLIT_RECORD_BYTES * self.size, np.uint8)
+        try:
+            ring.allgather(ctx, everyone, mine)
+        except BaseException:
+            if endpoint is not None:
+                endpoint.close()
+            raise
+        if endpoint is None:
+            return None
+        records = [
+            json.loads(bytes(everyone[r * _SPLIT_RECORD_BYTES : (r + 1) * _SPLIT_RECORD_BYTES])
+                       .rstrip(b"\0"))
+            for r in range(self.size)
+        ]
+        members = sorted((rec["key"], r) for r, rec in enumerate(records) if rec["color"] == color)
+        new_rank = [r for _, r in members].index(self.rank)
+        digest = hashlib.blake2b(
+            f"{self._transport.comm_id}/{ctx.seq}/{color}".encode(), digest_size=8
+        ).digest()
+        transport = endpoint.connect(
+            new_rank, [records[r]["addr"].encode() for _, r in members],
+            int.from_bytes(digest, "little"),
+        )
+        return Communicator(transport, self._config, self._endpoints)
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Finish queued operations, then release threads and sockets. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self._transport.close()
+        _live.discard(self)
+
+    def __enter__(self) -> Communicator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ringcomm.Communicator rank {self.rank} of {self.size}>"
+
+    # -- validation helpers -----------------------------------------------------------------
+    def _check_rank(self, r: Any, what: str) -> None:
+        if not isinstance(r, (int, np.integer)) or not 0 <= r < self.size:
+            raise ValueError(f"{what} must be a rank in 0..{self.size - 1}, got {r!r}")
+
+    @staticmethod
+    def _check_tag(tag: Any) -> None:
+        if not isinstance(tag, (int, np.integer)) or not 0 <= tag <= _MAX_TAG:
+            raise ValueError(f"tag must be an int in 0..{_MAX_TAG}, got {tag!r}")
+

@@ -1,0 +1,170 @@
+"""Runtime options: the only place that reads ``RINGCOMM_*`` (and the launcher's) environment.
+
+Every knob is one environment variable with its unit in the name, read once when a
+communicator is made; ``init(config=Config(...))`` overrides them in code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+ALLREDUCE_ALGORITHMS = ("ring", "recursive_doubling", "star")
+BROADCAST_ALGORITHMS = ("binomial", "chain")
+TRANSPORTS = ("zmq", "local")
+ZMQ_PROTOCOLS = ("auto", "tcp", "ipc")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw == "" or raw == "auto" and "auto" not in choices:
+        return None
+    if raw not in choices:
+        raise ValueError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return raw
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Tuning and safety knobs of one communicator (and the sub-communicators split from it).
+
+    Attributes:
+        timeout_seconds: limit of every blocking operation (``RINGCOMM_TIMEOUT_SECONDS``).
+        segment_bytes: bytes per segment on the wire (``RINGCOMM_SEGMENT_BYTES``): the unit of
+            pipelining. Tests set it small to exercise the many-segment path.
+        zero_copy_bytes: segments at least this large are sent from the user's memory without
+            a copy (``RINGCOMM_ZERO_COPY_BYTES``); smaller ones are copied, which is cheaper
+            than tracking them.
+        small_message_bytes: all_reduce below this size uses the latency-optimal algorithm
+            (``RINGCOMM_SMALL_MESSAGE_BYTES``).
+        allreduce_algorithm: force one of ``ring``, ``recursive_doubling``, ``star``
+            (``RINGCOMM_ALLREDUCE_ALGORITHM``; unset or ``auto`` chooses by size).
+        broadcast_algorithm: force ``binomial`` or ``chain`` (``RINGCOMM_BROADCAST_ALGORITHM``).
+        zmq_protocol: ``auto`` (ipc:// between ranks of one host, tcp:// otherwise), ``tcp``
+            or ``ipc`` (``RINGCOMM_ZMQ_PROTOCOL``).
+        zmq_io_threads: ZeroMQ I/O threads per process (``RINGCOMM_ZMQ_IO_THREADS``).
+        linger_seconds: how long close() lets unsent messages drain (``RINGCOMM_LINGER_SECONDS``).
+    """
+
+    timeout_seconds: float = 300.0
+    segment_bytes: int = 1 << 20
+    zero_copy_bytes: int = 64 << 10
+    small_message_bytes: int = 64 << 10
+    allreduce_algorithm: str | None = None
+    broadcast_algorithm: str | None = None
+    zmq_protocol: str = "auto"
+    zmq_io_threads: int = 1
+    linger_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.timeout_seconds <= 0:
+            raise ValueError(f"timeout_seconds must be positive, got {self.timeout_seconds}")
+        if self.segment_bytes < 64:
+            raise ValueError(f"segment_bytes must be at least 64, got {self.segment_bytes}")
+        for value, choices, name in (
+            (self.allreduce_algorithm, ALLREDUCE_ALGORITHMS, "allreduce_algorithm"),
+            (self.broadcast_algorithm, BROADCAST_ALGORITHMS, "broadcast_algorithm"),
+        ):
+            if value is not None and value not in choices:
+                raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+        if self.zmq_protocol not in ZMQ_PROTOCOLS:
+            raise ValueError(f"zmq_protocol={self.zmq_protocol!r}: expected one of {ZMQ_PROTOCOLS}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Build a Config from ``RINGCOMM_*`` variables (defaults where unset)."""
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            timeout_seconds=_float(env, "RINGCOMM_TIMEOUT_SECONDS", d.timeout_seconds),
+            segment_bytes=_int(env, "RINGCOMM_SEGMENT_BYTES", d.segment_bytes),
+            zero_copy_bytes=_int(env, "RINGCOMM_ZERO_COPY_BYTES", d.zero_copy_bytes),
+            small_message_bytes=_int(env, "RINGCOMM_SMALL_MESSAGE_BYTES", d.small_message_bytes),
+            allreduce_algorithm=_choice(env, "RINGCOMM_ALLREDUCE_ALGORITHM", ALLREDUCE_ALGORITHMS),
+            broadcast_algorithm=_choice(env, "RINGCOMM_BROADCAST_ALGORITHM", BROADCAST_ALGORITHMS),
+            zmq_protocol=_choice(env, "RINGCOMM_ZMQ_PROTOCOL", ZMQ_PROTOCOLS) or "auto",
+            zmq_io_threads=_int(env, "RINGCOMM_ZMQ_IO_THREADS", d.zmq_io_threads),
+            linger_seconds=_float(env, "RINGCOMM_LINGER_SECONDS", d.linger_seconds),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldSpec:
+    """Where this process sits in the world, and where the rendezvous store is."""
+
+    rank: int
+    size: int
+    master_addr: str
+    master_port: int
+    transport: str
+    source: str  # which source supplied rank and size, for error messages
+
+
+def world_from(
+    rank: int | None,
+    size: int | None,
+    master_addr: str | None,
+    master_port: int | None,
+    transport: str | None,
+    env: Mapping[str, str] | None = None,
+) -> WorldSpec:
+    """Resolve the world: explicit arguments, then ``RINGCOMM_*``, then torchrun's variables.
+
+    Without any of them the world is this one process (rank 0 of 1).
+    """
+    env = os.environ if env is None else env
+
+    def pick(arg: object, *names: str) -> tuple[str | None, str]:
+        if arg is not None:
+            return str(arg), "arguments"
+        for name in names:
+            if env.get(name):
+                return env[name], name
+        return None, "default"
+
+    r, r_src = pick(rank, "RINGCOMM_RANK", "RANK")
+    s, s_src = pick(size, "RINGCOMM_SIZE", "WORLD_SIZE")
+    a, _ = pick(master_addr, "RINGCOMM_MASTER_ADDR", "MASTER_ADDR")
+    p, p_src = pick(master_port, "RINGCOMM_MASTER_PORT", "MASTER_PORT")
+    t, _ = pick(transport, "RINGCOMM_TRANSPORT")
+    try:
+        rank_i = int(r) if r is not None else 0
+        size_i = int(s) if s is not None else 1
+        port_i = int(p) if p is not None else 29500
+    except ValueError as e:
+        raise ValueError(f"bad world description ({r_src}/{s_src}/{p_src}): {e}") from None
+    if size_i < 1 or not 0 <= rank_i < size_i:
+        raise ValueError(f"rank {rank_i} is not in a world of size {size_i} (from {r_src}/{s_src})")
+    if not 0 <= port_i < 65536:
+        raise ValueError(f"master port {port_i} out of range (from {p_src})")
+    transport_name = t or "zmq"
+    if transport_name not in TRANSPORTS:
+        raise ValueError(f"transport {transport_name!r}: expected one of {', '.join(TRANSPORTS)}")
+    return WorldSpec(rank_i, size_i, a or "127.0.0.1", port_i, transport_name, f"{r_src}/{s_src}")
+
+
+def log_level(env: Mapping[str, str] | None = None) -> str | None:
+    """``RINGCOMM_LOG_LEVEL`` (e.g. ``DEBUG``), or None to leave logging alone."""
+    env = os.environ if env is None else env
+    return env.get("RINGCOMM_LOG_LEVEL") or None

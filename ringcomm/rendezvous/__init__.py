@@ -1,0 +1,93 @@
+"""Bootstrap: form the world from a :class:`~ringcomm.config.WorldSpec`.
+
+Rank 0 hosts the store at MASTER_ADDR:MASTER_PORT for the time of ``init``. Every rank binds
+an endpoint, publishes its address under ``addr/<rank>``, reads everyone else's and
+connects. Rank 0 leaves the store up until every rank has read what it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+from ringcomm.config import Config, WorldSpec
+from ringcomm.errors import RendezvousError
+from ringcomm.rendezvous.store import LocalStore, Store, StoreClient, StoreServer, resolve_host
+from ringcomm.transport.base import Endpoint, Transport
+
+EndpointFactory = Callable[[], Endpoint]
+
+_local_stores: dict[tuple[str, int], LocalStore] = {}
+_local_stores_lock = threading.Lock()
+
+
+def endpoint_factory(spec: WorldSpec, config: Config) -> EndpointFactory:
+    """How this rank opens endpoints (for the world and every later split)."""
+    if spec.transport == "local":
+        from ringcomm.transport.local import LocalEndpoint
+
+        return lambda: LocalEndpoint(config.zero_copy_bytes)
+    from ringcomm.transport.zmq import ZmqEndpoint, local_address_towards
+
+    bind_host = local_address_towards(spec.master_addr)
+    return lambda: ZmqEndpoint(bind_host, config)
+
+
+def _open_store(spec: WorldSpec, config: Config) -> tuple[Store, Callable[[], None]]:
+    if spec.transport == "local":
+        key = (spec.master_addr, spec.master_port)
+        with _local_stores_lock:
+            store = _local_stores.setdefault(key, LocalStore())
+
+        def release() -> None:
+            with _local_stores_lock:
+                if _local_stores.get(key) is store:
+                    del _local_stores[key]
+
+        return store, release
+    host = resolve_host(spec.master_addr)
+    server = StoreServer(host, spec.master_port) if spec.rank == 0 else None
+    client = StoreClient(host, spec.master_port, spec.rank, config.timeout_seconds)
+
+    def close() -> None:
+        client.close()
+        if server is not None:
+            server.close()
+
+    return client, close
+
+
+def form_world(spec: WorldSpec, config: Config) -> tuple[Transport, EndpointFactory]:
+    """Rendezvous with every rank of ``spec`` and return the connected world transport."""
+    factory = endpoint_factory(spec, config)
+    endpoint = factory()
+    if spec.size == 1:
+        return endpoint.connect(0, [endpoint.address], int.from_bytes(os.urandom(8), "little")), factory
+    store, close_store = _open_store(spec, config)
+    try:
+        store.set(f"addr/{spec.rank}", endpoint.address)
+        if spec.rank == 0:
+            store.set("comm_id", os.urandom(8))
+        addresses = []
+        for r in range(spec.size):
+            try:
+                addresses.append(store.get(f"addr/{r}", config.timeout_seconds))
+            except RendezvousError as e:
+                raise RendezvousError(
+                    f"rank {spec.rank}: rank {r} of {spec.size} did not join within "
+                    f"{config.timeout_seconds:.0f}s ({e})"
+                ) from None
+        comm_id = int.from_bytes(store.get("comm_id", config.timeout_seconds), "little")
+        transport = endpoint.connect(spec.rank, addresses, comm_id)
+        # Rank 0 keeps the store up until the last rank has read all it needs.
+        if store.add("joined", 1) == spec.size:
+            store.set("all_joined", b"")
+        if spec.rank == 0:
+            store.get("all_joined", config.timeout_seconds)
+    except BaseException:
+        endpoint.close()
+        raise
+    finally:
+        close_store()
+    return transport, factory

@@ -1,0 +1,175 @@
+"""A small key/value store for bootstrap: ``set``, ``get`` (waits for the key), ``add``.
+
+Rank 0 hosts :class:`StoreServer` at MASTER_ADDR:MASTER_PORT (a ZeroMQ ROUTER socket served
+by one thread); every rank talks to it through :class:`StoreClient`. :class:`LocalStore` is
+the same store for thread ranks in one process.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections import defaultdict
+
+import zmq
+
+from ringcomm.errors import RendezvousError
+
+log = logging.getLogger(__name__)
+
+
+class Store(abc.ABC):
+    """The bootstrap key/value store."""
+
+    @abc.abstractmethod
+    def set(self, key: str, value: bytes) -> None:
+        """Set ``key``; waiters on it wake up."""
+
+    @abc.abstractmethod
+    def get(self, key: str, timeout: float) -> bytes:
+        """Return the value of ``key``, waiting up to ``timeout`` seconds for it to be set."""
+
+    @abc.abstractmethod
+    def add(self, key: str, amount: int) -> int:
+        """Add ``amount`` to the counter ``key`` (0 if unset) and return the new value."""
+
+    def close(self) -> None:
+        """Release the store's sockets."""
+
+
+class StoreServer:
+    """Serves the store on ``tcp://host:port`` from a daemon thread until :meth:`close`."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.url = f"tcp://{host}:{port}"
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self._sock.bind(self.url)
+        except zmq.ZMQError as e:
+            self._sock.close()
+            raise RendezvousError(
+                f"rank 0 could not host the rendezvous store at {self.url}: {e}; choose another "
+                "MASTER_PORT, or set MASTER_ADDR to an address of rank 0's host"
+            ) from None
+        self._data: dict[bytes, bytes] = {}
+        self._waiters: dict[bytes, list[tuple[bytes, bytes]]] = defaultdict(list)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="ringcomm-store", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        sock = self._sock
+        while not self._stop.is_set():
+            if not sock.poll(100):
+                continue
+            frames = sock.recv_multipart()
+            if len(frames) != 5:
+                log.warning("store: dropped a malformed request (%d frames)", len(frames))
+                continue
+            ident, req_id, op, key, value = frames
+            if op == b"set":
+                self._data[key] = value
+                sock.send_multipart([ident, req_id, b"ok", b""])
+                for waiter, waiter_req in self._waiters.pop(key, []):
+                    sock.send_multipart([waiter, waiter_req, b"ok", value])
+            elif op == b"get":
+                if key in self._data:
+                    sock.send_multipart([ident, req_id, b"ok", self._data[key]])
+                else:
+                    self._waiters[key].append((ident, req_id))
+            elif op == b"add":
+                total = int(self._data.get(key, b"0")) + int(value)
+                self._data[key] = str(total).encode()
+                sock.send_multipart([ident, req_id, b"ok", self._data[key]])
+            else:
+                sock.send_multipart([ident, req_id, b"error", b"unknown op"])
+        sock.close(linger=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class StoreClient(Store):
+    """Talks to a :class:`StoreServer`; every request is bounded by a timeout."""
+
+    def __init__(self, host: str, port: int, rank: int, timeout: float) -> None:
+        self.url = f"tcp://{host}:{port}"
+        self._rank = rank
+        self._timeout = timeout
+        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.url)  # never fails: ZeroMQ retries until the server is up
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+
+    def _request(self, op: bytes, key: str, value: bytes, timeout: float) -> bytes:
+        with self._lock:
+            req_id = str(next(self._ids)).encode()
+            self._sock.send_multipart([req_id, op, key.encode(), value])
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1):
+                    raise RendezvousError(
+                        f"rank {self._rank}: no answer from the rendezvous store at {self.url} "
+                        f"within {timeout:.1f}s ({op.decode()} {key!r}); is rank 0 running, and "
+                        "do MASTER_ADDR/MASTER_PORT point at it?"
+                    )
+                got_id, status, reply = self._sock.recv_multipart()
+                if got_id != req_id:
+                    continue  # the late answer to an earlier, timed-out request
+                if status != b"ok":
+                    raise RendezvousError(f"store at {self.url}: {reply.decode()}")
+                return reply
+
+    def set(self, key: str, value: bytes) -> None:
+        self._request(b"set", key, value, self._timeout)
+
+    def get(self, key: str, timeout: float) -> bytes:
+        return self._request(b"get", key, b"", timeout)
+
+    def add(self, key: str, amount: int) -> int:
+        return int(self._request(b"add", key, str(amount).encode(), self._timeout))
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class LocalStore(Store):
+    """The store for thread ranks of one process."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._cond = threading.Condition()
+
+    def set(self, key: str, value: bytes) -> None:
+        with self._cond:
+            self._data[key] = value
+            self._cond.notify_all()
+
+    def get(self, key: str, timeout: float) -> bytes:
+        with self._cond:
+            if not self._cond.wait_for(lambda: key in self._data, timeout):
+                raise RendezvousError(f"local store: {key!r} was not set within {timeout:.1f}s")
+            return self._data[key]
+
+    def add(self, key: str, amount: int) -> int:
+        with self._cond:
+            total = int(self._data.get(key, b"0")) + amount
+            self._data[key] = str(total).encode()
+            self._cond.notify_all()
+            return total
+
+
+def resolve_host(addr: str) -> str:
+    """``addr`` as an IPv4 address, or a RendezvousError saying it cannot be resolved."""
+    try:
+        return socket.gethostbyname(addr)
+    except OSError as e:
+        raise RendezvousError(f"cannot resolve MASTER_ADDR {addr!r}: {e}") from None

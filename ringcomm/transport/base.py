@@ -1,0 +1,188 @@
+"""What every transport shares: the wire header, tag matching, timeouts.
+
+A message is two frames, ``[header, payload]``. The header is a fixed struct::
+
+    magic u32 | version u16 | kind u16 | comm_id u64 | seq u64 | step u32 | segment u32
+    | nbytes u64 | src u32
+
+``(kind, seq, step, segment)`` is the tag. Collectives use their operation sequence number as
+``seq``; point-to-point messages use the n-th send of a (peer, user tag) pair as ``seq`` and
+the user tag as ``step``, so messages of different operations can never be confused. Messages
+that arrive before they are wanted wait in a stash keyed by ``(src, tag)``.
+
+A transport belongs to one communicator and is driven by that communicator's progress thread
+only, so nothing here is locked.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import logging
+import struct
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ringcomm.errors import CommClosedError, CommTimeoutError, TransportError
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<IHHQQIIQI")
+MAGIC = 0x52434D31  # "RCM1"
+VERSION = 1
+KIND_COLLECTIVE = 0
+KIND_P2P = 1
+
+# While blocked on a receive, wake this often to notice close()/abort().
+_WAKE_SECONDS = 0.2
+
+
+class Tag(NamedTuple):
+    """Identifies one message of one operation."""
+
+    kind: int
+    seq: int
+    step: int
+    segment: int
+
+
+class Endpoint(abc.ABC):
+    """A transport half-built: bound and addressable, not yet connected to its peers."""
+
+    @property
+    @abc.abstractmethod
+    def address(self) -> bytes:
+        """What peers need to reach this endpoint (opaque bytes, exchanged at rendezvous)."""
+
+    @abc.abstractmethod
+    def connect(self, rank: int, addresses: Sequence[bytes], comm_id: int) -> Transport:
+        """Connect to every peer (``addresses[r]`` is rank r's) and return the transport."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the endpoint without connecting (e.g. a rank left out of a split)."""
+
+
+class Transport(abc.ABC):
+    """Moves tagged byte messages between the ranks of one communicator."""
+
+    def __init__(self, rank: int, size: int, comm_id: int, zero_copy_bytes: int) -> None:
+        self.rank = rank
+        self.size = size
+        self.comm_id = comm_id
+        self.zero_copy_bytes = zero_copy_bytes
+        # Describes the running operation in errors ("all_reduce #12"); set by the communicator.
+        self.current_op = "operation"
+        self._stash: dict[tuple[int, Tag], collections.deque[Any]] = collections.defaultdict(
+            collections.deque
+        )
+        self._pending_sends: list[Any] = []
+        self._closed = False
+
+    # -- what a concrete transport provides -------------------------------------------------
+    @abc.abstractmethod
+    def _send_frames(self, dst: int, header: bytes, payload: np.ndarray, copy: bool) -> Any:
+        """Queue one message; return a handle to wait on when sent without copying, or None."""
+
+    @abc.abstractmethod
+    def _wait_sent(self, handles: list[Any], deadline: float) -> None:
+        """Block until zero-copy sends no longer reference their memory."""
+
+    @abc.abstractmethod
+    def _recv_frames(self, timeout: float) -> tuple[bytes, Any] | None:
+        """Return the next incoming ``(header, payload)``, or None after ``timeout`` seconds.
+
+        The payload supports the buffer protocol and may be read-only.
+        """
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release sockets / queues."""
+
+    # -- the interface the algorithms use ---------------------------------------------------
+    def send(self, dst: int, tag: Tag, payload: np.ndarray, *, copy: bool = False) -> None:
+        """Send ``payload`` to rank ``dst``. The memory must stay unchanged until :meth:`flush`
+        unless ``copy`` is true (small payloads are always copied)."""
+        if self._closed:
+            raise CommClosedError("the communicator is closed")
+        nbytes = payload.nbytes
+        header = HEADER.pack(
+            MAGIC, VERSION, tag.kind, self.comm_id, tag.seq, tag.step, tag.segment, nbytes,
+            self.rank,
+        )
+        if dst == self.rank:
+            self._stash[(dst, tag)].append(payload.tobytes())
+            return
+        copy = copy or nbytes < self.zero_copy_bytes
+        handle = self._send_frames(dst, header, payload, copy)
+        if handle is not None:
+            self._pending_sends.append(handle)
+
+    def flush(self, deadline: float) -> None:
+        """Wait until no zero-copy send still reads the caller's memory."""
+        if self._pending_sends:
+            handles, self._pending_sends = self._pending_sends, []
+            self._wait_sent(handles, deadline)
+
+    def recv(self, src: int, tag: Tag, nbytes: int, deadline: float) -> Any:
+        """Return the payload of the message from ``src`` with ``tag`` (a buffer object).
+
+        Raises:
+            CommTimeoutError: no such message before ``deadline`` (``time.monotonic()``).
+            TransportError: it arrived with a byte count other than ``nbytes``.
+        """
+        key = (src, tag)
+        queue = self._stash.get(key)
+        while not queue:
+            if self._closed:
+                raise CommClosedError(f"{self.current_op}: the communicator was closed")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommTimeoutError(
+                    f"{self.current_op} timed out on rank {self.rank} waiting for rank {src} "
+                    f"(step {tag.step}, segment {tag.segment}); set the limit with timeout= "
+                    "or RINGCOMM_TIMEOUT_SECONDS"
+                )
+            message = self._recv_frames(min(remaining, _WAKE_SECONDS))
+            if message is not None:
+                self._file(*message)
+            queue = self._stash.get(key)
+        payload = queue.popleft()
+        if not queue:
+            del self._stash[key]
+        got = memoryview(payload).nbytes
+        if got != nbytes:
+            raise TransportError(
+                f"{self.current_op}: rank {self.rank} expected {nbytes} bytes from rank {src} "
+                f"(step {tag.step}, segment {tag.segment}) but got {got}; do all ranks pass "
+                "the same count and dtype?"
+            )
+        return payload
+
+    def close(self) -> None:
+        """Close the transport; a receive blocked in another thread fails soon after."""
+        if not self._closed:
+            self._closed = True
+            self._stash.clear()
+            self._close()
+
+    # -- internals --------------------------------------------------------------------------
+    def _file(self, header: bytes, payload: Any) -> None:
+        """Check an incoming message and stash it under its tag; drop (and log) anything bad."""
+        if len(header) != HEADER.size:
+            log.warning("rank %d: dropped a message with a %d-byte header", self.rank, len(header))
+            return
+        magic, version, kind, comm_id, seq, step, segment, nbytes, src = HEADER.unpack(header)
+        if magic != MAGIC or version != VERSION:
+            log.warning("rank %d: dropped a message with bad magic/version", self.rank)
+        elif comm_id != self.comm_id:
+            log.warning("rank %d: dropped a message for communicator %x", self.rank, comm_id)
+        elif src >= self.size or kind not in (KIND_COLLECTIVE, KIND_P2P):
+            log.warning("rank %d: dropped a message claiming src %d kind %d", self.rank, src, kind)
+        elif memoryview(payload).nbytes != nbytes:
+            log.warning("rank %d: dropped a truncated message from rank %d", self.rank, src)
+        else:
+            self._stash[(src, Tag(kind, seq, step, segment))].append(payload)

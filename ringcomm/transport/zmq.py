@@ -1,0 +1,187 @@
+"""ZeroMQ transport: one PULL socket per rank for everything it receives, one PUSH socket per
+peer for what it sends; ``ipc://`` between ranks of one host, ``tcp://`` across hosts.
+
+Large payloads leave from the caller's memory (``copy=False`` with a ``MessageTracker``),
+small ones are copied: tracking costs more than copying a few KiB. Received payloads are
+ZeroMQ frames; the algorithms reduce straight out of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ringcomm.config import Config
+from ringcomm.errors import CommTimeoutError, TransportError
+from ringcomm.transport.base import Endpoint, Transport
+
+log = logging.getLogger(__name__)
+
+_context: zmq.Context | None = None
+_context_lock = threading.Lock()
+
+
+def context(io_threads: int = 1) -> zmq.Context:
+    """The process-wide ZeroMQ context (made on first use with ``io_threads``)."""
+    global _context
+    with _context_lock:
+        if _context is None or _context.closed:
+            _context = zmq.Context(io_threads=io_threads)
+        return _context
+
+
+def host_identity() -> str:
+    """Same string on every process of one machine (boot): decides ipc:// vs tcp://."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def local_address_towards(master_addr: str) -> str:
+    """The IP address of the interface that routes to ``master_addr`` (no packet is sent)."""
+    try:
+        infos = socket.getaddrinfo(master_addr, None, socket.AF_INET)
+        target = infos[0][4][0]
+    except OSError as e:
+        raise TransportError(f"cannot resolve master address {master_addr!r}: {e}") from None
+    if target.startswith("127."):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((target, 9))  # a UDP connect only picks the route
+        return s.getsockname()[0]
+
+
+class ZmqEndpoint(Endpoint):
+    """A bound PULL socket, reachable over tcp:// at ``bind_host`` and, on one host, ipc://."""
+
+    def __init__(self, bind_host: str, config: Config) -> None:
+        self._config = config
+        self._ctx = context(config.zmq_io_threads)
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.RCVHWM, 0)  # never drop: flow control is the algorithm's
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._ipc_path: str | None = None
+        addr: dict[str, str] = {"host": host_identity()}
+        if config.zmq_protocol in ("auto", "tcp"):
+            port = self._pull.bind_to_random_port(f"tcp://{bind_host}")
+            addr["tcp"] = f"tcp://{bind_host}:{port}"
+        if config.zmq_protocol in ("auto", "ipc"):
+            self._ipc_path = os.path.join(
+                tempfile.gettempdir(), f"ringcomm-{uuid.uuid4().hex[:16]}.ipc"
+            )
+            self._pull.bind(f"ipc://{self._ipc_path}")
+            addr["ipc"] = f"ipc://{self._ipc_path}"
+        self._address = json.dumps(addr).encode()
+
+    @property
+    def address(self) -> bytes:
+        return self._address
+
+    def connect(self, rank: int, addresses: Sequence[bytes], comm_id: int) -> ZmqTransport:
+        mine = json.loads(self._address)
+        pushes: dict[int, zmq.Socket] = {}
+        try:
+            for peer, raw in enumerate(addresses):
+                if peer == rank:
+                    continue
+                theirs = json.loads(raw)
+                same_host = theirs["host"] == mine["host"] and "ipc" in theirs
+                url = theirs["ipc"] if same_host else theirs.get("tcp")
+                if url is None:
+                    raise TransportError(
+                        f"rank {rank} cannot reach rank {peer}: it offers only ipc:// and runs "
+                        "on another host (RINGCOMM_ZMQ_PROTOCOL=ipc is for one host)"
+                    )
+                push = self._ctx.socket(zmq.PUSH)
+                push.setsockopt(zmq.SNDHWM, 0)
+                push.setsockopt(zmq.LINGER, int(self._config.linger_seconds * 1000))
+                push.connect(url)
+                pushes[peer] = push
+        except BaseException:
+            for push in pushes.values():
+                push.close(linger=0)
+            self.close()
+            raise
+        return ZmqTransport(rank, len(addresses), comm_id, self._config, self, pushes)
+
+    def close(self) -> None:
+        self._pull.close(linger=0)
+        if self._ipc_path is not None:
+            try:
+                os.unlink(self._ipc_path)
+            except FileNotFoundError:
+                pass
+
+    @property
+    def pull(self) -> zmq.Socket:
+        return self._pull
+
+
+class ZmqTransport(Transport):
+    """The connected ZeroMQ transport of one communicator."""
+
+    def __init__(
+        self,
+        rank: int,
+        size: int,
+        comm_id: int,
+        config: Config,
+        endpoint: ZmqEndpoint,
+        pushes: dict[int, zmq.Socket],
+    ) -> None:
+        super().__init__(rank, size, comm_id, config.zero_copy_bytes)
+        self._endpoint = endpoint
+        self._pull = endpoint.pull
+        self._pushes = pushes
+
+    def _send_frames(self, dst: int, header: bytes, payload: np.ndarray, copy: bool) -> Any:
+        sock = self._pushes[dst]
+        if copy:
+            sock.send(header, zmq.SNDMORE)
+            sock.send(payload, copy=True)
+            return None
+        sock.send(header, zmq.SNDMORE)
+        return sock.send(payload, copy=False, track=True)
+
+    def _wait_sent(self, handles: list[Any], deadline: float) -> None:
+        for tracker in handles:
+            remaining = deadline - time.monotonic()
+            try:
+                tracker.wait(max(remaining, 0.0))
+            except zmq.NotDone:
+                raise CommTimeoutError(
+                    f"{self.current_op} timed out on rank {self.rank}: ZeroMQ had not sent "
+                    "a payload by the deadline (is a peer stuck?)"
+                ) from None
+
+    def _recv_frames(self, timeout: float) -> tuple[bytes, Any] | None:
+        pull = self._pull
+        try:
+            frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if not pull.poll(int(timeout * 1000) + 1):
+                return None
+            frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+        if len(frames) != 2:
+            log.warning("rank %d: dropped a message of %d frames", self.rank, len(frames))
+            return None
+        return frames[0].bytes, frames[1]
+
+    def _close(self) -> None:
+        for push in self._pushes.values():
+            push.close()
+        self._endpoint.close()
