@@ -1,0 +1,168 @@
+"""``ringcomm-run``: launch N local ranks, stream their output, stop the job if one fails.
+
+Usage::
+
+    ringcomm-run -n 4 train.py --epochs 3        # a script (run with this Python)
+    ringcomm-run -n 4 -m my.module --flag        # a module
+    ringcomm-run -n 4 python bench/collectives.py all_reduce   # any command
+
+Each rank gets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` (as
+torchrun sets them) and the ``RINGCOMM_*`` equivalents; its lines come out prefixed with
+``[rank]``. Fail-fast: when one rank exits non-zero or is killed, the others are stopped, the
+failed rank's last error lines are repeated, and the launcher exits with its code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import IO
+
+_TAIL_LINES = 40
+_GRACE_SECONDS = 3.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    if args.module:
+        return [sys.executable, "-u", "-m", args.module, *args.command]
+    if not args.command:
+        raise SystemExit("ringcomm-run: nothing to run (give a script, -m module, or a command)")
+    first, rest = args.command[0], args.command[1:]
+    if first.endswith(".py"):
+        return [sys.executable, "-u", first, *rest]
+    return [first, *rest]
+
+
+def _pump(stream: IO[bytes], out: IO[str], prefix: str, tail: collections.deque[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace")
+        tail.append(line)
+        out.write(prefix + line)
+        out.flush()
+    stream.close()
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p in procs if p.poll() is None]
+        for p in alive:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + _GRACE_SECONDS
+        while time.monotonic() < deadline and any(p.poll() is None for p in alive):
+            time.sleep(0.05)
+
+
+def launch(
+    nprocs: int,
+    command: list[str],
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> int:
+    """Run ``command`` as ranks 0..nprocs-1 and return the job's exit code (0: all ranks
+    succeeded; otherwise the first failed rank's code, or 1 if it was killed)."""
+    port = master_port or free_port(master_addr)
+    procs: list[subprocess.Popen[bytes]] = []
+    tails: list[collections.deque[str]] = []
+    pumps: list[threading.Thread] = []
+    for rank in range(nprocs):
+        env = dict(os.environ)
+        env.update(extra_env or {})
+        env.update(
+            RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(nprocs), MASTER_ADDR=master_addr, MASTER_PORT=str(port),
+            RINGCOMM_RANK=str(rank), RINGCOMM_SIZE=str(nprocs),
+            RINGCOMM_MASTER_ADDR=master_addr, RINGCOMM_MASTER_PORT=str(port),
+            PYTHONUNBUFFERED="1",
+        )
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        procs.append(proc)
+        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        tails.append(tail)
+        for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
+            t = threading.Thread(target=_pump, args=(stream, out, f"[{rank}] ", tail), daemon=True)
+            t.start()
+            pumps.append(t)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        _stop(procs)
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        failed: int | None = None
+        while failed is None and any(p.poll() is None for p in procs):
+            for rank, p in enumerate(procs):
+                if p.poll() not in (None, 0):
+                    failed = rank
+                    break
+            else:
+                time.sleep(0.05)
+        if failed is None:
+            failed = next((r for r, p in enumerate(procs) if p.returncode != 0), None)
+        if failed is not None:
+            _stop(procs)
+        for t in pumps:
+            t.join(timeout=2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if failed is None:
+        return 0
+    code = procs[failed].returncode
+    sys.stderr.write(
+        f"ringcomm-run: rank {failed} failed ({_describe(code)}); stopped the other ranks.\n"
+        f"ringcomm-run: last lines of rank {failed}:\n"
+        + "".join(f"  {line}" for line in tails[failed])
+    )
+    sys.stderr.flush()
+    return code if code > 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ringcomm-run`` and ``python -m ringcomm.run``."""
+    parser = argparse.ArgumentParser(
+        prog="ringcomm-run", description="Launch N local ringcomm ranks (fail-fast)."
+    )
+    parser.add_argument("-n", "--nprocs", type=int, required=True, help="number of ranks")
+    parser.add_argument("-m", "--module", help="run a module, as python -m does")
+    parser.add_argument("--master-addr", default="127.0.0.1", help="rendezvous host")
+    parser.add_argument("--master-port", type=int, default=None, help="default: a free port")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="script.py [args] or a command")
+    args = parser.parse_args(argv)
+    if args.nprocs < 1:
+        parser.error("-n must be at least 1")
+    return launch(args.nprocs, _command(args), args.master_addr, args.master_port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

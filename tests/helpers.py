@@ -1,0 +1,224 @@
+"""Shared test helpers: deterministic inputs, numpy references, and rank runners.
+
+Two ways to run ranks, both with a hard timeout that names the rank that failed or hung:
+- :func:`run_threads`: ranks as threads over the local transport (fast; algorithm logic);
+- :class:`RankPool`: ranks as processes over ZeroMQ, started once and reused across tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import multiprocessing
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import numpy as np
+
+import ringcomm
+
+DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+          "float16", "float32", "float64")
+OPS = tuple(ringcomm.ReduceOp)
+
+
+def op_applies(op: ringcomm.ReduceOp, dtype: str) -> bool:
+    """Whether ringcomm accepts ``op`` on ``dtype`` (the validation rules)."""
+    floating = dtype.startswith("float") or dtype == "bfloat16"
+    if op == ringcomm.AVG:
+        return floating
+    if op in (ringcomm.BAND, ringcomm.BOR, ringcomm.BXOR):
+        return not floating
+    return True
+
+
+def make_input(dtype: str, op: ringcomm.ReduceOp, rank: int, count: int, seed: int = 0) -> np.ndarray:
+    """Rank ``rank``'s input: small integers, exact in every dtype and in any order of
+    reduction, so results can be compared bit for bit (AVG aside)."""
+    rng = np.random.default_rng(seed * 1000 + rank)
+    if dtype == "bool":
+        return rng.integers(0, 2, count).astype(bool)
+    if op == ringcomm.PROD:
+        lo, hi = (1, 3) if dtype.startswith("u") else (-1, 3)
+        vals = rng.integers(lo, hi, count)
+        vals[vals == 0] = 1
+    elif dtype.startswith("u") or op in (ringcomm.BAND, ringcomm.BOR, ringcomm.BXOR):
+        vals = rng.integers(0, 16, count)
+    else:
+        vals = rng.integers(-8, 9, count)
+    return vals.astype(dtype)
+
+
+_UFUNC = {
+    ringcomm.SUM: np.add, ringcomm.AVG: np.add, ringcomm.PROD: np.multiply,
+    ringcomm.MIN: np.minimum, ringcomm.MAX: np.maximum, ringcomm.BAND: np.bitwise_and,
+    ringcomm.BOR: np.bitwise_or, ringcomm.BXOR: np.bitwise_xor,
+}
+
+
+def reference(op: ringcomm.ReduceOp, arrays: list[np.ndarray]) -> np.ndarray:
+    """The reduction of ``arrays`` by numpy, in the arrays' dtype (wrapping like C)."""
+    if arrays[0].dtype == bool:
+        bool_ufunc = {ringcomm.SUM: np.logical_or, ringcomm.MAX: np.logical_or,
+                      ringcomm.PROD: np.logical_and, ringcomm.MIN: np.logical_and,
+                      ringcomm.BAND: np.logical_and, ringcomm.BOR: np.logical_or,
+                      ringcomm.BXOR: np.logical_xor}[op]
+        return functools.reduce(bool_ufunc, arrays)
+    out = functools.reduce(_UFUNC[op], arrays)
+    if op == ringcomm.AVG:
+        out = (out / out.dtype.type(len(arrays))).astype(arrays[0].dtype)
+    return out
+
+
+def assert_reduced(got: np.ndarray, want: np.ndarray, op: ringcomm.ReduceOp, what: str) -> None:
+    """Exact equality, except AVG on floats (one rounding may differ)."""
+    if op == ringcomm.AVG:
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
+                                   rtol=1e-3, err_msg=what)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=what)
+
+
+# -- ranks as threads ------------------------------------------------------------------------
+_ports = itertools.count(1)
+
+
+def run_threads(
+    size: int, fn: Callable[[ringcomm.Communicator], Any], *, timeout: float = 60.0,
+    config: ringcomm.Config | None = None, op_timeout: float = 20.0,
+) -> list[Any]:
+    """Run ``fn(comm)`` on ``size`` thread ranks (local transport); return results by rank.
+
+    Raises AssertionError naming each rank that raised (with its traceback) or hung.
+    """
+    port = next(_ports)
+    results: list[Any] = [None] * size
+    errors: dict[int, str] = {}
+
+    def body(rank: int) -> None:
+        try:
+            comm = ringcomm.init(rank=rank, size=size, transport="local", master_port=port,
+                                 timeout=op_timeout, config=config)
+            try:
+                results[rank] = fn(comm)
+            finally:
+                comm.close()
+        except BaseException:
+            errors[rank] = traceback.format_exc()
+
+    threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(size)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    hung = [r for r, t in enumerate(threads) if t.is_alive()]
+    if errors or hung:
+        lines = [f"rank {r} of {size} failed:\n{tb}" for r, tb in sorted(errors.items())]
+        if hung:
+            lines.append(f"ranks {hung} of {size} still running after {timeout:.0f}s")
+        raise AssertionError("\n".join(lines))
+    return results
+
+
+# -- ranks as processes ----------------------------------------------------------------------
+def _free_port() -> int:
+    from ringcomm.run import free_port
+
+    return free_port()
+
+
+def _worker(rank: int, size: int, port: int, conn: Connection, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    try:
+        comm = ringcomm.init(rank=rank, size=size, master_addr="127.0.0.1", master_port=port,
+                             transport="zmq", timeout=30)
+    except BaseException:
+        conn.send(("err", traceback.format_exc()))
+        return
+    conn.send(("ok", None))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            break
+        if job is None:
+            break
+        fn, args = job
+        try:
+            conn.send(("ok", fn(comm, *args)))
+        except BaseException:
+            conn.send(("err", traceback.format_exc()))
+    comm.close()
+
+
+class RankPool:
+    """``size`` rank processes over ZeroMQ, reused across tests (they start in seconds)."""
+
+    def __init__(self, size: int, env: dict[str, str] | None = None, start_timeout: float = 120):
+        ctx = multiprocessing.get_context("spawn")
+        self.size = size
+        port = _free_port()
+        self._conns: list[Connection] = []
+        self._procs = []
+        for rank in range(size):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(rank, size, port, child, env or {}),
+                            daemon=True, name=f"rank{rank}")
+            p.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(p)
+        self._collect("init", start_timeout)
+
+    def _collect(self, what: str, timeout: float) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        replies: dict[int, tuple[str, Any]] = {}
+        waiting = {c: r for r, c in enumerate(self._conns)}
+        while waiting:
+            ready = wait(list(waiting), max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            for c in ready:
+                rank = waiting.pop(c)
+                try:
+                    replies[rank] = c.recv()
+                except EOFError:
+                    replies[rank] = ("err", f"process died (exit code {self._procs[rank].exitcode})")
+        failed = {r: v for r, (k, v) in replies.items() if k == "err"}
+        hung = sorted(waiting.values())
+        if failed or hung:
+            self.close(force=True)
+            lines = [f"rank {r} of {self.size} failed in {what}:\n{tb}" for r, tb in sorted(failed.items())]
+            if hung:
+                lines.append(f"ranks {hung} of {self.size} did not finish {what} within {timeout:.0f}s")
+            raise AssertionError("\n".join(lines))
+        return [replies[r][1] for r in range(self.size)]
+
+    @property
+    def alive(self) -> bool:
+        return all(p.is_alive() for p in self._procs)
+
+    def run(self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> list[Any]:
+        """Run ``fn(comm, *args)`` on every rank; return the results by rank."""
+        for c in self._conns:
+            c.send((fn, args))
+        return self._collect(getattr(fn, "__name__", "job"), timeout)
+
+    def close(self, force: bool = False) -> None:
+        for c in self._conns:
+            try:
+                if not force:
+                    c.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for p in self._procs:
+            p.join(timeout=0 if force else 10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)

@@ -1,0 +1,232 @@
+"""Bodies run on every rank by the tests (importable by spawned rank processes)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+import ringcomm
+
+from helpers import DTYPES, OPS, assert_reduced, make_input, op_applies, reference
+
+COUNTS = (0, 1, 2, 3, 7, 13, 1000, 4099)
+
+
+def allreduce_matrix(comm: ringcomm.Communicator, algorithms: tuple[str, ...],
+                     counts: tuple[int, ...] = COUNTS) -> int:
+    """Every op x dtype x count x algorithm against numpy; returns the number of cases."""
+    n, cases = comm.size, 0
+    for alg in algorithms:
+        for dtype in DTYPES:
+            for op in OPS:
+                if not op_applies(op, dtype):
+                    continue
+                for count in counts:
+                    inputs = [make_input(dtype, op, r, count, seed=count) for r in range(n)]
+                    buf = inputs[comm.rank].copy()
+                    comm.all_reduce(buf, op, algorithm=alg)
+                    assert_reduced(buf, reference(op, inputs), op,
+                                   f"all_reduce {alg} {op.name} {dtype} count={count} n={n}")
+                    cases += 1
+    return cases
+
+
+def all_ranks_get_identical_bits(comm: ringcomm.Communicator, algorithm: str) -> np.ndarray:
+    """Random floats: the result differs from numpy in rounding but must match across ranks."""
+    rng = np.random.default_rng(comm.rank)
+    buf = rng.standard_normal(10_007).astype(np.float32)
+    comm.all_reduce(buf, algorithm=algorithm)
+    return buf
+
+
+def other_collectives(comm: ringcomm.Communicator, counts: tuple[int, ...] = COUNTS) -> None:
+    """all_gather, reduce_scatter, broadcast, reduce, gather, scatter, all_to_all, p2p."""
+    n, r = comm.size, comm.rank
+    for dtype in ("int8", "uint64", "float16", "float32", "float64", "bool"):
+        for count in counts:
+            what = f"{dtype} count={count} n={n}"
+            mine = make_input(dtype, ringcomm.SUM, r, count, seed=1)
+            everyone = [make_input(dtype, ringcomm.SUM, q, count, seed=1) for q in range(n)]
+            # all_gather, out of place and in place
+            out = np.zeros(n * count, dtype)
+            comm.all_gather(out, mine)
+            np.testing.assert_array_equal(out, np.concatenate(everyone), err_msg=what)
+            out2 = np.zeros(n * count, dtype)
+            out2[r * count : (r + 1) * count] = mine
+            comm.all_gather(out2, out2[r * count : (r + 1) * count])
+            np.testing.assert_array_equal(out2, np.concatenate(everyone), err_msg=what)
+            # reduce_scatter
+            big = [make_input(dtype, ringcomm.SUM, q, n * count, seed=2) for q in range(n)]
+            part = np.zeros(count, dtype)
+            before = big[r].copy()
+            comm.reduce_scatter(part, big[r], ringcomm.SUM)
+            want = reference(ringcomm.SUM, big)[r * count : (r + 1) * count]
+            np.testing.assert_array_equal(part, want, err_msg="reduce_scatter " + what)
+            np.testing.assert_array_equal(big[r], before, err_msg="reduce_scatter input changed")
+            for root in {0, n - 1}:
+                for alg in ("binomial", "chain"):
+                    buf = everyone[root].copy() if r == root else np.zeros(count, dtype)
+                    comm.broadcast(buf, root, algorithm=alg)
+                    np.testing.assert_array_equal(buf, everyone[root], err_msg=f"bcast {alg} {what}")
+                buf = mine.copy()
+                comm.reduce(buf, root, ringcomm.MAX)
+                want = reference(ringcomm.MAX, everyone) if r == root else mine
+                np.testing.assert_array_equal(buf, want, err_msg=f"reduce root={root} {what}")
+                g = np.zeros(n * count, dtype) if r == root else None
+                comm.gather(g, mine, root)
+                if r == root:
+                    np.testing.assert_array_equal(g, np.concatenate(everyone), err_msg="gather")
+                s = np.zeros(count, dtype)
+                src = np.concatenate(big)[: n * count] if r == root else None
+                comm.scatter(s, src, root)
+                np.testing.assert_array_equal(
+                    s, np.concatenate(big)[r * count : (r + 1) * count], err_msg="scatter " + what
+                )
+            out = np.zeros(n * count, dtype)
+            comm.all_to_all(out, big[r])
+            want = np.concatenate([big[q][r * count : (r + 1) * count] for q in range(n)])
+            np.testing.assert_array_equal(out, want, err_msg="all_to_all " + what)
+    # point to point around the ring, two tags, ordered per tag
+    right, left = (r + 1) % n, (r - 1) % n
+    for count in counts:
+        a = np.full(count, r, np.int32)
+        b = np.full(count, r + 100, np.int32)
+        works = [comm.send(a, right, tag=1, async_op=True), comm.send(b, right, tag=2, async_op=True)]
+        got_b, got_a = np.empty(count, np.int32), np.empty(count, np.int32)
+        comm.recv(got_b, left, tag=2)
+        comm.recv(got_a, left, tag=1)
+        for w in works:
+            w.wait()
+        np.testing.assert_array_equal(got_a, np.full(count, left, np.int32))
+        np.testing.assert_array_equal(got_b, np.full(count, left + 100, np.int32))
+    comm.barrier()
+
+
+def async_ops_in_flight(comm: ringcomm.Communicator) -> list[float]:
+    """Many async ops of different kinds queued at once complete in order and correctly."""
+    n = comm.size
+    bufs = [np.full(1000 + i, float(comm.rank + i), np.float64) for i in range(20)]
+    works = [comm.all_reduce(b, async_op=True) for b in bufs]
+    gathered = np.zeros(3 * n)
+    works.append(comm.all_gather(gathered, np.full(3, float(comm.rank)), async_op=True))
+    works.append(comm.barrier(async_op=True))
+    futures = [w.get_future() for w in works]
+    for w in works:
+        assert w.wait(timeout=60)
+        assert w.is_completed()
+    assert all(f.done() and f.exception() is None for f in futures)
+    for i, b in enumerate(bufs):
+        np.testing.assert_array_equal(b, np.full(b.size, sum(q + i for q in range(n))))
+    np.testing.assert_array_equal(gathered, np.repeat(np.arange(n, dtype=float), 3))
+    return [float(b[0]) for b in bufs]
+
+
+def subcommunicators_concurrently(comm: ringcomm.Communicator) -> tuple[int, int, int, int]:
+    """Split into two colours; both halves and the parent run async ops at the same time."""
+    n, r = comm.size, comm.rank
+    sub = comm.split(r % 2, key=-r)  # reverse order inside each colour
+    members = [q for q in range(n) if q % 2 == r % 2][::-1]
+    assert sub.size == len(members) and sub.rank == members.index(r)
+    none = comm.split(None if r == 0 else 0)
+    assert (none is None) == (r == 0)
+    sub_buf = np.full(100_000, float(r), np.float32)
+    world_buf = np.full(100_000, 1.0, np.float32)
+    w1 = sub.all_reduce(sub_buf, async_op=True)
+    w2 = comm.all_reduce(world_buf, async_op=True)
+    w1.wait()
+    w2.wait()
+    np.testing.assert_array_equal(sub_buf, np.full(100_000, float(sum(members)), np.float32))
+    np.testing.assert_array_equal(world_buf, np.full(100_000, float(n), np.float32))
+    nested = sub.split(0)
+    nested.barrier()
+    for c in (nested, sub, none):
+        if c is not None:
+            c.close()
+    return sub.rank, sub.size, int(sub_buf[0]), n
+
+
+def torch_tensors(comm: ringcomm.Communicator) -> None:
+    """torch CPU tensors of every dtype, bfloat16 included, in place and without copies."""
+    import torch
+
+    n, r = comm.size, comm.rank
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32,
+                  torch.int64, torch.uint8, torch.bool):
+        t = (torch.arange(1001) % 5 + r).to(dtype)
+        ptr = t.data_ptr()
+        comm.all_reduce(t)
+        want = sum((torch.arange(1001) % 5 + q).to(dtype).to(torch.float64) for q in range(n))
+        if dtype == torch.bool:
+            want = want > 0
+        assert t.data_ptr() == ptr
+        torch.testing.assert_close(t.to(torch.float64), want.to(torch.float64), msg=str(dtype))
+    # bf16 AVG rounds once from fp32
+    t = torch.full((513,), 1.0 + r, dtype=torch.bfloat16)
+    comm.all_reduce(t, ringcomm.AVG)
+    assert torch.all(t == torch.tensor((n + 1) / 2, dtype=torch.bfloat16))
+    g = torch.zeros(n * 7, requires_grad=False)
+    comm.all_gather(g, torch.full((7,), float(r)))
+    torch.testing.assert_close(g, torch.arange(n, dtype=torch.float32).repeat_interleave(7))
+    p = torch.nn.Parameter(torch.ones(10))
+    comm.all_reduce(p)  # a parameter that requires grad is reduced in place too
+    torch.testing.assert_close(p.detach(), torch.full((10,), float(n)))
+
+
+def timeout_names_the_peer(comm: ringcomm.Communicator) -> str:
+    """The last rank skips an all_reduce: the others fail fast with a typed, named error."""
+    if comm.rank == comm.size - 1:
+        time.sleep(1.5)
+        return ""
+    buf = np.ones(10, np.float32)
+    t0 = time.monotonic()
+    try:
+        comm.all_reduce(buf, timeout=0.5)
+    except ringcomm.CommTimeoutError as e:
+        assert time.monotonic() - t0 < 5
+        msg = str(e)
+        assert f"rank {comm.rank}" in msg and "all_reduce #" in msg and "waiting for rank" in msg
+        try:
+            comm.barrier()
+        except ringcomm.CommClosedError as e2:
+            assert "unusable" in str(e2)
+        else:
+            raise AssertionError("a broken communicator accepted more work")
+        return msg
+    raise AssertionError("no timeout")
+
+
+def idle_rank_burns_no_cpu(comm: ringcomm.Communicator) -> float:
+    """While rank 0 waits 1 s for rank 1 inside an all_reduce, its CPU time stays small."""
+    import resource
+
+    if comm.rank == 0:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.monotonic()
+        comm.all_reduce(np.ones(4, np.float32))
+        wall = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return cpu / wall
+    time.sleep(1.0)
+    comm.all_reduce(np.ones(4, np.float32))
+    return 0.0
+
+
+def threads_share_a_communicator(comm: ringcomm.Communicator) -> None:
+    """Two user threads issue ops on one communicator in a fixed order via async handles."""
+    results: list[Any] = []
+    bufs = [np.full(50, float(i), np.float64) for i in range(8)]
+
+    def worker() -> None:
+        works = [comm.all_reduce(b, async_op=True) for b in bufs]
+        results.extend(w.wait() for w in works)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(60)
+    assert results == [True] * 8
+    for i, b in enumerate(bufs):
+        np.testing.assert_array_equal(b, np.full(50, float(i * comm.size)))

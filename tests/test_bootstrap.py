@@ -1,0 +1,111 @@
+"""Rendezvous, the world description, and the launcher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import ringcomm
+from ringcomm.config import world_from
+from ringcomm.run import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_world_from_arguments_ringcomm_env_then_torchrun_env() -> None:
+    env = {"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}
+    spec = world_from(None, None, None, None, None, env)
+    assert (spec.rank, spec.size, spec.master_addr, spec.master_port) == (1, 4, "10.0.0.1", 1234)
+    env.update(RINGCOMM_RANK="2", RINGCOMM_SIZE="3")
+    assert world_from(None, None, None, None, None, env).rank == 2
+    assert world_from(0, 2, None, None, None, env).size == 2
+    with pytest.raises(ValueError, match="rank 5"):
+        world_from(5, 2, None, None, None, {})
+
+
+def test_unreachable_store_fails_within_timeout_and_says_what_it_tried() -> None:
+    port = free_port()
+    t0 = time.monotonic()
+    with pytest.raises(ringcomm.RendezvousError) as info:
+        ringcomm.init(rank=1, size=2, master_addr="127.0.0.1", master_port=port, timeout=1.0)
+    assert time.monotonic() - t0 < 5
+    assert f"tcp://127.0.0.1:{port}" in str(info.value)
+    assert "rank 0" in str(info.value)
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ringcomm.RendezvousError, match="MASTER_PORT"):
+            ringcomm.init(rank=0, size=2, master_port=port, timeout=1.0)
+
+
+def _launch(tmp_path: Path, script: str, n: int, *extra: str, timeout: float = 120):
+    path = tmp_path / "job.py"
+    path.write_text(textwrap.dedent(script))
+    return subprocess.run(
+        [sys.executable, "-m", "ringcomm.run", "-n", str(n), *extra, str(path)],
+        capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+    )
+
+
+def test_launcher_runs_ranks_and_prefixes_output(tmp_path: Path) -> None:
+    res = _launch(tmp_path, """
+        import numpy as np, ringcomm
+        comm = ringcomm.init()
+        buf = np.ones(4)
+        comm.all_reduce(buf)
+        print("rank", comm.rank, "of", comm.size, "sum", buf[0])
+        comm.close()
+    """, 3)
+    assert res.returncode == 0, res.stderr
+    for r in range(3):
+        assert f"[{r}] rank {r} of 3 sum 3.0" in res.stdout
+
+
+def test_launcher_fails_fast_with_the_traceback(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    res = _launch(tmp_path, """
+        import time, ringcomm
+        comm = ringcomm.init()
+        if comm.rank == 1:
+            raise RuntimeError("boom on rank one")
+        time.sleep(60)  # would hang the job without fail-fast
+    """, 3)
+    assert time.monotonic() - t0 < 45
+    assert res.returncode == 1
+    assert "[1] RuntimeError: boom on rank one" in res.stderr
+    assert "rank 1 failed (exit code 1)" in res.stderr
+
+
+def test_launcher_reports_a_killed_rank(tmp_path: Path) -> None:
+    res = _launch(tmp_path, """
+        import os, signal, time
+        if os.environ["RANK"] == "2":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)
+    """, 3)
+    assert res.returncode != 0
+    assert "rank 2 failed (killed by SIGKILL)" in res.stderr
+
+
+def test_launcher_runs_a_module_and_a_command(tmp_path: Path) -> None:
+    (tmp_path / "mymod.py").write_text("import os; print('mod', os.environ['WORLD_SIZE'])\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "ringcomm.run", "-n", "2", "-m", "mymod"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0 and res.stdout.count("mod 2") == 2
+    res = subprocess.run([sys.executable, "-m", "ringcomm.run", "-n", "2", sys.executable, "-c",
+                          "import os; print('cmd', os.environ['LOCAL_RANK'])"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "[1] cmd 1" in res.stdout

@@ -1,0 +1,121 @@
+"""The real thing: ranks as processes over ZeroMQ (ipc:// on this host, and tcp://), world
+sizes 1-5, the same checks as the thread tests, plus what only processes can show."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ringcomm
+
+import rankfns
+from conftest import get_pool
+from helpers import DTYPES, OPS, RankPool, assert_reduced, make_input, op_applies, reference
+
+SIZES = [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_all_reduce_matrix(size: int) -> None:
+    pool = get_pool(size)
+    counts = (0, 1, 3, 13, 4099)
+    cases = pool.run(
+        functools.partial(rankfns.allreduce_matrix, algorithms=("ring", "recursive_doubling"),
+                          counts=counts), timeout=240,
+    )
+    assert cases[0] > 0
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_star_and_large_multi_segment_buffers(size: int) -> None:
+    """4 MiB buffers: several 1 MiB segments per chunk, zero-copy sends, all algorithms."""
+
+    pool = get_pool(size)
+    out = pool.run(rankfns.all_ranks_get_identical_bits, "star")
+    for r in range(1, size):
+        np.testing.assert_array_equal(out[0], out[r])
+    results = pool.run(_big_allreduce)
+    assert all(results)
+
+
+def _big_allreduce(comm: ringcomm.Communicator) -> bool:
+    n = comm.size
+    for alg in ("ring", "recursive_doubling", "star"):
+        buf = (np.arange(1 << 20, dtype=np.float32) % 1000) + comm.rank
+        comm.all_reduce(buf, algorithm=alg)
+        want = (np.arange(1 << 20, dtype=np.float32) % 1000) * n + n * (n - 1) / 2
+        np.testing.assert_array_equal(buf, want, err_msg=alg)
+        out = np.zeros((1 << 20) * n, np.float32)
+        comm.all_gather(out, buf)
+        np.testing.assert_array_equal(out, np.tile(want, n))
+    return True
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_other_collectives(size: int) -> None:
+    get_pool(size).run(functools.partial(rankfns.other_collectives, counts=(0, 1, 7, 1000)),
+                       timeout=240)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_async_and_subcommunicators(size: int) -> None:
+    pool = get_pool(size)
+    pool.run(rankfns.async_ops_in_flight)
+    if size >= 4:
+        pool.run(rankfns.subcommunicators_concurrently)
+
+
+def test_torch_tensors() -> None:
+    pytest.importorskip("torch", reason="torch is an optional extra: pip install 'ringcomm[torch]'")
+    get_pool(3).run(rankfns.torch_tensors)
+
+
+def test_idle_rank_does_not_burn_cpu() -> None:
+    cpu_share = get_pool(2).run(rankfns.idle_rank_burns_no_cpu)[0]
+    assert cpu_share < 0.2, f"a waiting rank used {cpu_share:.0%} of a core"
+
+
+def test_timeout_names_the_peer_and_breaks_the_communicator() -> None:
+    pool = RankPool(3)
+    try:
+        msgs = pool.run(rankfns.timeout_names_the_peer, timeout=60)
+    finally:
+        pool.close()
+    assert "waiting for rank" in msgs[0]
+
+
+def test_tcp_only() -> None:
+    pool = RankPool(3, env={"RINGCOMM_ZMQ_PROTOCOL": "tcp"})
+    try:
+        pool.run(functools.partial(rankfns.allreduce_matrix, algorithms=("ring",),
+                                   counts=(5, 3000)))
+        assert all(pool.run(_big_allreduce))
+    finally:
+        pool.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.sampled_from(SIZES),
+    count=st.integers(0, 5000),
+    dtype=st.sampled_from(DTYPES),
+    op=st.sampled_from(OPS),
+    seed=st.integers(0, 2**16),
+)
+def test_property_all_reduce_over_zmq(size, count, dtype, op, seed):
+    if not op_applies(op, dtype):
+        return
+    inputs = [make_input(dtype, op, r, count, seed) for r in range(size)]
+    outs = get_pool(size).run(_reduce_given, inputs, op)
+    for got in outs:
+        assert_reduced(got, reference(op, inputs), op, f"{size=} {count=} {dtype} {op.name}")
+
+
+def _reduce_given(comm: ringcomm.Communicator, inputs: list[np.ndarray], op) -> np.ndarray:
+    buf = inputs[comm.rank].copy()
+    comm.all_reduce(buf, op)
+    return buf

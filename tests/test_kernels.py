@@ -1,0 +1,117 @@
+"""The numba kernels against numpy, op by op and dtype by dtype; 16-bit float conversions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ringcomm import native
+from ringcomm.native import numpy_fallback
+
+from helpers import DTYPES, OPS, make_input, op_applies, reference
+
+
+APPLICABLE = [(d, o) for d in DTYPES for o in OPS if op_applies(o, d)]
+
+
+@pytest.mark.parametrize(("dtype", "op"), APPLICABLE, ids=[f"{d}-{o.name}" for d, o in APPLICABLE])
+def test_reduce_into_matches_numpy(dtype: str, op: int) -> None:
+    a, b = make_input(dtype, op, 0, 4099), make_input(dtype, op, 1, 4099)
+    want = reference(op, [a, b]) if op != native.AVG else reference(native.SUM, [a, b])
+    for impl in (native.reduce_into, numpy_fallback.reduce_into):
+        got = a.copy()
+        impl(got, b, op)
+        np.testing.assert_array_equal(got, want, err_msg=impl.__module__)
+
+
+@pytest.mark.parametrize("op", [native.MIN, native.MAX])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_min_max_propagate_nan(op: int, dtype: str) -> None:
+    a = np.array([1, np.nan, 3, np.nan], dtype)
+    b = np.array([np.nan, 2, 1, np.nan], dtype)
+    got = a.copy()
+    native.reduce_into(got, b, op)
+    want = (np.minimum if op == native.MIN else np.maximum)(a, b)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[~np.isnan(got)], want[~np.isnan(want)])
+
+
+def test_float16_sum_rounds_once_like_numpy() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(100_000).astype(np.float16) * np.float16(100)
+    b = rng.standard_normal(100_000).astype(np.float16)
+    for op in (native.SUM, native.PROD, native.MIN, native.MAX):
+        got = a.copy()
+        native.reduce_into(got, b, op)
+        want = {native.SUM: np.add, native.PROD: np.multiply, native.MIN: np.minimum,
+                native.MAX: np.maximum}[op](a, b)
+        np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_float16_all_bit_patterns_survive_widen_and_narrow() -> None:
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    zero = np.zeros_like(bits)
+    got = bits.copy()
+    native.reduce_into(got.view(np.float16), (zero | 0x8000).view(np.float16), native.SUM)
+    # x + (-0.0) == x for every x (NaNs stay NaN)
+    with np.errstate(invalid="ignore"):
+        want = bits.view(np.float16) + np.float16(-0.0)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(got[~nan], want.view(np.uint16)[~nan])
+    assert np.isnan(got.view(np.float16)[nan]).all()
+
+
+def test_float16_overflow_and_subnormals() -> None:
+    a = np.array([60000, 65504, 6e-8, -6e-8, 1e-5, 0], np.float16)
+    b = np.array([10000, 65504, 6e-8, 6e-8, 2e-5, -0.0], np.float16)
+    got = a.copy()
+    native.reduce_into(got, b, native.SUM)
+    with np.errstate(over="ignore"):
+        want = a + b
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def _bf16_reference(a_bits: np.ndarray, b_bits: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+    return numpy_fallback.f32_to_bf16(
+        ufunc(numpy_fallback.bf16_to_f32(a_bits), numpy_fallback.bf16_to_f32(b_bits))
+    )
+
+
+@pytest.mark.parametrize("op", [native.SUM, native.PROD, native.MIN, native.MAX])
+def test_bfloat16_reduces_in_fp32_and_rounds_once(op: int) -> None:
+    rng = np.random.default_rng(2)
+    a = numpy_fallback.f32_to_bf16(rng.standard_normal(50_001).astype(np.float32) * 1000)
+    b = numpy_fallback.f32_to_bf16(rng.standard_normal(50_001).astype(np.float32))
+    ufunc = {native.SUM: np.add, native.PROD: np.multiply, native.MIN: np.minimum,
+             native.MAX: np.maximum}[op]
+    want = _bf16_reference(a, b, ufunc)
+    for impl in (native.reduce_into, numpy_fallback.reduce_into):
+        got = a.copy()
+        impl(got, b, op, True)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_bfloat16_rounding_is_to_nearest_even() -> None:
+    # 1 + 2**-8 is halfway between bf16 neighbours 1 and 1 + 2**-7: ties go to even (1.0)
+    one = numpy_fallback.f32_to_bf16(np.array([1.0], np.float32))
+    half_ulp = numpy_fallback.f32_to_bf16(np.array([2.0**-8], np.float32))
+    got = one.copy()
+    native.reduce_into(got, half_ulp, native.SUM, True)
+    assert numpy_fallback.bf16_to_f32(got)[0] == 1.0
+    three_halves = numpy_fallback.f32_to_bf16(np.array([3 * 2.0**-8], np.float32))
+    got = one.copy()
+    native.reduce_into(got, three_halves, native.SUM, True)
+    assert numpy_fallback.bf16_to_f32(got)[0] == 1.0 + 2.0**-6  # the even neighbour
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "bfloat16"])
+def test_divide(dtype: str) -> None:
+    vals = np.arange(-50, 50, dtype=np.float32) * 3
+    if dtype == "bfloat16":
+        arr = numpy_fallback.f32_to_bf16(vals)
+        native.divide(arr, 3, True)
+        np.testing.assert_allclose(numpy_fallback.bf16_to_f32(arr), vals / 3, rtol=1e-2)
+    else:
+        arr = vals.astype(dtype)
+        native.divide(arr, 3)
+        np.testing.assert_array_equal(arr, vals.astype(dtype) / np.array(3, dtype))
