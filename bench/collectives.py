@@ -29,8 +29,13 @@ import numpy as np
 import ringcomm
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all")
-REDOPS = {"sum": ringcomm.SUM, "prod": ringcomm.PROD, "min": ringcomm.MIN, "max": ringcomm.MAX,
-          "avg": ringcomm.AVG}
+REDOPS = {
+    "sum": ringcomm.SUM,
+    "prod": ringcomm.PROD,
+    "min": ringcomm.MIN,
+    "max": ringcomm.MAX,
+    "avg": ringcomm.AVG,
+}
 
 
 def parse_size(text: str) -> int:
@@ -108,8 +113,13 @@ class Case:
         if self.op in ("all_reduce", "reduce"):
             if self.op == "reduce" and self.rank != 0:
                 return self.send
-            combine = {"sum": np.sum, "avg": np.mean, "max": np.max, "min": np.min,
-                       "prod": np.prod}[self.redop]
+            combine = {
+                "sum": np.sum,
+                "avg": np.mean,
+                "max": np.max,
+                "min": np.min,
+                "prod": np.prod,
+            }[self.redop]
             return combine(base[None, :] + ranks[:, None], axis=0)
         if self.op == "broadcast":
             return base + 1
@@ -132,7 +142,9 @@ class Case:
         return int(np.count_nonzero(~np.isclose(self.buf.astype(np.float64), want, rtol=1e-5)))
 
 
-def ringcomm_runner(comm: ringcomm.Communicator, case: Case, args: argparse.Namespace) -> Callable[[], None]:
+def ringcomm_runner(
+    comm: ringcomm.Communicator, case: Case, args: argparse.Namespace
+) -> Callable[[], None]:
     op, redop = case.op, REDOPS[args.redop]
     if op == "all_reduce":
         return lambda: comm.all_reduce(case.buf, redop, algorithm=args.algorithm)
@@ -151,8 +163,13 @@ def gloo_runner(case: Case, args: argparse.Namespace) -> Callable[[], None] | No
     import torch
     import torch.distributed as dist
 
-    redop = {"sum": dist.ReduceOp.SUM, "prod": dist.ReduceOp.PRODUCT, "min": dist.ReduceOp.MIN,
-             "max": dist.ReduceOp.MAX, "avg": dist.ReduceOp.AVG}[args.redop]
+    redop = {
+        "sum": dist.ReduceOp.SUM,
+        "prod": dist.ReduceOp.PRODUCT,
+        "min": dist.ReduceOp.MIN,
+        "max": dist.ReduceOp.MAX,
+        "avg": dist.ReduceOp.AVG,
+    }[args.redop]
     buf, send = torch.from_numpy(case.buf), torch.from_numpy(case.send)
     op = case.op
     if op == "all_reduce":
@@ -171,7 +188,10 @@ def gloo_runner(case: Case, args: argparse.Namespace) -> Callable[[], None] | No
 
 
 def measure(
-    comm: ringcomm.Communicator, run: Callable[[], None], case: Case, args: argparse.Namespace,
+    comm: ringcomm.Communicator,
+    run: Callable[[], None],
+    case: Case,
+    args: argparse.Namespace,
     barrier: Callable[[], None],
 ) -> tuple[float, int, float]:
     """Return (median seconds of the slowest rank, #wrong over ranks, extra MiB max over ranks)."""
@@ -225,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         port = int(os.environ.get("MASTER_PORT", "29500")) + 1
         dist.init_process_group(
-            "gloo", init_method=f"tcp://{os.environ['MASTER_ADDR']}:{port}", rank=rank,
+            "gloo",
+            init_method=f"tcp://{os.environ['MASTER_ADDR']}:{port}",
+            rank=rank,
             world_size=n,
         )
 
@@ -234,16 +256,22 @@ def main(argv: list[str] | None = None) -> int:
     while s <= args.maxbytes:
         sizes.append(s)
         s *= args.stepfactor
-    out = open(args.json, "a") if args.json and rank == 0 else None
+    out = open(args.json, "a") if args.json and rank == 0 else None  # noqa: SIM115
     if rank == 0:
         alg = args.algorithm or "auto"
-        print(f"# ringcomm {ringcomm.__version__} {args.op}: {n} ranks, transport "
-              f"{os.environ.get('RINGCOMM_TRANSPORT', 'zmq')}, algorithm {alg}, median of "
-              f"{args.iters} iterations (slowest rank), peer {args.peer}")
-        head = f"{'size':>10} {'count':>10} {'type':>8} {'redop':>5} | {'time':>9} " \
-               f"{'algbw':>7} {'busbw':>7} {'#wrong':>6} {'extraMiB':>8}"
-        units = f"{'(B)':>10} {'(elems)':>10} {'':>8} {'':>5} | {'(us)':>9} " \
-                f"{'(GB/s)':>7} {'(GB/s)':>7} {'':>6} {'':>8}"
+        print(
+            f"# ringcomm {ringcomm.__version__} {args.op}: {n} ranks, transport "
+            f"{os.environ.get('RINGCOMM_TRANSPORT', 'zmq')}, algorithm {alg}, median of "
+            f"{args.iters} iterations (slowest rank), peer {args.peer}"
+        )
+        head = (
+            f"{'size':>10} {'count':>10} {'type':>8} {'redop':>5} | {'time':>9} "
+            f"{'algbw':>7} {'busbw':>7} {'#wrong':>6} {'extraMiB':>8}"
+        )
+        units = (
+            f"{'(B)':>10} {'(elems)':>10} {'':>8} {'':>5} | {'(us)':>9} "
+            f"{'(GB/s)':>7} {'(GB/s)':>7} {'':>6} {'':>8}"
+        )
         if args.peer == "gloo":
             head += f" | {'gloo_us':>9} {'busbw':>7} {'#wrong':>6} | {'ratio':>5}"
             units += f" | {'(us)':>9} {'(GB/s)':>7} {'':>6} | {'':>5}"
@@ -255,14 +283,24 @@ def main(argv: list[str] | None = None) -> int:
         case = Case(args.op, size, dtype, rank, n, args.redop)
         t, wrong, extra = measure(comm, ringcomm_runner(comm, case, args), case, args, comm.barrier)
         row: dict[str, Any] = {
-            "op": args.op, "ranks": n, "size": case.nbytes, "count": case.count,
-            "type": args.dtype, "redop": args.redop, "algorithm": args.algorithm or "auto",
-            "time_us": t * 1e6, "algbw": case.nbytes / t / 1e9,
-            "busbw": case.nbytes / t / 1e9 * factor, "wrong": wrong, "extra_mib": extra,
+            "op": args.op,
+            "ranks": n,
+            "size": case.nbytes,
+            "count": case.count,
+            "type": args.dtype,
+            "redop": args.redop,
+            "algorithm": args.algorithm or "auto",
+            "time_us": t * 1e6,
+            "algbw": case.nbytes / t / 1e9,
+            "busbw": case.nbytes / t / 1e9 * factor,
+            "wrong": wrong,
+            "extra_mib": extra,
         }
-        line = (f"{case.nbytes:>10} {case.count:>10} {args.dtype:>8} {args.redop:>5} | "
-                f"{row['time_us']:9.1f} {row['algbw']:7.3f} {row['busbw']:7.3f} {wrong:>6} "
-                f"{extra:8.1f}")
+        line = (
+            f"{case.nbytes:>10} {case.count:>10} {args.dtype:>8} {args.redop:>5} | "
+            f"{row['time_us']:9.1f} {row['algbw']:7.3f} {row['busbw']:7.3f} {wrong:>6} "
+            f"{extra:8.1f}"
+        )
         if args.peer == "gloo":
             import torch.distributed as dist
 
@@ -273,8 +311,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 gt, gwrong, _ = measure(comm, grun, gcase, args, dist.barrier)
                 gbus = gcase.nbytes / gt / 1e9 * factor
-                row.update(gloo_time_us=gt * 1e6, gloo_busbw=gbus, gloo_wrong=gwrong,
-                           ratio=row["busbw"] / gbus)
+                row.update(
+                    gloo_time_us=gt * 1e6,
+                    gloo_busbw=gbus,
+                    gloo_wrong=gwrong,
+                    ratio=row["busbw"] / gbus,
+                )
                 line += f" | {gt * 1e6:9.1f} {gbus:7.3f} {gwrong:>6} | {row['ratio']:5.2f}"
         if rank == 0:
             print(line, flush=True)

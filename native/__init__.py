@@ -8,6 +8,18 @@ from .numpy_fallback import bf16_to_f32, f32_to_bf16
 from .ops import AVG, BAND, BITWISE, BOR, BXOR, MAX, MIN, PROD, SUM
 
 __all__ = [
-    "AVG", "BAND", "BITWISE", "BOR", "BXOR", "MAX", "MIN", "PROD", "SUM",
-    "bf16_to_f32", "divide", "f32_to_bf16", "reduce_into", "warm_cache",
+    "AVG",
+    "BAND",
+    "BITWISE",
+    "BOR",
+    "BXOR",
+    "MAX",
+    "MIN",
+    "PROD",
+    "SUM",
+    "bf16_to_f32",
+    "divide",
+    "f32_to_bf16",
+    "reduce_into",
+    "warm_cache",
 ]

@@ -17,7 +17,6 @@ import numpy as np
 from numba import njit
 
 from . import numpy_fallback
-
 from .ops import AVG, BAND, BOR, BXOR, MAX, MIN, PROD, SUM
 
 # 16-bit floats are widened in blocks of this many elements: O(1) scratch per call.
@@ -76,7 +75,7 @@ def _bxor(dst, src):
 @njit(**_JIT)
 def _apply_float(dst, src, op):
     """The arithmetic ops on float32 blocks (the widened 16-bit floats)."""
-    if op == SUM or op == AVG:
+    if op == SUM or op == AVG:  # noqa: SIM109 (numba: plain comparisons)
         _sum(dst, src)
     elif op == PROD:
         _prod(dst, src)
@@ -127,7 +126,9 @@ def _f16_narrow(in_u32, in_f32, out_bits):
         sign = (x >> np.uint32(16)) & np.uint32(0x8000)
         a = x & np.uint32(0x7FFFFFFF)
         if a >= np.uint32(0x7F800000):  # inf or NaN
-            h = np.uint32(0x7C00) | (np.uint32(0x200) if a > np.uint32(0x7F800000) else np.uint32(0))
+            h = np.uint32(0x7C00) | (
+                np.uint32(0x200) if a > np.uint32(0x7F800000) else np.uint32(0)
+            )
         elif a >= np.uint32(0x477FF000):  # >= 65520 rounds to inf
             h = np.uint32(0x7C00)
         elif a < np.uint32(0x38800000):  # below 2**-14: subnormal half (or zero)
@@ -189,11 +190,18 @@ def _divide_half(arr, divisor, is_bf16):
             _f16_narrow(a32[:k], af[:k], arr[start:stop])
 
 
-_KERNELS = {SUM: _sum, PROD: _prod, MIN: _min, MAX: _max, AVG: _sum, BAND: _band, BOR: _bor,
-            BXOR: _bxor}
+_KERNELS = {
+    SUM: _sum,
+    PROD: _prod,
+    MIN: _min,
+    MAX: _max,
+    AVG: _sum,
+    BAND: _band,
+    BOR: _bor,
+    BXOR: _bxor,
+}
 # bool has two values: SUM and MAX are OR, PROD and MIN are AND.
-_BOOL_KERNELS = {SUM: _bor, PROD: _band, MIN: _band, MAX: _bor, BAND: _band, BOR: _bor,
-                 BXOR: _bxor}
+_BOOL_KERNELS = {SUM: _bor, PROD: _band, MIN: _band, MAX: _bor, BAND: _band, BOR: _bor, BXOR: _bxor}
 
 
 def reduce_into(dst: np.ndarray, src: np.ndarray, op: int, bfloat16: bool = False) -> None:
@@ -233,8 +241,18 @@ def warm_cache() -> None:
     """
     if _NUMBA_OFF:
         return
-    for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                 "float32", "float64"):
+    for name in (
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float32",
+        "float64",
+    ):
         a = np.ones(2, name)
         for op, kernel in _KERNELS.items():
             if a.dtype.kind == "f" and op in (BAND, BOR, BXOR):

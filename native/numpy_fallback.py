@@ -11,11 +11,25 @@ import numpy as np
 from .ops import AVG, BAND, BOR, BXOR, MAX, MIN, PROD, SUM
 
 _BLOCK = 1 << 16
-_UFUNCS = {SUM: np.add, AVG: np.add, PROD: np.multiply, MIN: np.minimum, MAX: np.maximum,
-           BAND: np.bitwise_and, BOR: np.bitwise_or, BXOR: np.bitwise_xor}
-_BOOL_UFUNCS = {SUM: np.logical_or, MAX: np.logical_or, PROD: np.logical_and,
-                MIN: np.logical_and, BAND: np.logical_and, BOR: np.logical_or,
-                BXOR: np.logical_xor}
+_UFUNCS = {
+    SUM: np.add,
+    AVG: np.add,
+    PROD: np.multiply,
+    MIN: np.minimum,
+    MAX: np.maximum,
+    BAND: np.bitwise_and,
+    BOR: np.bitwise_or,
+    BXOR: np.bitwise_xor,
+}
+_BOOL_UFUNCS = {
+    SUM: np.logical_or,
+    MAX: np.logical_or,
+    PROD: np.logical_and,
+    MIN: np.logical_and,
+    BAND: np.logical_and,
+    BOR: np.logical_or,
+    BXOR: np.logical_xor,
+}
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:

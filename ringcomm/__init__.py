@@ -92,7 +92,23 @@ def init(
 
 
 __all__ = [
-    "AVG", "BAND", "BOR", "BXOR", "MAX", "MIN", "PROD", "SUM",
-    "CommClosedError", "CommTimeoutError", "Communicator", "Config", "PeerLostError",
-    "ReduceOp", "RendezvousError", "RingcommError", "TransportError", "Work", "init",
+    "AVG",
+    "BAND",
+    "BOR",
+    "BXOR",
+    "MAX",
+    "MIN",
+    "PROD",
+    "SUM",
+    "CommClosedError",
+    "CommTimeoutError",
+    "Communicator",
+    "Config",
+    "PeerLostError",
+    "ReduceOp",
+    "RendezvousError",
+    "RingcommError",
+    "TransportError",
+    "Work",
+    "init",
 ]

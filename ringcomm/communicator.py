@@ -243,8 +243,13 @@ class Communicator:
         name = algorithms.choose_allreduce(b.nbytes, self.size, self._config, algorithm)
         run = _ALLREDUCE[name]
         return self._submit(
-            "all_reduce", lambda ctx: run(ctx, b.array), (buf,), async_op=async_op,
-            timeout=timeout, reduce_op=rop, bfloat16=b.bfloat16,
+            "all_reduce",
+            lambda ctx: run(ctx, b.array),
+            (buf,),
+            async_op=async_op,
+            timeout=timeout,
+            reduce_op=rop,
+            bfloat16=b.bfloat16,
         )
 
     def all_gather(
@@ -268,8 +273,11 @@ class Communicator:
         if not in_place:
             _no_overlap(o, i, "all_gather")
         return self._submit(
-            "all_gather", lambda ctx: ring.allgather(ctx, o.array, i.array), (output, input),
-            async_op=async_op, timeout=timeout,
+            "all_gather",
+            lambda ctx: ring.allgather(ctx, o.array, i.array),
+            (output, input),
+            async_op=async_op,
+            timeout=timeout,
         )
 
     def reduce_scatter(
@@ -296,8 +304,12 @@ class Communicator:
             )
         _no_overlap(o, i, "reduce_scatter")
         return self._submit(
-            "reduce_scatter", lambda ctx: ring.reduce_scatter(ctx, o.array, i.array),
-            (output, input), async_op=async_op, timeout=timeout, reduce_op=rop,
+            "reduce_scatter",
+            lambda ctx: ring.reduce_scatter(ctx, o.array, i.array),
+            (output, input),
+            async_op=async_op,
+            timeout=timeout,
+            reduce_op=rop,
             bfloat16=o.bfloat16,
         )
 
@@ -315,7 +327,10 @@ class Communicator:
         b = as_buffer(buf, "broadcast buf", writable=self.rank != root)
         run = _BROADCAST[algorithms.choose_broadcast(b.nbytes, self.size, self._config, algorithm)]
         return self._submit(
-            "broadcast", lambda ctx: run(ctx, b.array, root), (buf,), async_op=async_op,
+            "broadcast",
+            lambda ctx: run(ctx, b.array, root),
+            (buf,),
+            async_op=async_op,
             timeout=timeout,
         )
 
@@ -334,8 +349,13 @@ class Communicator:
         b = as_buffer(buf, "reduce buf", writable=self.rank == root)
         rop = _reduce_op(op, b, "reduce")
         return self._submit(
-            "reduce", lambda ctx: tree.reduce_binomial(ctx, b.array, root), (buf,),
-            async_op=async_op, timeout=timeout, reduce_op=rop, bfloat16=b.bfloat16,
+            "reduce",
+            lambda ctx: tree.reduce_binomial(ctx, b.array, root),
+            (buf,),
+            async_op=async_op,
+            timeout=timeout,
+            reduce_op=rop,
+            bfloat16=b.bfloat16,
         )
 
     def gather(
@@ -368,8 +388,11 @@ class Communicator:
             _no_overlap(o, i, "gather")
         out_arr = o.array if o is not None else None
         return self._submit(
-            "gather", lambda ctx: linear.gather(ctx, out_arr, i.array, root), (output, input),
-            async_op=async_op, timeout=timeout,
+            "gather",
+            lambda ctx: linear.gather(ctx, out_arr, i.array, root),
+            (output, input),
+            async_op=async_op,
+            timeout=timeout,
         )
 
     def scatter(
@@ -401,8 +424,11 @@ class Communicator:
             _no_overlap(o, i, "scatter")
         in_arr = i.array if i is not None else None
         return self._submit(
-            "scatter", lambda ctx: linear.scatter(ctx, o.array, in_arr, root), (output, input),
-            async_op=async_op, timeout=timeout,
+            "scatter",
+            lambda ctx: linear.scatter(ctx, o.array, in_arr, root),
+            (output, input),
+            async_op=async_op,
+            timeout=timeout,
         )
 
     def all_to_all(
@@ -422,8 +448,11 @@ class Communicator:
             )
         _no_overlap(o, i, "all_to_all")
         return self._submit(
-            "all_to_all", lambda ctx: linear.all_to_all(ctx, o.array, i.array), (output, input),
-            async_op=async_op, timeout=timeout,
+            "all_to_all",
+            lambda ctx: linear.all_to_all(ctx, o.array, i.array),
+            (output, input),
+            async_op=async_op,
+            timeout=timeout,
         )
 
     def barrier(self, *, async_op: bool = False, timeout: float | None = None) -> Work | None:
@@ -446,8 +475,12 @@ class Communicator:
         self._check_tag(tag)
         b = as_buffer(buf, "send buf", writable=False)
         return self._submit(
-            "send", lambda ctx: linear.send(ctx, dst, b.array, tag), (buf,), async_op=async_op,
-            timeout=timeout, p2p_key=(self._p2p_sends, (dst, tag)),
+            "send",
+            lambda ctx: linear.send(ctx, dst, b.array, tag),
+            (buf,),
+            async_op=async_op,
+            timeout=timeout,
+            p2p_key=(self._p2p_sends, (dst, tag)),
         )
 
     def recv(
@@ -465,12 +498,18 @@ class Communicator:
         self._check_tag(tag)
         b = as_buffer(buf, "recv buf", writable=True)
         return self._submit(
-            "recv", lambda ctx: linear.recv(ctx, src, b.array, tag), (buf,), async_op=async_op,
-            timeout=timeout, p2p_key=(self._p2p_recvs, (src, tag)),
+            "recv",
+            lambda ctx: linear.recv(ctx, src, b.array, tag),
+            (buf,),
+            async_op=async_op,
+            timeout=timeout,
+            p2p_key=(self._p2p_recvs, (src, tag)),
         )
 
     # -- sub-communicators ------------------------------------------------------------------
-    def split(self, color: int | None, key: int = 0, *, timeout: float | None = None) -> Communicator | None:
+    def split(
+        self, color: int | None, key: int = 0, *, timeout: float | None = None
+    ) -> Communicator | None:
         """Split into sub-communicators, one per ``color``; collective over this communicator.
 
         Ranks are ordered by ``key``, then by their rank here. A rank passing ``color=None``
@@ -511,8 +550,11 @@ class Communicator:
         if endpoint is None:
             return None
         records = [
-            json.loads(bytes(everyone[r * _SPLIT_RECORD_BYTES : (r + 1) * _SPLIT_RECORD_BYTES])
-                       .rstrip(b"\0"))
+            json.loads(
+                bytes(everyone[r * _SPLIT_RECORD_BYTES : (r + 1) * _SPLIT_RECORD_BYTES]).rstrip(
+                    b"\0"
+                )
+            )
             for r in range(self.size)
         ]
         members = sorted((rec["key"], r) for r, rec in enumerate(records) if rec["color"] == color)
@@ -521,7 +563,8 @@ class Communicator:
             f"{self._transport.comm_id}/{ctx.seq}/{color}".encode(), digest_size=8
         ).digest()
         transport = endpoint.connect(
-            new_rank, [records[r]["addr"].encode() for _, r in members],
+            new_rank,
+            [records[r]["addr"].encode() for _, r in members],
             int.from_bytes(digest, "little"),
         )
         return Communicator(transport, self._config, self._endpoints)
@@ -557,4 +600,3 @@ class Communicator:
     def _check_tag(tag: Any) -> None:
         if not isinstance(tag, (int, np.integer)) or not 0 <= tag <= _MAX_TAG:
             raise ValueError(f"tag must be an int in 0..{_MAX_TAG}, got {tag!r}")
-

@@ -38,7 +38,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
     raw = env.get(name)
-    if raw is None or raw == "" or raw == "auto" and "auto" not in choices:
+    if raw is None or raw == "" or (raw == "auto" and "auto" not in choices):
         return None
     if raw not in choices:
         raise ValueError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
@@ -65,6 +65,9 @@ class Config:
             or ``ipc`` (``RINGCOMM_ZMQ_PROTOCOL``).
         zmq_io_threads: ZeroMQ I/O threads per process (``RINGCOMM_ZMQ_IO_THREADS``).
         linger_seconds: how long close() lets unsent messages drain (``RINGCOMM_LINGER_SECONDS``).
+        tune_malloc: fix glibc's malloc thresholds so received segments reuse heap memory
+            instead of page-faulting fresh mmaps (``RINGCOMM_TUNE_MALLOC``, 1 or 0); see
+            :func:`ringcomm.transport.zmq.tune_malloc`.
     """
 
     timeout_seconds: float = 300.0
@@ -76,6 +79,7 @@ class Config:
     zmq_protocol: str = "auto"
     zmq_io_threads: int = 1
     linger_seconds: float = 2.0
+    tune_malloc: bool = True
 
     def __post_init__(self) -> None:
         if self.timeout_seconds <= 0:
@@ -106,6 +110,7 @@ class Config:
             zmq_protocol=_choice(env, "RINGCOMM_ZMQ_PROTOCOL", ZMQ_PROTOCOLS) or "auto",
             zmq_io_threads=_int(env, "RINGCOMM_ZMQ_IO_THREADS", d.zmq_io_threads),
             linger_seconds=_float(env, "RINGCOMM_LINGER_SECONDS", d.linger_seconds),
+            tune_malloc=_int(env, "RINGCOMM_TUNE_MALLOC", int(d.tune_malloc)) != 0,
         )
 
 

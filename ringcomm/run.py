@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -69,10 +70,8 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = [p for p in procs if p.poll() is None]
         for p in alive:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + _GRACE_SECONDS
         while time.monotonic() < deadline and any(p.poll() is None for p in alive):
             time.sleep(0.05)
@@ -95,15 +94,25 @@ def launch(
         env = dict(os.environ)
         env.update(extra_env or {})
         env.update(
-            RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(nprocs), MASTER_ADDR=master_addr, MASTER_PORT=str(port),
-            RINGCOMM_RANK=str(rank), RINGCOMM_SIZE=str(nprocs),
-            RINGCOMM_MASTER_ADDR=master_addr, RINGCOMM_MASTER_PORT=str(port),
+            RANK=str(rank),
+            WORLD_SIZE=str(nprocs),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(nprocs),
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(port),
+            RINGCOMM_RANK=str(rank),
+            RINGCOMM_SIZE=str(nprocs),
+            RINGCOMM_MASTER_ADDR=master_addr,
+            RINGCOMM_MASTER_PORT=str(port),
             PYTHONUNBUFFERED="1",
         )
         proc = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         procs.append(proc)
         tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)

@@ -22,8 +22,20 @@ import numpy as np
 
 import ringcomm
 
-DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-          "float16", "float32", "float64")
+DTYPES = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+)
 OPS = tuple(ringcomm.ReduceOp)
 
 
@@ -37,7 +49,9 @@ def op_applies(op: ringcomm.ReduceOp, dtype: str) -> bool:
     return True
 
 
-def make_input(dtype: str, op: ringcomm.ReduceOp, rank: int, count: int, seed: int = 0) -> np.ndarray:
+def make_input(
+    dtype: str, op: ringcomm.ReduceOp, rank: int, count: int, seed: int = 0
+) -> np.ndarray:
     """Rank ``rank``'s input: small integers, exact in every dtype and in any order of
     reduction, so results can be compared bit for bit (AVG aside)."""
     rng = np.random.default_rng(seed * 1000 + rank)
@@ -55,19 +69,29 @@ def make_input(dtype: str, op: ringcomm.ReduceOp, rank: int, count: int, seed: i
 
 
 _UFUNC = {
-    ringcomm.SUM: np.add, ringcomm.AVG: np.add, ringcomm.PROD: np.multiply,
-    ringcomm.MIN: np.minimum, ringcomm.MAX: np.maximum, ringcomm.BAND: np.bitwise_and,
-    ringcomm.BOR: np.bitwise_or, ringcomm.BXOR: np.bitwise_xor,
+    ringcomm.SUM: np.add,
+    ringcomm.AVG: np.add,
+    ringcomm.PROD: np.multiply,
+    ringcomm.MIN: np.minimum,
+    ringcomm.MAX: np.maximum,
+    ringcomm.BAND: np.bitwise_and,
+    ringcomm.BOR: np.bitwise_or,
+    ringcomm.BXOR: np.bitwise_xor,
 }
 
 
 def reference(op: ringcomm.ReduceOp, arrays: list[np.ndarray]) -> np.ndarray:
     """The reduction of ``arrays`` by numpy, in the arrays' dtype (wrapping like C)."""
     if arrays[0].dtype == bool:
-        bool_ufunc = {ringcomm.SUM: np.logical_or, ringcomm.MAX: np.logical_or,
-                      ringcomm.PROD: np.logical_and, ringcomm.MIN: np.logical_and,
-                      ringcomm.BAND: np.logical_and, ringcomm.BOR: np.logical_or,
-                      ringcomm.BXOR: np.logical_xor}[op]
+        bool_ufunc = {
+            ringcomm.SUM: np.logical_or,
+            ringcomm.MAX: np.logical_or,
+            ringcomm.PROD: np.logical_and,
+            ringcomm.MIN: np.logical_and,
+            ringcomm.BAND: np.logical_and,
+            ringcomm.BOR: np.logical_or,
+            ringcomm.BXOR: np.logical_xor,
+        }[op]
         return functools.reduce(bool_ufunc, arrays)
     out = functools.reduce(_UFUNC[op], arrays)
     if op == ringcomm.AVG:
@@ -78,8 +102,9 @@ def reference(op: ringcomm.ReduceOp, arrays: list[np.ndarray]) -> np.ndarray:
 def assert_reduced(got: np.ndarray, want: np.ndarray, op: ringcomm.ReduceOp, what: str) -> None:
     """Exact equality, except AVG on floats (one rounding may differ)."""
     if op == ringcomm.AVG:
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
-                                   rtol=1e-3, err_msg=what)
+        np.testing.assert_allclose(
+            got.astype(np.float64), want.astype(np.float64), rtol=1e-3, err_msg=what
+        )
     else:
         np.testing.assert_array_equal(got, want, err_msg=what)
 
@@ -89,8 +114,12 @@ _ports = itertools.count(1)
 
 
 def run_threads(
-    size: int, fn: Callable[[ringcomm.Communicator], Any], *, timeout: float = 60.0,
-    config: ringcomm.Config | None = None, op_timeout: float = 20.0,
+    size: int,
+    fn: Callable[[ringcomm.Communicator], Any],
+    *,
+    timeout: float = 60.0,
+    config: ringcomm.Config | None = None,
+    op_timeout: float = 20.0,
 ) -> list[Any]:
     """Run ``fn(comm)`` on ``size`` thread ranks (local transport); return results by rank.
 
@@ -102,8 +131,14 @@ def run_threads(
 
     def body(rank: int) -> None:
         try:
-            comm = ringcomm.init(rank=rank, size=size, transport="local", master_port=port,
-                                 timeout=op_timeout, config=config)
+            comm = ringcomm.init(
+                rank=rank,
+                size=size,
+                transport="local",
+                master_port=port,
+                timeout=op_timeout,
+                config=config,
+            )
             try:
                 results[rank] = fn(comm)
             finally:
@@ -136,8 +171,14 @@ def _free_port() -> int:
 def _worker(rank: int, size: int, port: int, conn: Connection, env: dict[str, str]) -> None:
     os.environ.update(env)
     try:
-        comm = ringcomm.init(rank=rank, size=size, master_addr="127.0.0.1", master_port=port,
-                             transport="zmq", timeout=30)
+        comm = ringcomm.init(
+            rank=rank,
+            size=size,
+            master_addr="127.0.0.1",
+            master_port=port,
+            transport="zmq",
+            timeout=30,
+        )
     except BaseException:
         conn.send(("err", traceback.format_exc()))
         return
@@ -168,8 +209,12 @@ class RankPool:
         self._procs = []
         for rank in range(size):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(rank, size, port, child, env or {}),
-                            daemon=True, name=f"rank{rank}")
+            p = ctx.Process(
+                target=_worker,
+                args=(rank, size, port, child, env or {}),
+                daemon=True,
+                name=f"rank{rank}",
+            )
             p.start()
             child.close()
             self._conns.append(parent)
@@ -189,14 +234,22 @@ class RankPool:
                 try:
                     replies[rank] = c.recv()
                 except EOFError:
-                    replies[rank] = ("err", f"process died (exit code {self._procs[rank].exitcode})")
+                    replies[rank] = (
+                        "err",
+                        f"process died (exit code {self._procs[rank].exitcode})",
+                    )
         failed = {r: v for r, (k, v) in replies.items() if k == "err"}
         hung = sorted(waiting.values())
         if failed or hung:
             self.close(force=True)
-            lines = [f"rank {r} of {self.size} failed in {what}:\n{tb}" for r, tb in sorted(failed.items())]
+            lines = [
+                f"rank {r} of {self.size} failed in {what}:\n{tb}"
+                for r, tb in sorted(failed.items())
+            ]
             if hung:
-                lines.append(f"ranks {hung} of {self.size} did not finish {what} within {timeout:.0f}s")
+                lines.append(
+                    f"ranks {hung} of {self.size} did not finish {what} within {timeout:.0f}s"
+                )
             raise AssertionError("\n".join(lines))
         return [replies[r][1] for r in range(self.size)]
 

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 
 import ringcomm
-
 from helpers import DTYPES, OPS, assert_reduced, make_input, op_applies, reference
 
 COUNTS = (0, 1, 2, 3, 7, 13, 1000, 4099)
 
 
-def allreduce_matrix(comm: ringcomm.Communicator, algorithms: tuple[str, ...],
-                     counts: tuple[int, ...] = COUNTS) -> int:
+def allreduce_matrix(
+    comm: ringcomm.Communicator, algorithms: tuple[str, ...], counts: tuple[int, ...] = COUNTS
+) -> int:
     """Every op x dtype x count x algorithm against numpy; returns the number of cases."""
     n, cases = comm.size, 0
     for alg in algorithms:
@@ -28,8 +28,12 @@ def allreduce_matrix(comm: ringcomm.Communicator, algorithms: tuple[str, ...],
                     inputs = [make_input(dtype, op, r, count, seed=count) for r in range(n)]
                     buf = inputs[comm.rank].copy()
                     comm.all_reduce(buf, op, algorithm=alg)
-                    assert_reduced(buf, reference(op, inputs), op,
-                                   f"all_reduce {alg} {op.name} {dtype} count={count} n={n}")
+                    assert_reduced(
+                        buf,
+                        reference(op, inputs),
+                        op,
+                        f"all_reduce {alg} {op.name} {dtype} count={count} n={n}",
+                    )
                     cases += 1
     return cases
 
@@ -70,7 +74,9 @@ def other_collectives(comm: ringcomm.Communicator, counts: tuple[int, ...] = COU
                 for alg in ("binomial", "chain"):
                     buf = everyone[root].copy() if r == root else np.zeros(count, dtype)
                     comm.broadcast(buf, root, algorithm=alg)
-                    np.testing.assert_array_equal(buf, everyone[root], err_msg=f"bcast {alg} {what}")
+                    np.testing.assert_array_equal(
+                        buf, everyone[root], err_msg=f"bcast {alg} {what}"
+                    )
                 buf = mine.copy()
                 comm.reduce(buf, root, ringcomm.MAX)
                 want = reference(ringcomm.MAX, everyone) if r == root else mine
@@ -94,7 +100,10 @@ def other_collectives(comm: ringcomm.Communicator, counts: tuple[int, ...] = COU
     for count in counts:
         a = np.full(count, r, np.int32)
         b = np.full(count, r + 100, np.int32)
-        works = [comm.send(a, right, tag=1, async_op=True), comm.send(b, right, tag=2, async_op=True)]
+        works = [
+            comm.send(a, right, tag=1, async_op=True),
+            comm.send(b, right, tag=2, async_op=True),
+        ]
         got_b, got_a = np.empty(count, np.int32), np.empty(count, np.int32)
         comm.recv(got_b, left, tag=2)
         comm.recv(got_a, left, tag=1)
@@ -153,8 +162,16 @@ def torch_tensors(comm: ringcomm.Communicator) -> None:
     import torch
 
     n, r = comm.size, comm.rank
-    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32,
-                  torch.int64, torch.uint8, torch.bool):
+    for dtype in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+    ):
         t = (torch.arange(1001) % 5 + r).to(dtype)
         ptr = t.data_ptr()
         comm.all_reduce(t)

@@ -55,19 +55,26 @@ def _launch(tmp_path: Path, script: str, n: int, *extra: str, timeout: float = 1
     path.write_text(textwrap.dedent(script))
     return subprocess.run(
         [sys.executable, "-m", "ringcomm.run", "-n", str(n), *extra, str(path)],
-        capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
     )
 
 
 def test_launcher_runs_ranks_and_prefixes_output(tmp_path: Path) -> None:
-    res = _launch(tmp_path, """
+    res = _launch(
+        tmp_path,
+        """
         import numpy as np, ringcomm
         comm = ringcomm.init()
         buf = np.ones(4)
         comm.all_reduce(buf)
         print("rank", comm.rank, "of", comm.size, "sum", buf[0])
         comm.close()
-    """, 3)
+    """,
+        3,
+    )
     assert res.returncode == 0, res.stderr
     for r in range(3):
         assert f"[{r}] rank {r} of 3 sum 3.0" in res.stdout
@@ -75,13 +82,17 @@ def test_launcher_runs_ranks_and_prefixes_output(tmp_path: Path) -> None:
 
 def test_launcher_fails_fast_with_the_traceback(tmp_path: Path) -> None:
     t0 = time.monotonic()
-    res = _launch(tmp_path, """
+    res = _launch(
+        tmp_path,
+        """
         import time, ringcomm
         comm = ringcomm.init()
         if comm.rank == 1:
             raise RuntimeError("boom on rank one")
         time.sleep(60)  # would hang the job without fail-fast
-    """, 3)
+    """,
+        3,
+    )
     assert time.monotonic() - t0 < 45
     assert res.returncode == 1
     assert "[1] RuntimeError: boom on rank one" in res.stderr
@@ -89,12 +100,16 @@ def test_launcher_fails_fast_with_the_traceback(tmp_path: Path) -> None:
 
 
 def test_launcher_reports_a_killed_rank(tmp_path: Path) -> None:
-    res = _launch(tmp_path, """
+    res = _launch(
+        tmp_path,
+        """
         import os, signal, time
         if os.environ["RANK"] == "2":
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(60)
-    """, 3)
+    """,
+        3,
+    )
     assert res.returncode != 0
     assert "rank 2 failed (killed by SIGKILL)" in res.stderr
 
@@ -102,10 +117,27 @@ def test_launcher_reports_a_killed_rank(tmp_path: Path) -> None:
 def test_launcher_runs_a_module_and_a_command(tmp_path: Path) -> None:
     (tmp_path / "mymod.py").write_text("import os; print('mod', os.environ['WORLD_SIZE'])\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    res = subprocess.run([sys.executable, "-m", "ringcomm.run", "-n", "2", "-m", "mymod"],
-                         capture_output=True, text=True, timeout=60, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "ringcomm.run", "-n", "2", "-m", "mymod"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert res.returncode == 0 and res.stdout.count("mod 2") == 2
-    res = subprocess.run([sys.executable, "-m", "ringcomm.run", "-n", "2", sys.executable, "-c",
-                          "import os; print('cmd', os.environ['LOCAL_RANK'])"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ringcomm.run",
+            "-n",
+            "2",
+            sys.executable,
+            "-c",
+            "import os; print('cmd', os.environ['LOCAL_RANK'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0 and "[1] cmd 1" in res.stdout

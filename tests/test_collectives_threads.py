@@ -11,9 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import ringcomm
-
 import rankfns
+import ringcomm
 from helpers import DTYPES, OPS, assert_reduced, make_input, op_applies, reference, run_threads
 
 SIZES = [1, 2, 3, 4, 5]
@@ -25,8 +24,10 @@ ALGORITHMS = ("ring", "recursive_doubling", "star")
 @pytest.mark.parametrize("size", SIZES)
 def test_all_reduce_every_op_dtype_count_algorithm(size: int) -> None:
     counts = run_threads(
-        size, functools.partial(rankfns.allreduce_matrix, algorithms=ALGORITHMS),
-        config=SMALL_SEGMENTS, timeout=240,
+        size,
+        functools.partial(rankfns.allreduce_matrix, algorithms=ALGORITHMS),
+        config=SMALL_SEGMENTS,
+        timeout=240,
     )
     assert counts[0] > 0
 
@@ -39,11 +40,16 @@ def test_other_collectives(size: int) -> None:
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("size", [3, 4, 5])
 def test_every_rank_gets_the_same_bits(size: int, algorithm: str) -> None:
-    out = run_threads(size, functools.partial(rankfns.all_ranks_get_identical_bits,
-                                              algorithm=algorithm), config=SMALL_SEGMENTS)
+    out = run_threads(
+        size,
+        functools.partial(rankfns.all_ranks_get_identical_bits, algorithm=algorithm),
+        config=SMALL_SEGMENTS,
+    )
     for r in range(1, size):
         np.testing.assert_array_equal(out[0].view(np.uint32), out[r].view(np.uint32))
-    want = sum(np.random.default_rng(r).standard_normal(10_007).astype(np.float64) for r in range(size))
+    want = sum(
+        np.random.default_rng(r).standard_normal(10_007).astype(np.float64) for r in range(size)
+    )
     np.testing.assert_allclose(out[0], want, rtol=1e-4, atol=1e-4)
 
 
@@ -77,7 +83,7 @@ def test_timeout_names_operation_and_peer() -> None:
     count=st.integers(0, 300),
     dtype=st.sampled_from(DTYPES),
     op=st.sampled_from(OPS),
-    algorithm=st.sampled_from(ALGORITHMS + (None,)),
+    algorithm=st.sampled_from((*ALGORITHMS, None)),
     segment_bytes=st.sampled_from([64, 256, 1 << 20]),
     seed=st.integers(0, 2**16),
 )

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import ringcomm
-
 import rankfns
+import ringcomm
 from conftest import get_pool
 from helpers import DTYPES, OPS, RankPool, assert_reduced, make_input, op_applies, reference
 
@@ -24,8 +23,10 @@ def test_all_reduce_matrix(size: int) -> None:
     pool = get_pool(size)
     counts = (0, 1, 3, 13, 4099)
     cases = pool.run(
-        functools.partial(rankfns.allreduce_matrix, algorithms=("ring", "recursive_doubling"),
-                          counts=counts), timeout=240,
+        functools.partial(
+            rankfns.allreduce_matrix, algorithms=("ring", "recursive_doubling"), counts=counts
+        ),
+        timeout=240,
     )
     assert cases[0] > 0
 
@@ -57,8 +58,9 @@ def _big_allreduce(comm: ringcomm.Communicator) -> bool:
 
 @pytest.mark.parametrize("size", [2, 3, 4])
 def test_other_collectives(size: int) -> None:
-    get_pool(size).run(functools.partial(rankfns.other_collectives, counts=(0, 1, 7, 1000)),
-                       timeout=240)
+    get_pool(size).run(
+        functools.partial(rankfns.other_collectives, counts=(0, 1, 7, 1000)), timeout=240
+    )
 
 
 @pytest.mark.parametrize("size", [2, 4])
@@ -91,8 +93,9 @@ def test_timeout_names_the_peer_and_breaks_the_communicator() -> None:
 def test_tcp_only() -> None:
     pool = RankPool(3, env={"RINGCOMM_ZMQ_PROTOCOL": "tcp"})
     try:
-        pool.run(functools.partial(rankfns.allreduce_matrix, algorithms=("ring",),
-                                   counts=(5, 3000)))
+        pool.run(
+            functools.partial(rankfns.allreduce_matrix, algorithms=("ring",), counts=(5, 3000))
+        )
         assert all(pool.run(_big_allreduce))
     finally:
         pool.close()

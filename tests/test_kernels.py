@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import DTYPES, OPS, make_input, op_applies, reference
 from ringcomm import native
 from ringcomm.native import numpy_fallback
-
-from helpers import DTYPES, OPS, make_input, op_applies, reference
-
 
 APPLICABLE = [(d, o) for d in DTYPES for o in OPS if op_applies(o, d)]
 
@@ -43,8 +41,12 @@ def test_float16_sum_rounds_once_like_numpy() -> None:
     for op in (native.SUM, native.PROD, native.MIN, native.MAX):
         got = a.copy()
         native.reduce_into(got, b, op)
-        want = {native.SUM: np.add, native.PROD: np.multiply, native.MIN: np.minimum,
-                native.MAX: np.maximum}[op](a, b)
+        want = {
+            native.SUM: np.add,
+            native.PROD: np.multiply,
+            native.MIN: np.minimum,
+            native.MAX: np.maximum,
+        }[op](a, b)
         np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
 
 
@@ -82,8 +84,12 @@ def test_bfloat16_reduces_in_fp32_and_rounds_once(op: int) -> None:
     rng = np.random.default_rng(2)
     a = numpy_fallback.f32_to_bf16(rng.standard_normal(50_001).astype(np.float32) * 1000)
     b = numpy_fallback.f32_to_bf16(rng.standard_normal(50_001).astype(np.float32))
-    ufunc = {native.SUM: np.add, native.PROD: np.multiply, native.MIN: np.minimum,
-             native.MAX: np.maximum}[op]
+    ufunc = {
+        native.SUM: np.add,
+        native.PROD: np.multiply,
+        native.MIN: np.minimum,
+        native.MAX: np.maximum,
+    }[op]
     want = _bf16_reference(a, b, ufunc)
     for impl in (native.reduce_into, numpy_fallback.reduce_into):
         got = a.copy()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 import ringcomm
-
 from conftest import get_pool
 
 BUFFER_BYTES = 64 << 20
@@ -30,7 +29,7 @@ def _peak_extra_mib(comm: ringcomm.Communicator) -> float:
     for _ in range(3):
         comm.all_reduce(buf, algorithm="ring")
     extra = (_status_kib("VmHWM") - base) / 1024
-    assert buf[0] == comm.size ** 4
+    assert buf[0] == comm.size**4
     return extra
 
 

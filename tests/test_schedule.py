@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ringcomm.algorithms.schedule import (
@@ -25,18 +27,20 @@ def test_chunks_cover_the_buffer_evenly(count: int, parts: int) -> None:
     bounds = chunk_bounds(count, parts)
     assert len(bounds) == parts
     assert bounds[0][0] == 0 and bounds[-1][1] == count
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     sizes = [b - a for a, b in bounds]
     assert max(sizes) - min(sizes) <= 1
 
 
-@pytest.mark.parametrize(("start", "stop", "seg"), [(0, 0, 4), (3, 3, 4), (0, 10, 4), (5, 9, 4), (0, 8, 8)])
+@pytest.mark.parametrize(
+    ("start", "stop", "seg"), [(0, 0, 4), (3, 3, 4), (0, 10, 4), (5, 9, 4), (0, 8, 8)]
+)
 def test_segments_cover_the_chunk(start: int, stop: int, seg: int) -> None:
     segs = segment_bounds(start, stop, seg)
     assert segs, "an empty chunk still has one (empty) segment"
     assert segs[0][0] == start and segs[-1][1] == stop
     assert all(0 <= b - a <= seg for a, b in segs)
-    assert all(a[1] == b[0] for a, b in zip(segs, segs[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(segs))
 
 
 def _simulate_ring(steps_of, size: int) -> list[list[set[int]]]:
@@ -63,7 +67,7 @@ def test_ring_allreduce_leaves_every_chunk_complete_everywhere(size: int) -> Non
     steps = ring_allreduce_steps(0, size)
     assert len(steps) == 2 * (size - 1)
     # each step forwards what the previous one received: the pipeline needs this
-    assert all(a.recv == b.send for a, b in zip(steps, steps[1:]))
+    assert all(a.recv == b.send for a, b in itertools.pairwise(steps))
 
 
 @pytest.mark.parametrize("size", SIZES[1:])
@@ -129,5 +133,5 @@ def test_dissemination_rounds(size: int) -> None:
     rounds = [dissemination_partners(r, size) for r in range(size)]
     assert len(rounds[0]) == (size - 1).bit_length()
     for r in range(size):
-        for k, (to, frm) in enumerate(rounds[r]):
+        for k, (to, _frm) in enumerate(rounds[r]):
             assert rounds[to][k][1] == r

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import ringcomm
-
 from helpers import run_threads
 
 
@@ -123,8 +122,9 @@ def test_errors_form_one_family() -> None:
 
 
 def test_config_from_env_rejects_nonsense() -> None:
-    cfg = ringcomm.Config.from_env({"RINGCOMM_SEGMENT_BYTES": "4096",
-                                    "RINGCOMM_ALLREDUCE_ALGORITHM": "star"})
+    cfg = ringcomm.Config.from_env(
+        {"RINGCOMM_SEGMENT_BYTES": "4096", "RINGCOMM_ALLREDUCE_ALGORITHM": "star"}
+    )
     assert cfg.segment_bytes == 4096 and cfg.allreduce_algorithm == "star"
     with pytest.raises(ValueError, match="RINGCOMM_TIMEOUT_SECONDS"):
         ringcomm.Config.from_env({"RINGCOMM_TIMEOUT_SECONDS": "soon"})

@@ -38,7 +38,9 @@ class OpContext:
         """Segment bounds of elements ``[start, stop)`` (see :func:`segment_bounds`)."""
         return segment_bounds(start, stop, max(1, self.segment_bytes // itemsize))
 
-    def send(self, dst: int, step: int, segment: int, data: np.ndarray, *, copy: bool = False) -> None:
+    def send(
+        self, dst: int, step: int, segment: int, data: np.ndarray, *, copy: bool = False
+    ) -> None:
         """Send ``data``; unless ``copy``, it must not change before :meth:`flush`."""
         self.transport.send(dst, Tag(self.kind, self.seq, step, segment), data, copy=copy)
 

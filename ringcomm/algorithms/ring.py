@@ -38,7 +38,7 @@ def _run_ring(
     land: Land,
     itemsize: int,
 ) -> None:
-    right, left = (ctx.rank + 1) % ctx.size, (ctx.rank - 1) % ctx.size
+    right = (ctx.rank + 1) % ctx.size
     segs = [ctx.segments(a, b, itemsize) for a, b in chunks]
     # Initiate the first step: this rank's own chunk goes right.
     for k, (a, b) in enumerate(segs[steps[0].send]):
@@ -72,8 +72,9 @@ def allreduce(ctx: OpContext, buf: np.ndarray) -> None:
             ctx.recv_into(left, s, k, seg)
         return seg, False
 
-    _run_ring(ctx, ring_allreduce_steps(ctx.rank, n), chunk_bounds(buf.size, n), buf, land,
-              buf.itemsize)
+    _run_ring(
+        ctx, ring_allreduce_steps(ctx.rank, n), chunk_bounds(buf.size, n), buf, land, buf.itemsize
+    )
 
 
 def reduce_scatter(ctx: OpContext, output: np.ndarray, input: np.ndarray) -> None:
@@ -91,13 +92,11 @@ def reduce_scatter(ctx: OpContext, output: np.ndarray, input: np.ndarray) -> Non
     scratch = np.empty(min(count, max(1, ctx.segment_bytes // input.itemsize)), input.dtype)
 
     def land(s: int, step: RingStep, k: int, a: int, b: int) -> tuple[np.ndarray, bool]:
-        if s == n - 2:  # the last step lands in the output
-            acc = output[a - step.recv * count : b - step.recv * count]
-        else:
-            acc = scratch[: b - a]
+        last = s == n - 2  # the last step lands in the output
+        acc = output[a - step.recv * count : b - step.recv * count] if last else scratch[: b - a]
         np.copyto(acc, input[a:b])
         ctx.recv_reduce(left, s, k, acc)
-        if s == n - 2:
+        if last:
             ctx.finish_average(acc)
         return acc, True
 

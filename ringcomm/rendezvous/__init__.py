@@ -63,7 +63,9 @@ def form_world(spec: WorldSpec, config: Config) -> tuple[Transport, EndpointFact
     factory = endpoint_factory(spec, config)
     endpoint = factory()
     if spec.size == 1:
-        return endpoint.connect(0, [endpoint.address], int.from_bytes(os.urandom(8), "little")), factory
+        return endpoint.connect(
+            0, [endpoint.address], int.from_bytes(os.urandom(8), "little")
+        ), factory
     store, close_store = _open_store(spec, config)
     try:
         store.set(f"addr/{spec.rank}", endpoint.address)

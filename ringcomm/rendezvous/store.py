@@ -37,7 +37,7 @@ class Store(abc.ABC):
     def add(self, key: str, amount: int) -> int:
         """Add ``amount`` to the counter ``key`` (0 if unset) and return the new value."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: LocalStore holds no sockets)
         """Release the store's sockets."""
 
 

@@ -110,7 +110,14 @@ class Transport(abc.ABC):
             raise CommClosedError("the communicator is closed")
         nbytes = payload.nbytes
         header = HEADER.pack(
-            MAGIC, VERSION, tag.kind, self.comm_id, tag.seq, tag.step, tag.segment, nbytes,
+            MAGIC,
+            VERSION,
+            tag.kind,
+            self.comm_id,
+            tag.seq,
+            tag.step,
+            tag.segment,
+            nbytes,
             self.rank,
         )
         if dst == self.rank:

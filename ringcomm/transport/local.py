@@ -83,4 +83,3 @@ class LocalTransport(Transport):
 
     def _close(self) -> None:
         self._endpoint.close()
-
