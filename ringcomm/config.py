@@ -56,8 +56,9 @@ class Config:
         zero_copy_bytes: segments at least this large are sent from the user's memory without
             a copy (``RINGCOMM_ZERO_COPY_BYTES``); smaller ones are copied, which is cheaper
             than tracking them.
-        small_message_bytes: all_reduce below this size uses the latency-optimal algorithm
-            (``RINGCOMM_SMALL_MESSAGE_BYTES``).
+        small_message_bytes: all_reduce below this size uses recursive doubling, from it up
+            the ring (``RINGCOMM_SMALL_MESSAGE_BYTES``; measured crossover: see
+            :mod:`ringcomm.algorithms`).
         allreduce_algorithm: force one of ``ring``, ``recursive_doubling``, ``star``
             (``RINGCOMM_ALLREDUCE_ALGORITHM``; unset or ``auto`` chooses by size).
         broadcast_algorithm: force ``binomial`` or ``chain`` (``RINGCOMM_BROADCAST_ALGORITHM``).
@@ -73,7 +74,7 @@ class Config:
     timeout_seconds: float = 300.0
     segment_bytes: int = 1 << 20
     zero_copy_bytes: int = 64 << 10
-    small_message_bytes: int = 64 << 10
+    small_message_bytes: int = 2 << 20
     allreduce_algorithm: str | None = None
     broadcast_algorithm: str | None = None
     zmq_protocol: str = "auto"

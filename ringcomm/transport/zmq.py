@@ -183,6 +183,7 @@ class ZmqTransport(Transport):
         self._endpoint = endpoint
         self._pull = endpoint.pull
         self._pushes = pushes
+        self._rcvtimeo_ms = -1
 
     def _send_frames(self, dst: int, header: bytes, payload: np.ndarray, copy: bool) -> Any:
         sock = self._pushes[dst]
@@ -205,13 +206,16 @@ class ZmqTransport(Transport):
                 ) from None
 
     def _recv_frames(self, timeout: float) -> tuple[bytes, Any] | None:
-        pull = self._pull
+        # A blocking receive with RCVTIMEO: one call into libzmq (GIL released while it
+        # waits), where try/poll/retry costs a Poller and an exception per message.
+        timeout_ms = int(timeout * 1000) + 1
+        if timeout_ms != self._rcvtimeo_ms:
+            self._pull.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            self._rcvtimeo_ms = timeout_ms
         try:
-            frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            frames = self._pull.recv_multipart(copy=False)
         except zmq.Again:
-            if not pull.poll(int(timeout * 1000) + 1):
-                return None
-            frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            return None
         if len(frames) == 2:  # [header, payload]: a payload sent from the sender's memory
             return frames[0].bytes, frames[1]
         if len(frames) == 1:  # header and a small, copied payload in one frame
