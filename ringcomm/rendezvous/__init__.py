@@ -2,7 +2,8 @@
 
 Rank 0 hosts the store at MASTER_ADDR:MASTER_PORT for the time of ``init``. Every rank binds
 an endpoint, publishes its address under ``addr/<rank>``, reads everyone else's and
-connects. Rank 0 leaves the store up until every rank has read what it needs.
+connects; ``init`` returns on every rank once all have connected. Rank 0 leaves the store
+up until every rank has read what it needs.
 """
 
 from __future__ import annotations
@@ -82,11 +83,16 @@ def form_world(spec: WorldSpec, config: Config) -> tuple[Transport, EndpointFact
                 ) from None
         comm_id = int.from_bytes(store.get("comm_id", config.timeout_seconds), "little")
         transport = endpoint.connect(spec.rank, addresses, comm_id)
-        # Rank 0 keeps the store up until the last rank has read all it needs.
+        # No rank returns before every rank has connected (a rank that finished early and
+        # closed must not vanish under a peer that is still connecting) ...
         if store.add("joined", 1) == spec.size:
             store.set("all_joined", b"")
+        store.get("all_joined", config.timeout_seconds)
+        # ... and rank 0 keeps the store up until no rank needs it any more.
+        if store.add("left", 1) == spec.size:
+            store.set("all_left", b"")
         if spec.rank == 0:
-            store.get("all_joined", config.timeout_seconds)
+            store.get("all_left", config.timeout_seconds)
     except BaseException:
         endpoint.close()
         raise
