@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 from . import numpy_fallback
-from .ops import AVG, BAND, BOR, BXOR, MAX, MIN, PROD, SUM
+from .ops import AVG, BAND, BOR, BXOR, MAX, MIN, NATIVE_DTYPES, PROD, SUM
 
 # 16-bit floats are widened in blocks of this many elements: O(1) scratch per call.
 _BLOCK = 2048
@@ -241,18 +241,7 @@ def warm_cache() -> None:
     """
     if _NUMBA_OFF:
         return
-    for name in (
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "float32",
-        "float64",
-    ):
+    for name in NATIVE_DTYPES:
         a = np.ones(2, name)
         for op, kernel in _KERNELS.items():
             if a.dtype.kind == "f" and op in (BAND, BOR, BXOR):

@@ -13,23 +13,9 @@ from typing import Any
 
 import numpy as np
 
-_SUPPORTED = frozenset(
-    np.dtype(t)
-    for t in (
-        "bool",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "float16",
-        "float32",
-        "float64",
-    )
-)
+from ringcomm import native
+
+_SUPPORTED = frozenset(np.dtype(t) for t in native.BUFFER_DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)

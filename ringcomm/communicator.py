@@ -91,6 +91,29 @@ def _no_overlap(output: Buffer, input: Buffer, name: str) -> None:
         raise ValueError(f"{name}: output and input overlap; pass separate buffers")
 
 
+def _intake_pair(
+    name: str, output: Any, input: Any, size: int, big: str, *, allow_in_place: int | None = None
+) -> tuple[Buffer, Buffer]:
+    """Take ``output`` and ``input`` where the ``big`` one holds ``size`` times the other's
+    elements; check dtypes, counts and overlap (``allow_in_place``: the small one may be
+    that slot of the big one)."""
+    o = as_buffer(output, f"{name} output", writable=True)
+    i = as_buffer(input, f"{name} input", writable=False)
+    _same_dtype(o, i, name)
+    large, small, other = (o, i, "input") if big == "output" else (i, o, "output")
+    if large.count != size * small.count:
+        raise ValueError(
+            f"{name}: {big} holds {large.count} elements, expected size * {other} = "
+            f"{size} * {small.count}"
+        )
+    if allow_in_place is not None and small.count > 0:
+        slot = large.array[allow_in_place * small.count :]
+        if slot.ctypes.data == small.array.ctypes.data:
+            return o, i
+    _no_overlap(o, i, name)
+    return o, i
+
+
 class Communicator:
     """A group of ranks that run collectives together. Made by :func:`ringcomm.init` or
     :meth:`split`; a context manager that closes itself.
@@ -260,18 +283,9 @@ class Communicator:
         ``output`` holds ``size * input.size`` elements; ``input`` may be slot ``rank`` of
         ``output`` itself (in place).
         """
-        o = as_buffer(output, "all_gather output", writable=True)
-        i = as_buffer(input, "all_gather input", writable=False)
-        _same_dtype(o, i, "all_gather")
-        if o.count != self.size * i.count:
-            raise ValueError(
-                f"all_gather: output holds {o.count} elements, expected size * input = "
-                f"{self.size} * {i.count}"
-            )
-        mine = o.array[self.rank * i.count : (self.rank + 1) * i.count]
-        in_place = i.count > 0 and mine.ctypes.data == i.array.ctypes.data
-        if not in_place:
-            _no_overlap(o, i, "all_gather")
+        o, i = _intake_pair(
+            "all_gather", output, input, self.size, "output", allow_in_place=self.rank
+        )
         return self._submit(
             "all_gather",
             lambda ctx: ring.allgather(ctx, o.array, i.array),
@@ -293,16 +307,8 @@ class Communicator:
 
         ``input`` holds ``size * output.size`` elements and is left unchanged.
         """
-        o = as_buffer(output, "reduce_scatter output", writable=True)
-        i = as_buffer(input, "reduce_scatter input", writable=False)
-        _same_dtype(o, i, "reduce_scatter")
+        o, i = _intake_pair("reduce_scatter", output, input, self.size, "input")
         rop = _reduce_op(op, o, "reduce_scatter")
-        if i.count != self.size * o.count:
-            raise ValueError(
-                f"reduce_scatter: input holds {i.count} elements, expected size * output = "
-                f"{self.size} * {o.count}"
-            )
-        _no_overlap(o, i, "reduce_scatter")
         return self._submit(
             "reduce_scatter",
             lambda ctx: ring.reduce_scatter(ctx, o.array, i.array),
@@ -373,19 +379,12 @@ class Communicator:
         may be None.
         """
         self._check_rank(root, "gather root")
-        i = as_buffer(input, "gather input", writable=False)
-        o = None
         if self.rank == root:
             if output is None:
                 raise ValueError("gather: the root needs an output buffer")
-            o = as_buffer(output, "gather output", writable=True)
-            _same_dtype(o, i, "gather")
-            if o.count != self.size * i.count:
-                raise ValueError(
-                    f"gather: output holds {o.count} elements, expected size * input = "
-                    f"{self.size} * {i.count}"
-                )
-            _no_overlap(o, i, "gather")
+            o, i = _intake_pair("gather", output, input, self.size, "output")
+        else:
+            o, i = None, as_buffer(input, "gather input", writable=False)
         out_arr = o.array if o is not None else None
         return self._submit(
             "gather",
@@ -409,19 +408,12 @@ class Communicator:
         ``input`` (``size * output.size`` elements) is needed on ``root`` only.
         """
         self._check_rank(root, "scatter root")
-        o = as_buffer(output, "scatter output", writable=True)
-        i = None
         if self.rank == root:
             if input is None:
                 raise ValueError("scatter: the root needs an input buffer")
-            i = as_buffer(input, "scatter input", writable=False)
-            _same_dtype(o, i, "scatter")
-            if i.count != self.size * o.count:
-                raise ValueError(
-                    f"scatter: input holds {i.count} elements, expected size * output = "
-                    f"{self.size} * {o.count}"
-                )
-            _no_overlap(o, i, "scatter")
+            o, i = _intake_pair("scatter", output, input, self.size, "input")
+        else:
+            o, i = as_buffer(output, "scatter output", writable=True), None
         in_arr = i.array if i is not None else None
         return self._submit(
             "scatter",

@@ -22,27 +22,26 @@ from ringcomm.config import ALLREDUCE_ALGORITHMS, BROADCAST_ALGORITHMS, Config
 BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
 
 
+def _forced(
+    requested: str | None, configured: str | None, choices: tuple[str, ...], op: str
+) -> str | None:
+    name = requested or configured
+    if name is not None and name not in choices:
+        raise ValueError(f"unknown {op} algorithm {name!r}: expected one of {', '.join(choices)}")
+    return name
+
+
 def choose_allreduce(nbytes: int, size: int, config: Config, requested: str | None) -> str:
     """Name of the all_reduce algorithm: ``requested``, else the config's, else by size."""
-    name = requested or config.allreduce_algorithm
-    if name is not None:
-        if name not in ALLREDUCE_ALGORITHMS:
-            raise ValueError(
-                f"unknown all_reduce algorithm {name!r}: expected one of "
-                f"{', '.join(ALLREDUCE_ALGORITHMS)}"
-            )
-        return name
+    forced = _forced(requested, config.allreduce_algorithm, ALLREDUCE_ALGORITHMS, "all_reduce")
+    if forced is not None:
+        return forced
     return "recursive_doubling" if nbytes < config.small_message_bytes else "ring"
 
 
 def choose_broadcast(nbytes: int, size: int, config: Config, requested: str | None) -> str:
     """Name of the broadcast algorithm: ``requested``, else the config's, else by size."""
-    name = requested or config.broadcast_algorithm
-    if name is not None:
-        if name not in BROADCAST_ALGORITHMS:
-            raise ValueError(
-                f"unknown broadcast algorithm {name!r}: expected one of "
-                f"{', '.join(BROADCAST_ALGORITHMS)}"
-            )
-        return name
+    forced = _forced(requested, config.broadcast_algorithm, BROADCAST_ALGORITHMS, "broadcast")
+    if forced is not None:
+        return forced
     return "binomial" if nbytes < BINOMIAL_BROADCAST_BELOW_BYTES or size <= 2 else "chain"
