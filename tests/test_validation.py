@@ -130,3 +130,17 @@ def test_config_from_env_rejects_nonsense() -> None:
         ringcomm.Config.from_env({"RINGCOMM_TIMEOUT_SECONDS": "soon"})
     with pytest.raises(ValueError, match="expected one of"):
         ringcomm.Config.from_env({"RINGCOMM_ALLREDUCE_ALGORITHM": "magic"})
+
+
+def test_torch_is_not_imported_unless_a_tensor_is_given() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, ringcomm\n"
+        "c = ringcomm.init(rank=0, size=1, transport='local', master_port=1)\n"
+        "c.all_reduce(np.ones(3)); c.all_reduce(bytearray(4), ringcomm.BOR); c.close()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
