@@ -133,7 +133,7 @@ class Communicator:
         self._p2p_sends: collections.Counter[tuple[int, int]] = collections.Counter()
         self._p2p_recvs: collections.Counter[tuple[int, int]] = collections.Counter()
         self._lock = threading.Lock()  # guards numbering, queueing and _outstanding
-        self._exec_lock = threading.Lock()  # held by whichever thread runs an operation
+        self._exec_lock = threading.RLock()  # held by whichever thread runs an operation
         self._outstanding = 0  # operations queued or running
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._closed = False
@@ -571,7 +571,8 @@ class Communicator:
             self._queue.put(None)
         if threading.current_thread() is not self._thread:
             self._thread.join()
-        self._transport.close()
+        with self._exec_lock:  # a blocking call may still run inline in another thread
+            self._transport.close()
         _live.discard(self)
 
     def __enter__(self) -> Communicator:

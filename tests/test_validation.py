@@ -144,3 +144,15 @@ def test_torch_is_not_imported_unless_a_tensor_is_given() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_close_from_a_completion_callback_does_not_deadlock() -> None:
+    import threading
+
+    c = ringcomm.init(rank=0, size=1, transport="local", master_port=65002)
+    done = threading.Event()
+    work = c.all_reduce(np.ones(4), async_op=True)
+    work.get_future().add_done_callback(lambda _f: (c.close(), done.set()))
+    assert done.wait(10), "close() inside a done-callback hung"
+    with pytest.raises(ringcomm.CommClosedError):
+        c.barrier()
