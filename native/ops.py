@@ -2,7 +2,6 @@
 ``ringcomm.ReduceOp`` takes its values from here."""
 
 SUM, PROD, MIN, MAX, AVG, BAND, BOR, BXOR = range(8)
-BITWISE = (BAND, BOR, BXOR)
 
 # Dtypes with a numba kernel of their own (float16 and bfloat16 go through uint16 bits,
 # bool through uint8).

@@ -109,6 +109,16 @@ def assert_reduced(got: np.ndarray, want: np.ndarray, op: ringcomm.ReduceOp, wha
         np.testing.assert_array_equal(got, want, err_msg=what)
 
 
+def rank_failure(
+    size: int, what: str, errors: dict[int, str], hung: list[int], timeout: float
+) -> AssertionError:
+    """The error a multi-rank test raises: each failed rank with its traceback, the hung ones."""
+    lines = [f"rank {r} of {size} failed in {what}:\n{tb}" for r, tb in sorted(errors.items())]
+    if hung:
+        lines.append(f"ranks {hung} of {size} did not finish {what} within {timeout:.0f}s")
+    return AssertionError("\n".join(lines))
+
+
 # -- ranks as threads ------------------------------------------------------------------------
 _ports = itertools.count(1)
 
@@ -154,10 +164,7 @@ def run_threads(
         t.join(max(0.0, deadline - time.monotonic()))
     hung = [r for r, t in enumerate(threads) if t.is_alive()]
     if errors or hung:
-        lines = [f"rank {r} of {size} failed:\n{tb}" for r, tb in sorted(errors.items())]
-        if hung:
-            lines.append(f"ranks {hung} of {size} still running after {timeout:.0f}s")
-        raise AssertionError("\n".join(lines))
+        raise rank_failure(size, "the test body", errors, hung, timeout)
     return results
 
 
@@ -242,15 +249,7 @@ class RankPool:
         hung = sorted(waiting.values())
         if failed or hung:
             self.close(force=True)
-            lines = [
-                f"rank {r} of {self.size} failed in {what}:\n{tb}"
-                for r, tb in sorted(failed.items())
-            ]
-            if hung:
-                lines.append(
-                    f"ranks {hung} of {self.size} did not finish {what} within {timeout:.0f}s"
-                )
-            raise AssertionError("\n".join(lines))
+            raise rank_failure(self.size, what, failed, hung, timeout)
         return [replies[r][1] for r in range(self.size)]
 
     @property

@@ -15,8 +15,9 @@ from ringcomm.algorithms.context import OpContext
 from ringcomm.algorithms.schedule import recursive_doubling_plan
 
 
-def _exchange_reduce(ctx: OpContext, peer: int, step: int, buf: np.ndarray) -> None:
-    segs = ctx.segments(0, buf.size, buf.itemsize)
+def _exchange_reduce(
+    ctx: OpContext, peer: int, step: int, buf: np.ndarray, segs: list[tuple[int, int]]
+) -> None:
     for k, (a, b) in enumerate(segs):
         ctx.send(peer, step, k, buf[a:b])
     ctx.flush()  # the buffer is about to change under any zero-copy send
@@ -39,7 +40,7 @@ def allreduce(ctx: OpContext, buf: np.ndarray) -> None:
         for k, (a, b) in enumerate(segs):
             ctx.recv_reduce(plan.fold_partner, 0, k, buf[a:b])
     for stage, peer in enumerate(plan.partners, start=1):
-        _exchange_reduce(ctx, peer, stage, buf)
+        _exchange_reduce(ctx, peer, stage, buf, segs)
     ctx.finish_average(buf)
     if plan.fold_partner is not None:
         for k, (a, b) in enumerate(segs):
