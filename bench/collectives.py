@@ -1,6 +1,7 @@
-"""nccl-tests style benchmark of ringcomm's collectives, with gloo beside it in one launch.
+"""nccl-tests style benchmark of ringcomm's collectives, with its peers beside it in one launch.
 
     ringcomm-run -n 4 python bench/collectives.py all_reduce -b 4K -e 64M -f 4 --peer gloo
+    mpiexec -n 4 python bench/collectives.py all_reduce -b 4K -e 64M -f 4 --peer mpi,zmq,gloo
 
 Per row: size (bytes; for all_gather/reduce_scatter/all_to_all the whole gathered/scattered
 buffer, as nccl-tests prints it), count (elements), type, redop | time (median over the
@@ -8,9 +9,13 @@ iterations of the slowest rank), algbw = size / time, busbw = algbw * factor, #w
 (elements that differ from the expected result after one checked run, summed over ranks),
 extra memory (peak resident memory above the buffers during the timed loop, max over ranks).
 busbw factors: all_reduce 2(n-1)/n; all_gather, reduce_scatter, all_to_all (n-1)/n;
-broadcast, reduce 1. With ``--peer gloo`` torch.distributed's gloo backend
-(torch.set_num_threads(1), its fastest setting here) runs the same sizes on the same buffers
-and the ratio ringcomm busbw / gloo busbw is printed beside each row.
+broadcast, reduce 1.
+
+``--peer`` adds, per row, the same op on the same sizes and buffers by (comma-separated):
+``gloo`` (torch.distributed, torch.set_num_threads(1): its fastest setting here), ``mpi``
+(mpi4py's Allreduce / Allgather / Reduce_scatter_block / Bcast / Reduce / Alltoall; needs
+an MPI launch), ``zmq`` (ringcomm itself over ZeroMQ sockets, beside a run over another
+transport). Each peer gets time, busbw, #wrong and the ratio ringcomm busbw / peer busbw.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 
 import ringcomm
 
+PEERS = ("gloo", "mpi", "zmq")
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all")
 REDOPS = {
     "sum": ringcomm.SUM,
@@ -177,6 +183,82 @@ def gloo_runner(case: Case, args: argparse.Namespace) -> Callable[[], None] | No
     return lambda: dist.all_to_all_single(buf, send)
 
 
+def mpi_runner(case: Case, args: argparse.Namespace) -> Callable[[], None] | None:
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    redop = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}.get(args.redop)
+    if redop is None and case.op in ("all_reduce", "reduce_scatter", "reduce"):
+        return None  # MPI has no AVG
+    buf, send = case.buf, case.send
+    op = case.op
+    if op == "all_reduce":
+        return lambda: world.Allreduce(MPI.IN_PLACE, buf, redop)
+    if op == "all_gather":
+        return lambda: world.Allgather(send, buf)
+    if op == "reduce_scatter":
+        return lambda: world.Reduce_scatter_block(send, buf, redop)
+    if op == "broadcast":
+        return lambda: world.Bcast(buf, 0)
+    if op == "reduce":
+        if world.Get_rank() == 0:
+            return lambda: world.Reduce(MPI.IN_PLACE, buf, redop, 0)
+        return lambda: world.Reduce(buf, None, redop, 0)
+    return lambda: world.Alltoall(send, buf)
+
+
+def init_gloo(comm: ringcomm.Communicator) -> None:
+    """torch.distributed's gloo on a port rank 0 picked (works under any launcher)."""
+    import torch
+    import torch.distributed as dist
+
+    from ringcomm.run import free_port
+
+    torch.set_num_threads(1)
+    port = np.array([free_port() if comm.rank == 0 else 0], np.int64)
+    comm.broadcast(port, 0)
+    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://{host}:{int(port[0])}", rank=comm.rank, world_size=comm.size
+    )
+
+
+class Peer:
+    """One side-by-side peer: how it runs a case and how it synchronises."""
+
+    def __init__(self, name: str, comm: ringcomm.Communicator, args: argparse.Namespace):
+        self.name = name
+        self.comm: ringcomm.Communicator | None = None
+        if name == "gloo":
+            import torch.distributed as dist
+
+            init_gloo(comm)
+            self.barrier: Callable[[], None] = dist.barrier
+        elif name == "mpi":
+            from mpi4py import MPI
+
+            self.barrier = MPI.COMM_WORLD.Barrier
+        else:  # ringcomm over another transport
+            self.comm = ringcomm.init(transport=name)
+            self.barrier = self.comm.barrier
+
+    def runner(self, case: Case, args: argparse.Namespace) -> Callable[[], None] | None:
+        if self.name == "gloo":
+            return gloo_runner(case, args)
+        if self.name == "mpi":
+            return mpi_runner(case, args)
+        assert self.comm is not None
+        return ringcomm_runner(self.comm, case, args)
+
+    def close(self) -> None:
+        if self.name == "gloo":
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+        elif self.comm is not None:
+            self.comm.close()
+
+
 def measure(
     comm: ringcomm.Communicator,
     run: Callable[[], None],
@@ -218,29 +300,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--redop", default="sum", choices=sorted(REDOPS))
     parser.add_argument("--algorithm", default=None, help="all_reduce algorithm to force")
     parser.add_argument("--broadcast-algorithm", default=None, help="binomial or chain")
-    parser.add_argument("--peer", choices=("none", "gloo"), default="none")
+    parser.add_argument(
+        "--peer",
+        default="none",
+        help="comma-separated peers to run beside ringcomm: gloo, mpi, zmq (or none)",
+    )
     parser.add_argument("--json", default=None, help="append one JSON line per row here")
     args = parser.parse_args(argv)
     if args.stepfactor < 2:
         parser.error("-f must be at least 2")
+    peer_names = [p for p in args.peer.split(",") if p and p != "none"]
+    for p in peer_names:
+        if p not in PEERS:
+            parser.error(f"--peer {p!r}: expected some of {', '.join(PEERS)}")
 
     comm = ringcomm.init()
     rank, n = comm.rank, comm.size
     dtype = np.dtype(args.dtype)
-    if args.peer == "gloo":
-        import torch
-        import torch.distributed as dist
-
-        torch.set_num_threads(1)
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        port = int(os.environ.get("MASTER_PORT", "29500")) + 1
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://{os.environ['MASTER_ADDR']}:{port}",
-            rank=rank,
-            world_size=n,
-        )
-
+    peers = [Peer(p, comm, args) for p in peer_names]
     sizes = []
     s = args.minbytes
     while s <= args.maxbytes:
@@ -251,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         alg = args.algorithm or "auto"
         print(
             f"# ringcomm {ringcomm.__version__} {args.op}: {n} ranks, transport "
-            f"{os.environ.get('RINGCOMM_TRANSPORT', 'zmq')}, algorithm {alg}, median of "
-            f"{args.iters} iterations (slowest rank), peer {args.peer}"
+            f"{comm.transport}, algorithm {alg}, median of {args.iters} iterations (slowest "
+            f"rank), peers: {', '.join(peer_names) or 'none'}"
         )
         head = (
             f"{'size':>10} {'count':>10} {'type':>8} {'redop':>5} | {'time':>9} "
@@ -262,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{'(B)':>10} {'(elems)':>10} {'':>8} {'':>5} | {'(us)':>9} "
             f"{'(GB/s)':>7} {'(GB/s)':>7} {'':>6} {'':>8}"
         )
-        if args.peer == "gloo":
-            head += f" | {'gloo_us':>9} {'busbw':>7} {'#wrong':>6} | {'ratio':>5}"
-            units += f" | {'(us)':>9} {'(GB/s)':>7} {'':>6} | {'':>5}"
+        for p in peer_names:
+            head += f" | {p + '_us':>9} {'busbw':>7} {'#wrong':>6} {'ratio':>5}"
+            units += f" | {'(us)':>9} {'(GB/s)':>7} {'':>6} {'':>5}"
         print("#" + head[1:])
         print("#" + units[1:])
         sys.stdout.flush()
@@ -291,33 +368,25 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['time_us']:9.1f} {row['algbw']:7.3f} {row['busbw']:7.3f} {wrong:>6} "
             f"{extra:8.1f}"
         )
-        if args.peer == "gloo":
-            import torch.distributed as dist
-
-            gcase = Case(args.op, size, dtype, rank, n, args.redop)
-            grun = gloo_runner(gcase, args)
-            if grun is None:
-                line += f" | {'n/a':>9} {'':>7} {'':>6} | {'':>5}"
-            else:
-                gt, gwrong, _ = measure(comm, grun, gcase, args, dist.barrier)
-                gbus = gcase.nbytes / gt / 1e9 * factor
-                row.update(
-                    gloo_time_us=gt * 1e6,
-                    gloo_busbw=gbus,
-                    gloo_wrong=gwrong,
-                    ratio=row["busbw"] / gbus,
-                )
-                line += f" | {gt * 1e6:9.1f} {gbus:7.3f} {gwrong:>6} | {row['ratio']:5.2f}"
+        for peer in peers:
+            pcase = Case(args.op, size, dtype, rank, n, args.redop)
+            prun = peer.runner(pcase, args)
+            if prun is None:
+                line += f" | {'n/a':>9} {'':>7} {'':>6} {'':>5}"
+                continue
+            pt, pwrong, _ = measure(comm, prun, pcase, args, peer.barrier)
+            pbus = pcase.nbytes / pt / 1e9 * factor
+            row[peer.name] = {"time_us": pt * 1e6, "busbw": pbus, "wrong": pwrong}
+            row[peer.name]["ratio"] = row["busbw"] / pbus
+            line += f" | {pt * 1e6:9.1f} {pbus:7.3f} {pwrong:>6} {row['busbw'] / pbus:5.2f}"
         if rank == 0:
             print(line, flush=True)
             if out:
                 out.write(json.dumps(row) + "\n")
     if out:
         out.close()
-    if args.peer == "gloo":
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    for peer in peers:
+        peer.close()
     comm.close()
     return 0
 

@@ -61,15 +61,17 @@ def init(
 
     The world comes from, in order: these arguments, ``RINGCOMM_RANK``/``RINGCOMM_SIZE``/
     ``RINGCOMM_MASTER_ADDR``/``RINGCOMM_MASTER_PORT``, torchrun's ``RANK``/``WORLD_SIZE``/
-    ``MASTER_ADDR``/``MASTER_PORT``; with none of them it is this process alone.
-    Rank 0 hosts the rendezvous store at the master address and port.
+    ``MASTER_ADDR``/``MASTER_PORT``, an MPI launcher (mpiexec/mpirun: rank and size are
+    MPI's, no address needed); with none of them it is this process alone.
+    Rank 0 hosts the rendezvous store at the master address and port (not under MPI).
 
     Args:
         rank: this process's rank.
         size: the world size.
         master_addr: host of rank 0 (default 127.0.0.1).
         master_port: port of the rendezvous store on rank 0 (default 29500).
-        transport: ``"zmq"`` (default; ipc:// on one host, tcp:// across hosts) or
+        transport: ``"zmq"`` (default; ipc:// on one host, tcp:// across hosts), ``"mpi"``
+            (MPI point-to-point through mpi4py; the default under an MPI launch) or
             ``"local"`` (ranks are threads of this process, for tests).
         timeout: seconds for the rendezvous and the default limit of every operation
             (``RINGCOMM_TIMEOUT_SECONDS``).

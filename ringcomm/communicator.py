@@ -46,7 +46,6 @@ _ALLREDUCE = {
 }
 _BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain}
 _SPLIT_RECORD_BYTES = 512
-_MAX_TAG = 2**32 - 1
 
 _live: weakref.WeakSet[Communicator] = weakref.WeakSet()
 
@@ -539,8 +538,6 @@ class Communicator:
             if endpoint is not None:
                 endpoint.close()
             raise
-        if endpoint is None:
-            return None
         records = [
             json.loads(
                 bytes(everyone[r * _SPLIT_RECORD_BYTES : (r + 1) * _SPLIT_RECORD_BYTES]).rstrip(
@@ -550,15 +547,20 @@ class Communicator:
             for r in range(self.size)
         ]
         members = sorted((rec["key"], r) for r, rec in enumerate(records) if rec["color"] == color)
-        new_rank = [r for _, r in members].index(self.rank)
+        new_rank = [r for _, r in members].index(self.rank) if color is not None else -1
         digest = hashlib.blake2b(
             f"{self._transport.comm_id}/{ctx.seq}/{color}".encode(), digest_size=8
         ).digest()
-        transport = endpoint.connect(
+        transport = self._transport.split(
+            color,
+            key,
             new_rank,
             [records[r]["addr"].encode() for _, r in members],
             int.from_bytes(digest, "little"),
+            endpoint,
         )
+        if transport is None:
+            return None
         return Communicator(transport, self._config, self._endpoints)
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -575,6 +577,11 @@ class Communicator:
             self._transport.close()
         _live.discard(self)
 
+    @property
+    def transport(self) -> str:
+        """The transport this communicator runs on: ``zmq``, ``mpi`` or ``local``."""
+        return self._transport.name
+
     def __enter__(self) -> Communicator:
         return self
 
@@ -589,7 +596,7 @@ class Communicator:
         if not isinstance(r, (int, np.integer)) or not 0 <= r < self.size:
             raise ValueError(f"{what} must be a rank in 0..{self.size - 1}, got {r!r}")
 
-    @staticmethod
-    def _check_tag(tag: Any) -> None:
-        if not isinstance(tag, (int, np.integer)) or not 0 <= tag <= _MAX_TAG:
-            raise ValueError(f"tag must be an int in 0..{_MAX_TAG}, got {tag!r}")
+    def _check_tag(self, tag: Any) -> None:
+        top = self._transport.max_tag
+        if not isinstance(tag, (int, np.integer)) or not 0 <= tag <= top:
+            raise ValueError(f"tag must be an int in 0..{top}, got {tag!r}")

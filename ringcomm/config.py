@@ -12,8 +12,16 @@ from collections.abc import Mapping
 
 ALLREDUCE_ALGORITHMS = ("ring", "recursive_doubling", "star")
 BROADCAST_ALGORITHMS = ("binomial", "chain")
-TRANSPORTS = ("zmq", "local")
+TRANSPORTS = ("zmq", "mpi", "local")
 ZMQ_PROTOCOLS = ("auto", "tcp", "ipc")
+# (rank, size) variables that MPI launchers set in every process they start:
+# MPICH / Intel MPI / MVAPICH2 hydra, Open MPI.
+MPI_LAUNCHER_VARIABLES = (
+    ("PMI_RANK", "PMI_SIZE"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+)
+# A segment is one MPI message: keep its byte count an int on every MPI.
+MAX_SEGMENT_BYTES = 1 << 30
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -68,7 +76,10 @@ class Config:
         linger_seconds: how long close() lets unsent messages drain (``RINGCOMM_LINGER_SECONDS``).
         tune_malloc: fix glibc's malloc thresholds so received segments reuse heap memory
             instead of page-faulting fresh mmaps (``RINGCOMM_TUNE_MALLOC``, 1 or 0); see
-            :func:`ringcomm.transport.zmq.tune_malloc`.
+            :func:`ringcomm.transport.heap.tune_malloc`.
+        mpi_abort_on_error: under an MPI launch, an exception that ends the main thread
+            calls ``MPI_Abort`` so no rank is left waiting (``RINGCOMM_MPI_ABORT_ON_ERROR``,
+            1 or 0).
     """
 
     timeout_seconds: float = 300.0
@@ -81,12 +92,15 @@ class Config:
     zmq_io_threads: int = 1
     linger_seconds: float = 2.0
     tune_malloc: bool = True
+    mpi_abort_on_error: bool = True
 
     def __post_init__(self) -> None:
         if self.timeout_seconds <= 0:
             raise ValueError(f"timeout_seconds must be positive, got {self.timeout_seconds}")
-        if self.segment_bytes < 64:
-            raise ValueError(f"segment_bytes must be at least 64, got {self.segment_bytes}")
+        if not 64 <= self.segment_bytes <= MAX_SEGMENT_BYTES:
+            raise ValueError(
+                f"segment_bytes must be in 64..{MAX_SEGMENT_BYTES}, got {self.segment_bytes}"
+            )
         for value, choices, name in (
             (self.allreduce_algorithm, ALLREDUCE_ALGORITHMS, "allreduce_algorithm"),
             (self.broadcast_algorithm, BROADCAST_ALGORITHMS, "broadcast_algorithm"),
@@ -112,6 +126,8 @@ class Config:
             zmq_io_threads=_int(env, "RINGCOMM_ZMQ_IO_THREADS", d.zmq_io_threads),
             linger_seconds=_float(env, "RINGCOMM_LINGER_SECONDS", d.linger_seconds),
             tune_malloc=_int(env, "RINGCOMM_TUNE_MALLOC", int(d.tune_malloc)) != 0,
+            mpi_abort_on_error=_int(env, "RINGCOMM_MPI_ABORT_ON_ERROR", int(d.mpi_abort_on_error))
+            != 0,
         )
 
 
@@ -125,6 +141,25 @@ class WorldSpec:
     master_port: int
     transport: str
     source: str  # which source supplied rank and size, for error messages
+    mpi_launch: bool = False  # rank and size came from an MPI launcher (mpiexec, mpirun)
+
+
+def mpi_launch(env: Mapping[str, str] | None = None) -> tuple[int, int, str] | None:
+    """``(rank, size, variable)`` if an MPI launcher started this process, else None.
+
+    Read from the launcher's environment, so nothing imports MPI just to look.
+    """
+    env = os.environ if env is None else env
+    for rank_var, size_var in MPI_LAUNCHER_VARIABLES:
+        if env.get(rank_var) and env.get(size_var):
+            try:
+                return int(env[rank_var]), int(env[size_var]), rank_var
+            except ValueError:
+                raise ValueError(
+                    f"bad MPI launcher variables {rank_var}={env[rank_var]!r} "
+                    f"{size_var}={env[size_var]!r}"
+                ) from None
+    return None
 
 
 def world_from(
@@ -135,9 +170,11 @@ def world_from(
     transport: str | None,
     env: Mapping[str, str] | None = None,
 ) -> WorldSpec:
-    """Resolve the world: explicit arguments, then ``RINGCOMM_*``, then torchrun's variables.
+    """Resolve the world: explicit arguments, then ``RINGCOMM_*``, then torchrun's variables,
+    then an MPI launcher's (``PMI_RANK``/``PMI_SIZE``, ``OMPI_COMM_WORLD_RANK``/``_SIZE``).
 
-    Without any of them the world is this one process (rank 0 of 1).
+    Under an MPI launch the transport defaults to ``mpi``. Without any of them the world is
+    this one process (rank 0 of 1).
     """
     env = os.environ if env is None else env
 
@@ -154,6 +191,10 @@ def world_from(
     a, _ = pick(master_addr, "RINGCOMM_MASTER_ADDR", "MASTER_ADDR")
     p, p_src = pick(master_port, "RINGCOMM_MASTER_PORT", "MASTER_PORT")
     t, _ = pick(transport, "RINGCOMM_TRANSPORT")
+    launched = mpi_launch(env) if r is None and s is None else None
+    if launched is not None:
+        r, s, var = str(launched[0]), str(launched[1]), launched[2]
+        r_src = s_src = var
     try:
         rank_i = int(r) if r is not None else 0
         size_i = int(s) if s is not None else 1
@@ -164,10 +205,18 @@ def world_from(
         raise ValueError(f"rank {rank_i} is not in a world of size {size_i} (from {r_src}/{s_src})")
     if not 0 <= port_i < 65536:
         raise ValueError(f"master port {port_i} out of range (from {p_src})")
-    transport_name = t or "zmq"
+    transport_name = t or ("mpi" if launched is not None else "zmq")
     if transport_name not in TRANSPORTS:
         raise ValueError(f"transport {transport_name!r}: expected one of {', '.join(TRANSPORTS)}")
-    return WorldSpec(rank_i, size_i, a or "127.0.0.1", port_i, transport_name, f"{r_src}/{s_src}")
+    return WorldSpec(
+        rank_i,
+        size_i,
+        a or "127.0.0.1",
+        port_i,
+        transport_name,
+        f"{r_src}/{s_src}",
+        mpi_launch=launched is not None,
+    )
 
 
 def log_level(env: Mapping[str, str] | None = None) -> str | None:

@@ -247,3 +247,23 @@ def threads_share_a_communicator(comm: ringcomm.Communicator) -> None:
     assert results == [True] * 8
     for i, b in enumerate(bufs):
         np.testing.assert_array_equal(b, np.full(50, float(i * comm.size)))
+
+
+def p2p_size_mismatch_is_refused(comm: ringcomm.Communicator) -> None:
+    """A receive of another size than the message is refused, not filled in part (on a pair
+    split off for it: the error leaves the receiver's communicator unusable)."""
+    pair = comm.split(0 if comm.rank < 2 else None)
+    if pair is None or pair.size < 2:
+        return
+    try:
+        if pair.rank == 0:
+            pair.send(np.arange(3000, dtype=np.float32), 1, tag=9)
+            return
+        try:
+            pair.recv(np.empty(2000, np.float32), 0, tag=9)
+        except ringcomm.TransportError as e:
+            assert "12000" in str(e) and "8000" in str(e), e
+        else:
+            raise AssertionError("a 12000-byte message filled an 8000-byte receive")
+    finally:
+        pair.close()

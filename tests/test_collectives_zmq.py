@@ -63,6 +63,10 @@ def test_other_collectives(size: int) -> None:
     )
 
 
+def test_p2p_size_mismatch_is_refused() -> None:
+    get_pool(3).run(rankfns.p2p_size_mismatch_is_refused)
+
+
 @pytest.mark.parametrize("size", [2, 4])
 def test_async_and_subcommunicators(size: int) -> None:
     pool = get_pool(size)

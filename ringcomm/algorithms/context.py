@@ -52,12 +52,16 @@ class OpContext:
         return np.frombuffer(payload, dtype=like.dtype)
 
     def recv_into(self, src: int, step: int, segment: int, out: np.ndarray) -> None:
-        """Receive into ``out``."""
-        np.copyto(out, self.recv(src, step, segment, out))
+        """Receive into ``out`` (straight into it where the transport can)."""
+        self.transport.recv_into(src, Tag(self.kind, self.seq, step, segment), out, self.deadline)
 
     def recv_reduce(self, src: int, step: int, segment: int, out: np.ndarray) -> None:
         """Receive and reduce into ``out`` straight out of the received frame."""
-        native.reduce_into(out, self.recv(src, step, segment, out), self.op, self.bfloat16)
+        self.reduce(out, self.recv(src, step, segment, out))
+
+    def reduce(self, out: np.ndarray, other: np.ndarray) -> None:
+        """``out = out (op) other`` with this operation's reduction."""
+        native.reduce_into(out, other, self.op, self.bfloat16)
 
     def finish_average(self, data: np.ndarray) -> None:
         """Divide by the world size if the op is AVG (its last step)."""

@@ -7,15 +7,18 @@ import numpy as np
 
 from ringcomm.algorithms.context import OpContext
 from ringcomm.algorithms.schedule import dissemination_partners
+from ringcomm.errors import TransportError
 
 
-def _send_all(ctx: OpContext, dst: int, step: int, data: np.ndarray) -> None:
-    for k, (a, b) in enumerate(ctx.segments(0, data.size, data.itemsize)):
-        ctx.send(dst, step, k, data[a:b])
+def _send_all(
+    ctx: OpContext, dst: int, step: int, data: np.ndarray, first: int = 0, copy: bool = False
+) -> None:
+    for k, (a, b) in enumerate(ctx.segments(0, data.size, data.itemsize), start=first):
+        ctx.send(dst, step, k, data[a:b], copy=copy)
 
 
-def _recv_all(ctx: OpContext, src: int, step: int, out: np.ndarray) -> None:
-    for k, (a, b) in enumerate(ctx.segments(0, out.size, out.itemsize)):
+def _recv_all(ctx: OpContext, src: int, step: int, out: np.ndarray, first: int = 0) -> None:
+    for k, (a, b) in enumerate(ctx.segments(0, out.size, out.itemsize), start=first):
         ctx.recv_into(src, step, k, out[a:b])
 
 
@@ -69,11 +72,27 @@ def barrier(ctx: OpContext) -> None:
 
 
 def send(ctx: OpContext, dst: int, data: np.ndarray, tag: int) -> None:
-    """Point-to-point send (``ctx`` carries the p2p kind and per-pair sequence)."""
-    _send_all(ctx, dst, tag, data)
+    """Point-to-point send (``ctx`` carries the p2p kind and per-pair sequence): a segment
+    with the byte count, then the data from segment 1 on.
+
+    It completes once the data has left the caller's memory, never waiting for the receiver:
+    where a transport's sends would wait for it (MPI), the data is copied first, or a send
+    queued ahead of its own matching receive (a send to oneself, two ranks that both send
+    first) would block the communicator for good.
+    """
+    ctx.send(dst, tag, 0, np.array([data.nbytes], np.uint64), copy=True)
+    _send_all(ctx, dst, tag, data, first=1, copy=ctx.transport.sends_wait_for_receiver)
     ctx.flush()
 
 
 def recv(ctx: OpContext, src: int, out: np.ndarray, tag: int) -> None:
-    """Point-to-point receive into ``out``."""
-    _recv_all(ctx, src, tag, out)
+    """Point-to-point receive into ``out``; a message of another size is refused whole
+    (per-segment checks alone would take a longer message's first segments)."""
+    header = np.empty(1, np.uint64)
+    ctx.recv_into(src, tag, 0, header)
+    if int(header[0]) != out.nbytes:
+        raise TransportError(
+            f"{ctx.transport.current_op}: rank {ctx.rank} receives {out.nbytes} bytes with "
+            f"tag {tag} but rank {src} sent {int(header[0])}; sizes must match"
+        )
+    _recv_all(ctx, src, tag, out, first=1)

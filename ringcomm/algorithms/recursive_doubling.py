@@ -20,9 +20,12 @@ def _exchange_reduce(
 ) -> None:
     for k, (a, b) in enumerate(segs):
         ctx.send(peer, step, k, buf[a:b])
+    # Take the peer's whole buffer before waiting for our sends: on a transport whose large
+    # sends complete only once received (MPI), waiting first would deadlock both partners.
+    received = [ctx.recv(peer, step, k, buf[a:b]) for k, (a, b) in enumerate(segs)]
     ctx.flush()  # the buffer is about to change under any zero-copy send
-    for k, (a, b) in enumerate(segs):
-        ctx.recv_reduce(peer, step, k, buf[a:b])
+    for (a, b), theirs in zip(segs, received, strict=True):
+        ctx.reduce(buf[a:b], theirs)
 
 
 def allreduce(ctx: OpContext, buf: np.ndarray) -> None:

@@ -4,11 +4,16 @@ Rank 0 hosts the store at MASTER_ADDR:MASTER_PORT for the time of ``init``. Ever
 an endpoint, publishes its address under ``addr/<rank>``, reads everyone else's and
 connects; ``init`` returns on every rank once all have connected. Rank 0 leaves the store
 up until every rank has read what it needs.
+
+Under an MPI launch no store is needed: the MPI transport is MPI's own world, and ZeroMQ
+endpoints swap their addresses with an MPI allgather.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import threading
 from collections.abc import Callable
 
@@ -17,22 +22,44 @@ from ringcomm.errors import RendezvousError
 from ringcomm.rendezvous.store import LocalStore, Store, StoreClient, StoreServer, resolve_host
 from ringcomm.transport.base import Endpoint, Transport
 
-EndpointFactory = Callable[[], Endpoint]
+# Makes this rank's endpoint for the world and every split; None where the transport splits
+# itself (MPI).
+EndpointFactory = Callable[[], Endpoint | None]
 
 _local_stores: dict[tuple[str, int], LocalStore] = {}
 _local_stores_lock = threading.Lock()
 
 
-def endpoint_factory(spec: WorldSpec, config: Config) -> EndpointFactory:
-    """How this rank opens endpoints (for the world and every later split)."""
-    if spec.transport == "local":
-        from ringcomm.transport.local import LocalEndpoint
+def _zmq_endpoints(bind_host: str, config: Config) -> Callable[[], Endpoint]:
+    from ringcomm.transport.zmq import ZmqEndpoint
 
-        return lambda: LocalEndpoint(config.zero_copy_bytes)
-    from ringcomm.transport.zmq import ZmqEndpoint, local_address_towards
-
-    bind_host = local_address_towards(spec.master_addr)
     return lambda: ZmqEndpoint(bind_host, config)
+
+
+def _bind_host_under_mpi(config: Config) -> str:
+    """The interface that routes to another host of the job (loopback if there is none)."""
+    from ringcomm.transport import mpi
+    from ringcomm.transport.zmq import host_identity, local_address_towards
+
+    mine = host_identity()
+    hosts = mpi.world_hosts(config, json.dumps([mine, socket.gethostname()]))
+    others = [name for identity, name in map(json.loads, hosts) if identity != mine]
+    return local_address_towards(others[0]) if others else "127.0.0.1"
+
+
+def _form_world_over_mpi(spec: WorldSpec, config: Config) -> tuple[Transport, EndpointFactory]:
+    from ringcomm.transport import mpi
+
+    factory = _zmq_endpoints(_bind_host_under_mpi(config), config)
+    endpoint = factory()
+    try:
+        addresses, comm_id = mpi.exchange_addresses(spec, endpoint.address, config)
+        transport = endpoint.connect(spec.rank, addresses, comm_id)
+    except BaseException:
+        endpoint.close()
+        raise
+    mpi.barrier(config)  # as with the store: nobody returns before everyone connected
+    return transport, factory
 
 
 def _open_store(spec: WorldSpec, config: Config) -> tuple[Store, Callable[[], None]]:
@@ -61,8 +88,22 @@ def _open_store(spec: WorldSpec, config: Config) -> tuple[Store, Callable[[], No
 
 def form_world(spec: WorldSpec, config: Config) -> tuple[Transport, EndpointFactory]:
     """Rendezvous with every rank of ``spec`` and return the connected world transport."""
-    factory = endpoint_factory(spec, config)
+    if spec.transport == "mpi":
+        from ringcomm.transport import mpi
+
+        return mpi.form_world(spec, config), lambda: None
+    if spec.transport == "zmq" and spec.mpi_launch:
+        return _form_world_over_mpi(spec, config)
+    if spec.transport == "local":
+        from ringcomm.transport.local import LocalEndpoint
+
+        factory: EndpointFactory = lambda: LocalEndpoint(config.zero_copy_bytes)  # noqa: E731
+    else:
+        from ringcomm.transport.zmq import local_address_towards
+
+        factory = _zmq_endpoints(local_address_towards(spec.master_addr), config)
     endpoint = factory()
+    assert endpoint is not None
     if spec.size == 1:
         return endpoint.connect(
             0, [endpoint.address], int.from_bytes(os.urandom(8), "little")

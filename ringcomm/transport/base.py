@@ -1,6 +1,8 @@
-"""What every transport shares: the wire header, tag matching, timeouts.
+"""What every transport offers the algorithms (:class:`Transport`), and what the message
+transports (ZeroMQ, local) share (:class:`FramedTransport`): the wire header, tag matching,
+timeouts.
 
-A message is two frames, ``[header, payload]``. The header is a fixed struct::
+A framed message is ``[header, payload]``. The header is a fixed struct::
 
     magic u32 | version u16 | kind u16 | comm_id u64 | seq u64 | step u32 | segment u32
     | nbytes u64 | src u32
@@ -10,8 +12,9 @@ A message is two frames, ``[header, payload]``. The header is a fixed struct::
 the user tag as ``step``, so messages of different operations can never be confused. Messages
 that arrive before they are wanted wait in a stash keyed by ``(src, tag)``.
 
-A transport belongs to one communicator and is driven by that communicator's progress thread
-only, so nothing here is locked.
+The MPI transport matches with MPI's own (source, tag, communicator) instead and carries no
+header. A transport belongs to one communicator and is driven by whichever thread holds that
+communicator's execution lock, so nothing here is locked.
 """
 
 from __future__ import annotations
@@ -67,15 +70,94 @@ class Endpoint(abc.ABC):
 
 
 class Transport(abc.ABC):
-    """Moves tagged byte messages between the ranks of one communicator."""
+    """Moves tagged messages between the ranks of one communicator.
 
-    def __init__(self, rank: int, size: int, comm_id: int, zero_copy_bytes: int) -> None:
+    Attributes:
+        name: what :attr:`Communicator.transport` reports (``zmq``, ``mpi``, ``local``).
+        max_tag: the largest user tag point-to-point messages may carry.
+        sends_wait_for_receiver: a large zero-copy send completes only once the receiver
+            has posted its receive (MPI's rendezvous), not when the bytes have left.
+    """
+
+    name = ""
+    max_tag = 2**32 - 1
+    sends_wait_for_receiver = False
+
+    def __init__(self, rank: int, size: int, comm_id: int) -> None:
         self.rank = rank
         self.size = size
         self.comm_id = comm_id
-        self.zero_copy_bytes = zero_copy_bytes
         # Describes the running operation in errors ("all_reduce #12"); set by the communicator.
         self.current_op = "operation"
+
+    @abc.abstractmethod
+    def send(self, dst: int, tag: Tag, payload: np.ndarray, *, copy: bool = False) -> None:
+        """Send ``payload`` to rank ``dst``. The memory must stay unchanged until :meth:`flush`
+        unless ``copy`` is true; a copied send is never waited for."""
+
+    @abc.abstractmethod
+    def flush(self, deadline: float) -> None:
+        """Wait until no send still reads the caller's memory."""
+
+    @abc.abstractmethod
+    def recv(self, src: int, tag: Tag, nbytes: int, deadline: float) -> Any:
+        """Return the payload of the message from ``src`` with ``tag`` (a buffer object that
+        stays valid after later receives).
+
+        Raises:
+            CommTimeoutError: no such message before ``deadline`` (``time.monotonic()``).
+            TransportError: it arrived with a byte count other than ``nbytes``.
+        """
+
+    def recv_into(self, src: int, tag: Tag, out: np.ndarray, deadline: float) -> None:
+        """Receive the message from ``src`` with ``tag`` into the contiguous array ``out``."""
+        np.copyto(out, np.frombuffer(self.recv(src, tag, out.nbytes, deadline), out.dtype))
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the transport; a receive blocked in another thread fails soon after."""
+
+    def split(
+        self,
+        color: int | None,
+        key: int,
+        new_rank: int,
+        addresses: Sequence[bytes],
+        comm_id: int,
+        endpoint: Endpoint | None,
+    ) -> Transport | None:
+        """The transport of this rank's part of a split (every rank calls it, members or not).
+
+        ``endpoint`` is the one this rank bound for the split and ``addresses`` are the
+        members' endpoint addresses in new rank order; None where this rank joins none.
+        """
+        if endpoint is None:
+            return None
+        return endpoint.connect(new_rank, addresses, comm_id)
+
+    def timeout_error(self, src: int, tag: Tag) -> CommTimeoutError:
+        """The error for a receive from ``src`` that missed its deadline."""
+        return CommTimeoutError(
+            f"{self.current_op} timed out on rank {self.rank} waiting for rank {src} "
+            f"(step {tag.step}, segment {tag.segment}); set the limit with timeout= "
+            "or RINGCOMM_TIMEOUT_SECONDS"
+        )
+
+    def size_error(self, src: int, tag: Tag, expected: int, got: int) -> TransportError:
+        """The error for a message from ``src`` whose byte count is not the expected one."""
+        return TransportError(
+            f"{self.current_op}: rank {self.rank} expected {expected} bytes from rank {src} "
+            f"(step {tag.step}, segment {tag.segment}) but got {got}; do all ranks pass "
+            "the same count and dtype?"
+        )
+
+
+class FramedTransport(Transport):
+    """A transport of whole messages with headers: matching by tag through a stash."""
+
+    def __init__(self, rank: int, size: int, comm_id: int, zero_copy_bytes: int) -> None:
+        super().__init__(rank, size, comm_id)
+        self.zero_copy_bytes = zero_copy_bytes
         self._stash: dict[tuple[int, Tag], collections.deque[Any]] = collections.defaultdict(
             collections.deque
         )
@@ -104,8 +186,7 @@ class Transport(abc.ABC):
 
     # -- the interface the algorithms use ---------------------------------------------------
     def send(self, dst: int, tag: Tag, payload: np.ndarray, *, copy: bool = False) -> None:
-        """Send ``payload`` to rank ``dst``. The memory must stay unchanged until :meth:`flush`
-        unless ``copy`` is true (small payloads are always copied)."""
+        """See :meth:`Transport.send`; payloads under ``zero_copy_bytes`` are always copied."""
         if self._closed:
             raise CommClosedError("the communicator is closed")
         nbytes = payload.nbytes
@@ -129,18 +210,13 @@ class Transport(abc.ABC):
             self._pending_sends.append(handle)
 
     def flush(self, deadline: float) -> None:
-        """Wait until no zero-copy send still reads the caller's memory."""
+        """See :meth:`Transport.flush`."""
         if self._pending_sends:
             handles, self._pending_sends = self._pending_sends, []
             self._wait_sent(handles, deadline)
 
     def recv(self, src: int, tag: Tag, nbytes: int, deadline: float) -> Any:
-        """Return the payload of the message from ``src`` with ``tag`` (a buffer object).
-
-        Raises:
-            CommTimeoutError: no such message before ``deadline`` (``time.monotonic()``).
-            TransportError: it arrived with a byte count other than ``nbytes``.
-        """
+        """See :meth:`Transport.recv`."""
         key = (src, tag)
         queue = self._stash.get(key)
         while not queue:
@@ -148,11 +224,7 @@ class Transport(abc.ABC):
                 raise CommClosedError(f"{self.current_op}: the communicator was closed")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CommTimeoutError(
-                    f"{self.current_op} timed out on rank {self.rank} waiting for rank {src} "
-                    f"(step {tag.step}, segment {tag.segment}); set the limit with timeout= "
-                    "or RINGCOMM_TIMEOUT_SECONDS"
-                )
+                raise self.timeout_error(src, tag)
             message = self._recv_frames(min(remaining, _WAKE_SECONDS))
             if message is not None:
                 self._file(*message)
@@ -162,15 +234,11 @@ class Transport(abc.ABC):
             del self._stash[key]
         got = memoryview(payload).nbytes
         if got != nbytes:
-            raise TransportError(
-                f"{self.current_op}: rank {self.rank} expected {nbytes} bytes from rank {src} "
-                f"(step {tag.step}, segment {tag.segment}) but got {got}; do all ranks pass "
-                "the same count and dtype?"
-            )
+            raise self.size_error(src, tag, nbytes, got)
         return payload
 
     def close(self) -> None:
-        """Close the transport; a receive blocked in another thread fails soon after."""
+        """See :meth:`Transport.close`."""
         if not self._closed:
             self._closed = True
             self._stash.clear()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ringcomm.errors import CommTimeoutError
-from ringcomm.transport.base import Endpoint, Transport
+from ringcomm.transport.base import Endpoint, FramedTransport
 
 _inboxes: dict[bytes, queue.SimpleQueue[tuple[bytes, bytes]]] = {}
 _inboxes_lock = threading.Lock()
@@ -53,8 +53,10 @@ class LocalEndpoint(Endpoint):
         return self._inbox
 
 
-class LocalTransport(Transport):
+class LocalTransport(FramedTransport):
     """Queues between threads of one process."""
+
+    name = "local"
 
     def __init__(
         self,

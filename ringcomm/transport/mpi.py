@@ -1,0 +1,307 @@
+"""MPI transport: the same algorithms over MPI point-to-point (mpi4py, no pickling).
+
+Every segment is one non-blocking ``Isend``/``Irecv`` of bytes straight from and into the
+caller's memory; MPI moves it over whatever the job has (shared memory on one node, the
+cluster fabric across nodes). Matching is MPI's own: ``(source, tag, communicator)`` with
+MPI's guarantee that messages between a pair with one tag never overtake each other.
+Collectives and point-to-point messages each get their own duplicate of the communicator,
+so a user's tags can never meet a collective's; a collective's MPI tag mixes its sequence
+number, step and segment (collisions are harmless: within one communicator every pair
+receives in the order it sends).
+
+MPI has no timed wait, so waiting is ``Test`` in a loop: it spins (yielding the core to
+runnable peers between tests) for :data:`SPIN_SECONDS`, then sleeps with a growing pause,
+so deadlines, ``close()`` and idle ranks behave as on every other transport.
+
+A large MPI send completes only once the receiver has posted its receive (rendezvous
+protocol), unlike a socket's: the algorithms never wait for their own sends before
+receiving what their peers sent them for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import ModuleType, TracebackType
+from typing import Any
+
+import numpy as np
+
+from ringcomm.config import Config, WorldSpec
+from ringcomm.errors import CommClosedError, CommTimeoutError, RendezvousError, TransportError
+from ringcomm.transport.base import KIND_P2P, Endpoint, Tag, Transport
+from ringcomm.transport.heap import tune_malloc
+
+log = logging.getLogger(__name__)
+
+# Spin this long on an unfinished request before sleeping. A 1 MiB segment between ranks
+# on this host takes 0.3-0.6 ms; 2 ms of spinning covers a segment plus the peer's
+# reduction of one, while an idle rank drops to sleeping after 2 ms.
+SPIN_SECONDS = 0.002
+_MAX_PAUSE_SECONDS = 0.001
+_CANCEL_SECONDS = 1.0
+_REAP_EVERY = 64
+
+_abort_hook_installed = False
+_abort_hook_lock = threading.Lock()
+
+
+def load_mpi(config: Config) -> ModuleType:
+    """Import ``mpi4py.MPI`` (initialising MPI), check its thread level, and arm the abort
+    on an uncaught exception (see :func:`abort_on_uncaught_exception`)."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError(
+            f"the MPI transport needs mpi4py ({e}): pip install 'ringcomm[mpi]' "
+            "(brings mpi4py and the mpich wheel with its mpiexec)"
+        ) from None
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        raise TransportError(
+            "the MPI transport calls MPI from the communicator's progress thread and needs "
+            f"MPI_THREAD_MULTIPLE, but MPI was initialised at level {MPI.Query_thread()}; "
+            "leave mpi4py.rc.thread_level at 'multiple' (its default)"
+        )
+    if config.mpi_abort_on_error and MPI.COMM_WORLD.Get_size() > 1:
+        abort_on_uncaught_exception(MPI)
+    return MPI
+
+
+def abort_on_uncaught_exception(mpi: ModuleType) -> None:
+    """Make an exception that ends the main thread print its traceback and ``MPI_Abort``
+    the job, so the other ranks do not wait for this one until their timeouts (what
+    ``python -m mpi4py`` does). Installed once per process, chained to the previous hook."""
+    global _abort_hook_installed
+    with _abort_hook_lock:
+        if _abort_hook_installed:
+            return
+        previous = sys.excepthook
+
+        def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+            previous(kind, value, tb)
+            rank = mpi.COMM_WORLD.Get_rank()
+            sys.stderr.write(f"ringcomm: uncaught exception on rank {rank}: MPI_Abort\n")
+            sys.stderr.flush()
+            sys.stdout.flush()
+            mpi.COMM_WORLD.Abort(1)
+
+        sys.excepthook = hook
+        _abort_hook_installed = True
+
+
+def _mask_below(tag_ub: int) -> int:
+    """The largest ``2**k - 1`` that is at most ``tag_ub`` (MPI guarantees >= 32767)."""
+    return (1 << ((tag_ub + 1).bit_length() - 1)) - 1
+
+
+def _bytes(array: np.ndarray) -> np.ndarray:
+    """A contiguous array as the flat bytes MPI moves (no copy)."""
+    return array.reshape(-1).view(np.uint8)
+
+
+class MpiTransport(Transport):
+    """One communicator's MPI transport. Owns ``comm`` (and a duplicate for p2p)."""
+
+    name = "mpi"
+    sends_wait_for_receiver = True
+
+    def __init__(self, comm: Any, comm_id: int, config: Config, mpi: ModuleType) -> None:
+        super().__init__(comm.Get_rank(), comm.Get_size(), comm_id)
+        self._mpi = mpi
+        self._config = config
+        self._coll = comm
+        self._p2p = comm.Dup()
+        tag_ub = comm.Get_attr(mpi.TAG_UB) or 32767
+        self._tag_mask = _mask_below(tag_ub)
+        self.max_tag = self._tag_mask
+        self._pending: list[tuple[Any, np.ndarray]] = []  # (send request, memory it reads)
+        self._detached: list[tuple[Any, np.ndarray]] = []  # copied sends nobody waits for
+        self._closed = False
+        if config.tune_malloc:
+            tune_malloc(config.segment_bytes)
+
+    # -- matching ----------------------------------------------------------------------------
+    def _route(self, tag: Tag) -> tuple[Any, int]:
+        if tag.kind == KIND_P2P:
+            return self._p2p, tag.step & self._tag_mask  # the user's tag (at most max_tag)
+        mixed = tag.seq * 65599 + tag.step * 4099 + tag.segment
+        return self._coll, mixed & self._tag_mask
+
+    # -- the Transport interface -------------------------------------------------------------
+    def send(self, dst: int, tag: Tag, payload: np.ndarray, *, copy: bool = False) -> None:
+        if self._closed:
+            raise CommClosedError("the communicator is closed")
+        data = _bytes(payload.copy() if copy else payload)
+        comm, mpi_tag = self._route(tag)
+        (self._detached if copy else self._pending).append((comm.Isend(data, dst, mpi_tag), data))
+        if len(self._detached) >= _REAP_EVERY:
+            self._reap()
+
+    def flush(self, deadline: float) -> None:
+        self._reap()
+        pending, self._pending = self._pending, []
+        for i, (request, _) in enumerate(pending):
+            try:
+                self._wait(request, deadline, lambda: self._send_timeout())
+            except BaseException:
+                self._pending = pending[i:]
+                raise
+
+    def recv(self, src: int, tag: Tag, nbytes: int, deadline: float) -> Any:
+        out = np.empty(nbytes, np.uint8)
+        self._recv(src, tag, out, deadline)
+        return out
+
+    def recv_into(self, src: int, tag: Tag, out: np.ndarray, deadline: float) -> None:
+        self._recv(src, tag, _bytes(out), deadline)
+
+    def split(
+        self,
+        color: int | None,
+        key: int,
+        new_rank: int,
+        addresses: Sequence[bytes],
+        comm_id: int,
+        endpoint: Endpoint | None,
+    ) -> Transport | None:
+        # Every rank of the parent got here through the split's allgather, so MPI's
+        # blocking Comm_split cannot wait for a missing rank.
+        mpi = self._mpi
+        sub = self._coll.Split(mpi.UNDEFINED if color is None else color, key)
+        if sub == mpi.COMM_NULL:
+            return None
+        assert sub.Get_rank() == new_rank, (sub.Get_rank(), new_rank)
+        return MpiTransport(sub, comm_id, self._config, mpi)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._mpi.Is_finalized():
+            return
+        # Let sends still in flight drain for up to linger_seconds, as ZeroMQ's linger does.
+        deadline = time.monotonic() + self._config.linger_seconds
+        for request, _ in self._pending + self._detached:
+            while not request.Test() and time.monotonic() < deadline:
+                time.sleep(0.001)
+        self._pending.clear()
+        self._detached.clear()
+        for comm in (self._p2p, self._coll):
+            if comm != self._mpi.COMM_WORLD:
+                comm.Free()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _reap(self) -> None:
+        """Forget copied sends that have completed (their copies go with them)."""
+        if self._detached:
+            self._detached = [(r, d) for r, d in self._detached if not r.Test()]
+
+    def _recv(self, src: int, tag: Tag, out: np.ndarray, deadline: float) -> None:
+        if self._closed:
+            raise CommClosedError(f"{self.current_op}: the communicator was closed")
+        comm, mpi_tag = self._route(tag)
+        request = comm.Irecv(out, src, mpi_tag)
+        status = self._mpi.Status()
+        try:
+            self._wait(request, deadline, lambda: self.timeout_error(src, tag), status)
+        except self._mpi.Exception as e:
+            if e.Get_error_class() == self._mpi.ERR_TRUNCATE:
+                raise TransportError(
+                    f"{self.current_op}: rank {self.rank} expected {out.nbytes} bytes from "
+                    f"rank {src} (step {tag.step}, segment {tag.segment}) but got more; do "
+                    "all ranks pass the same count and dtype?"
+                ) from None
+            raise TransportError(f"{self.current_op}: MPI receive failed: {e}") from None
+        got = status.Get_count(self._mpi.BYTE)
+        if got != out.nbytes:
+            raise self.size_error(src, tag, out.nbytes, got)
+
+    def _send_timeout(self) -> Exception:
+        return CommTimeoutError(
+            f"{self.current_op} timed out on rank {self.rank}: a peer did not take a message "
+            "by the deadline (is it stuck, or issuing different operations?)"
+        )
+
+    def _wait(self, request: Any, deadline: float, on_timeout: Any, status: Any = None) -> None:
+        """Test ``request`` until done; spin first, then sleep in growing pauses."""
+        if request.Test(status):
+            return
+        spin_until = time.monotonic() + SPIN_SECONDS
+        pause = 0.0
+        while not request.Test(status):
+            now = time.monotonic()
+            if self._closed or now >= deadline:
+                self._cancel(request)
+                if self._closed:
+                    raise CommClosedError(f"{self.current_op}: the communicator was closed")
+                raise on_timeout()
+            if now < spin_until:
+                os.sched_yield()  # let an oversubscribed peer run; returns at once otherwise
+            else:
+                pause = min(_MAX_PAUSE_SECONDS, pause * 2 or 50e-6)
+                time.sleep(pause)
+
+    def _cancel(self, request: Any) -> None:
+        """Cancel a request we stop waiting for, so MPI never writes into memory later."""
+        try:
+            request.Cancel()
+            give_up = time.monotonic() + _CANCEL_SECONDS
+            while not request.Test() and time.monotonic() < give_up:
+                time.sleep(0.001)
+        except self._mpi.Exception as e:  # a send may not be cancellable: log and go on
+            log.debug("rank %d: cancelling an MPI request failed: %s", self.rank, e)
+
+
+def form_world(spec: WorldSpec, config: Config) -> MpiTransport:
+    """The world transport over ``MPI_COMM_WORLD`` (rank and size are MPI's)."""
+    mpi = load_mpi(config)
+    world = mpi.COMM_WORLD
+    if spec.source != "default/default" and (spec.rank, spec.size) != (
+        world.Get_rank(),
+        world.Get_size(),
+    ):
+        raise RendezvousError(
+            f"rank {spec.rank} of {spec.size} (from {spec.source}) disagrees with MPI, which "
+            f"says rank {world.Get_rank()} of {world.Get_size()}; with transport='mpi' leave "
+            "rank and size to MPI"
+        )
+    comm_id = world.bcast(int.from_bytes(os.urandom(8), "little"), root=0)
+    return MpiTransport(world.Dup(), comm_id, config, mpi)
+
+
+def exchange_addresses(spec: WorldSpec, address: bytes, config: Config) -> tuple[list[bytes], int]:
+    """Bootstrap another transport through MPI: every rank's endpoint address and a
+    communicator id chosen by rank 0 (used instead of the rendezvous store)."""
+    mpi = load_mpi(config)
+    world = mpi.COMM_WORLD
+    if (spec.rank, spec.size) != (world.Get_rank(), world.Get_size()):
+        raise RendezvousError(
+            f"rank {spec.rank} of {spec.size} (from {spec.source}) disagrees with MPI's rank "
+            f"{world.Get_rank()} of {world.Get_size()}"
+        )
+    addresses = world.allgather(address)
+    comm_id = world.bcast(int.from_bytes(os.urandom(8), "little"), root=0)
+    return addresses, comm_id
+
+
+def barrier(config: Config) -> None:
+    """An ``MPI_COMM_WORLD`` barrier that gives up after ``config.timeout_seconds``."""
+    mpi = load_mpi(config)
+    request = mpi.COMM_WORLD.Ibarrier()
+    deadline = time.monotonic() + config.timeout_seconds
+    while not request.Test():
+        if time.monotonic() >= deadline:
+            raise RendezvousError(
+                f"rank {mpi.COMM_WORLD.Get_rank()}: not every MPI rank reached ringcomm.init "
+                f"within {config.timeout_seconds:.0f}s"
+            )
+        time.sleep(0.001)
+
+
+def world_hosts(config: Config, identity: str) -> list[str]:
+    """Every rank's host identity, gathered through MPI."""
+    return load_mpi(config).COMM_WORLD.allgather(identity)
