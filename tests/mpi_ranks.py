@@ -28,6 +28,8 @@ def suite(comm: ringcomm.Communicator) -> None:
     rankfns.p2p_size_mismatch_is_refused(comm)
     if comm.size >= 2:
         rankfns.subcommunicators_concurrently(comm)
+        share = rankfns.idle_rank_burns_no_cpu(comm)
+        assert share < 0.2, f"rank 0 used {share:.0%} of a core waiting for rank 1"
     # several segments per chunk, zero-copy sends, every algorithm
     for alg in ("ring", "recursive_doubling", "star"):
         buf = (np.arange(3 << 20, dtype=np.float32) % 1000) + comm.rank
