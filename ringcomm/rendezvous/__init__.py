@@ -86,8 +86,15 @@ def _open_store(spec: WorldSpec, config: Config) -> tuple[Store, Callable[[], No
     return client, close
 
 
-def form_world(spec: WorldSpec, config: Config) -> tuple[Transport, EndpointFactory]:
-    """Rendezvous with every rank of ``spec`` and return the connected world transport."""
+def form_world(
+    spec: WorldSpec, config: Config, store: Store | None = None
+) -> tuple[Transport, EndpointFactory]:
+    """Rendezvous with every rank of ``spec`` and return the connected world transport.
+
+    ``store``: rendezvous through this store (e.g. torch.distributed's) instead of hosting
+    one on rank 0; keys are ``addr/<rank>``, ``comm_id``, ``joined``, ``all_joined``,
+    ``left``, ``all_left``.
+    """
     if spec.transport == "mpi":
         from ringcomm.transport import mpi
 
@@ -108,7 +115,10 @@ def form_world(spec: WorldSpec, config: Config) -> tuple[Transport, EndpointFact
         return endpoint.connect(
             0, [endpoint.address], int.from_bytes(os.urandom(8), "little")
         ), factory
-    store, close_store = _open_store(spec, config)
+    if store is None:
+        store, close_store = _open_store(spec, config)
+    else:
+        close_store = lambda: None  # noqa: E731 (the caller owns it)
     try:
         store.set(f"addr/{spec.rank}", endpoint.address)
         if spec.rank == 0:

@@ -1,0 +1,144 @@
+"""DDP training throughput on CPU: the ringcomm hook, the "ringcomm" backend and gloo, in
+one launch on the same model and data.
+
+    ringcomm-run -n 2 python bench/ddp_train.py
+    torchrun --nproc-per-node 2 bench/ddp_train.py
+    mpiexec -n 2 python bench/ddp_train.py      # ringcomm on its MPI transport
+
+The model is an MLP of about 25 M parameters (``2048 -> 4096 -> 4096 -> 10``); each rank
+trains on ``--batch`` samples per step with SGD. The configurations take turns in
+``--rounds`` rounds (so drift of this shared machine hits them alike). Per configuration:
+median step time over ``--steps`` steps (after ``--warmup``) of the slowest rank, throughput
+in samples per second over all ranks, and the ratio to gloo. torch runs one compute thread
+per rank (``--threads``), so ranks do not fight over cores for their matrix products.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import ringcomm.torch as rt
+from ringcomm import config as _config
+
+
+def make_model(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(2048, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
+    )
+
+
+class Trainer:
+    """One configuration's DDP model, optimiser and data on this rank."""
+
+    def __init__(self, config: str, args: argparse.Namespace, groups: dict[str, Any]) -> None:
+        group = groups["ringcomm"] if config == "backend" else groups["gloo"]
+        self.model = DDP(make_model(args.width), process_group=group)
+        if config.startswith("hook"):
+            hook = rt.fp16_compress_hook if config == "hook-fp16" else rt.allreduce_hook
+            self.model.register_comm_hook(groups["hook_comm"], hook)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01)
+        g = torch.Generator().manual_seed(dist.get_rank())
+        self.x = torch.randn(args.batch, 2048, generator=g)
+        self.y = torch.randn(args.batch, 10, generator=g)
+        self.times: list[float] = []
+
+    def steps(self, count: int, barrier: Any, record: bool) -> None:
+        for _ in range(count):
+            barrier()
+            t0 = time.perf_counter()
+            self.opt.zero_grad()
+            nn.functional.mse_loss(self.model(self.x), self.y).backward()
+            self.opt.step()
+            if record:
+                self.times.append(time.perf_counter() - t0)
+
+
+def env_from_mpi_launch() -> None:
+    """Under mpiexec (no torchrun variables), give torch's env:// what it needs: rank and
+    size from the launcher, and a port rank 0 picks, sent round over ringcomm."""
+    if "RANK" in os.environ or _config.mpi_launch() is None:
+        return
+    import numpy as np
+
+    import ringcomm
+    from ringcomm.run import free_port
+
+    with ringcomm.init() as comm:
+        port = np.array([free_port() if comm.rank == 0 else 0], np.int64)
+        comm.broadcast(port, 0)
+        os.environ.update(
+            RANK=str(comm.rank),
+            WORLD_SIZE=str(comm.size),
+            MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            MASTER_PORT=str(int(port[0])),
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32, help="samples per rank per step")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per config")
+    parser.add_argument("--rounds", type=int, default=3, help="configs alternate this often")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument(
+        "--configs", default="gloo,backend,hook,hook-fp16", help="comma-separated, in order"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    env_from_mpi_launch()
+    dist.init_process_group("gloo")
+    n, rank = dist.get_world_size(), dist.get_rank()
+    groups: dict[str, Any] = {
+        "gloo": dist.group.WORLD,
+        "ringcomm": dist.new_group(backend="ringcomm"),
+        "hook_comm": rt.communicator(),
+    }
+    params = sum(p.numel() for p in make_model(args.width).parameters())
+    configs = args.configs.split(",")
+    trainers = {c: Trainer(c, args, groups) for c in configs}
+    barrier = lambda: dist.barrier(group=groups["gloo"])  # noqa: E731
+    for t in trainers.values():
+        t.steps(args.warmup, barrier, record=False)
+    # Rounds alternate the configurations, so the machine's drift hits them all alike.
+    per_round = max(1, args.steps // args.rounds)
+    for _ in range(args.rounds):
+        for t in trainers.values():
+            t.steps(per_round, barrier, record=True)
+    results = {}
+    for c, t in trainers.items():
+        worst = torch.tensor([statistics.median(t.times)], dtype=torch.float64)
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=groups["gloo"])
+        results[c] = float(worst[0])
+    if rank == 0:
+        transport = groups["hook_comm"].transport
+        print(
+            f"# DDP, {n} ranks, ringcomm transport {transport}, {params / 1e6:.1f} M parameters, "
+            f"batch {args.batch} per rank, {args.threads} torch thread(s) per rank, median of "
+            f"{args.steps} steps in {args.rounds} alternating rounds (slowest rank)"
+        )
+        print(f"# {'config':<10} {'step_ms':>9} {'samples/s':>10} {'vs gloo':>8}")
+        base = results.get("gloo")
+        for c in configs:
+            t = results[c]
+            ratio = f"{base / t:8.2f}" if base else f"{'-':>8}"
+            print(f"  {c:<10} {t * 1e3:9.1f} {n * args.batch / t:10.1f} {ratio}", flush=True)
+    groups["hook_comm"].close()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

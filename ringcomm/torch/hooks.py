@@ -1,0 +1,99 @@
+"""DDP communication hooks on ringcomm, with torch's hook conventions.
+
+A hook is ``hook(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]``;
+``state`` is a :class:`ringcomm.Communicator` (or anything with a ``comm`` attribute
+holding one). The future is completed by ringcomm's own asynchronous work, so DDP overlaps
+backward with communication as it does with its built-in hooks::
+
+    comm = ringcomm.torch.communicator()          # or ringcomm.init()
+    model = DDP(model)
+    model.register_comm_hook(comm, ringcomm.torch.allreduce_hook)
+
+(No ``from __future__ import annotations`` here: DDP checks that a hook's ``bucket``
+annotation *is* ``dist.GradBucket``.)
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+import ringcomm
+from ringcomm.torch._futures import torch_future
+
+Hook = Callable[[Any, dist.GradBucket], torch.futures.Future[torch.Tensor]]
+
+
+def _comm(state: Any) -> ringcomm.Communicator:
+    comm = state if isinstance(state, ringcomm.Communicator) else getattr(state, "comm", None)
+    if not isinstance(comm, ringcomm.Communicator):
+        raise TypeError(
+            "the hook state must be a ringcomm.Communicator or hold one as .comm, "
+            f"got {type(state).__name__}"
+        )
+    return comm
+
+
+def allreduce_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Average the bucket's gradients over all ranks, in place."""
+    comm = _comm(state)
+    tensor = bucket.buffer()
+    work = comm.all_reduce(tensor, ringcomm.AVG, async_op=True)
+    assert work is not None
+    return torch_future(work, lambda: tensor)
+
+
+def compress_wrapper(hook: Hook, dtype: torch.dtype = torch.float16) -> Hook:
+    """Wrap ``hook`` so it runs on the bucket cast to ``dtype``; the result is cast back into
+    the bucket. Halves the bytes on the wire for float16/bfloat16."""
+
+    def compressed_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        original = bucket.buffer()
+        bucket.set_buffer(original.to(dtype))
+        inner = hook(state, bucket)
+
+        def decompress(fut: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+            original.copy_(fut.value())
+            bucket.set_buffer(original)
+            return original
+
+        return inner.then(decompress)
+
+    compressed_hook.__name__ = f"{getattr(hook, '__name__', 'hook')}_{dtype}".replace(".", "_")
+    return compressed_hook
+
+
+def _compress_hook(
+    state: Any, bucket: dist.GradBucket, dtype: torch.dtype
+) -> torch.futures.Future[torch.Tensor]:
+    comm = _comm(state)
+    original = bucket.buffer()
+    # Divide first: the ring keeps partial sums in the compressed dtype, where a sum of
+    # n large gradients could overflow float16 before the average is taken.
+    compressed = original.to(dtype).div_(comm.size)
+    work = comm.all_reduce(compressed, ringcomm.SUM, async_op=True)
+    assert work is not None
+
+    def decompress() -> torch.Tensor:
+        original.copy_(compressed)
+        return original
+
+    return torch_future(work, decompress)
+
+
+def fp16_compress_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Average in float16: cast, divide by the world size, sum, cast back in place."""
+    return _compress_hook(state, bucket, torch.float16)
+
+
+def ringcomm_bf16_compress_hook(
+    state: Any, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
+    """Average in bfloat16 (float32's range: no overflow, 8 bits of mantissa)."""
+    return _compress_hook(state, bucket, torch.bfloat16)
+
+
+# DDP refuses a hook *named* bf16_compress_hook without CUDA and NCCL (it assumes torch's
+# own); ringcomm's runs anywhere, so it carries another __name__.
+bf16_compress_hook = ringcomm_bf16_compress_hook

@@ -1,0 +1,224 @@
+"""Run by every rank of ``ringcomm-run -n N python tests/torch_ranks.py MODE`` (test_torch.py).
+
+Data parallel: the classic ``Linear(1000,100) -> ReLU -> Linear(100,10)``, SGD, MSE, 20
+steps, each rank training on its slice of the global batch with DDP; every rank also trains
+a copy on the whole batch in one process and compares. Prints ``RESULT {json}`` and
+``PASS rank R MODE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import ringcomm
+import ringcomm.torch as rt
+
+STEPS, BATCH, LR = 20, 64, 0.05
+
+
+def make_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1000, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(BATCH, 1000, generator=g), torch.randn(BATCH, 10, generator=g))
+        for _ in range(STEPS)
+    ]
+
+
+def train_alone() -> tuple[nn.Module, list[float]]:
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    losses = []
+    for x, y in batches():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model, losses
+
+
+def train_ddp(ddp: DDP, rank: int, n: int) -> list[float]:
+    opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+    per = BATCH // n
+    losses = []
+    for x, y in batches():
+        xs, ys = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(ddp(xs), ys)
+        loss.backward()
+        opt.step()
+        whole = loss.detach().clone()
+        dist.all_reduce(whole)  # the global batch's loss, for the record
+        losses.append(whole.item() / n)
+    return losses
+
+
+def max_diff(a: nn.Module, b: nn.Module) -> float:
+    return max(
+        (p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True)
+    )
+
+
+def data_parallel(mode: str) -> dict[str, object]:
+    rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    backend = "ringcomm" if mode == "backend" else "gloo"
+    dist.init_process_group(backend)
+    assert dist.get_backend() == backend
+    ddp = DDP(make_model(), bucket_cap_mb=1)  # several buckets: overlap with backward
+    if mode != "backend":
+        comm = rt.communicator()
+        hook = {
+            "hook": rt.allreduce_hook,
+            "fp16": rt.fp16_compress_hook,
+            "bf16": rt.bf16_compress_hook,
+            "wrapper": rt.compress_wrapper(rt.allreduce_hook, torch.bfloat16),
+        }[mode]
+        ddp.register_comm_hook(comm, hook)
+    losses = train_ddp(ddp, rank, n)
+    alone, alone_losses = train_alone()
+    result = {
+        "max_param_diff": max_diff(ddp.module, alone),
+        "losses": losses,
+        "alone_losses": alone_losses,
+    }
+    dist.destroy_process_group()
+    return result
+
+
+def model_parallel(mode: str) -> dict[str, object]:
+    """Stage 1 (rank 0) = Linear(1000,100)+ReLU, stage 2 (rank 1) = Linear(100,10); 4
+    micro-batches pipelined forward, their gradients back; plain SGD on each stage."""
+    comm = ringcomm.init()
+    assert comm.size == 2
+    full = make_model()
+    stage = full[:2] if comm.rank == 0 else full[2:]
+    opt = torch.optim.SGD(stage.parameters(), lr=LR)
+    micro = 4
+    per = BATCH // micro
+    for x, y in batches():
+        opt.zero_grad()
+        if comm.rank == 0:
+            acts = [stage(x[i * per : (i + 1) * per]) for i in range(micro)]
+            sends = [
+                comm.send(a.detach().contiguous(), 1, tag=i, async_op=True)
+                for i, a in enumerate(acts)
+            ]
+            for i, a in enumerate(acts):
+                grad = torch.empty_like(a)
+                comm.recv(grad, 1, tag=100 + i)
+                a.backward(grad)
+            for w in sends:
+                w.wait()
+        else:
+            for i in range(micro):
+                a = torch.empty(per, 100)
+                comm.recv(a, 0, tag=i)
+                a.requires_grad_(True)
+                # the micro-batch's share of the whole batch's mean loss
+                loss = nn.functional.mse_loss(stage(a), y[i * per : (i + 1) * per]) / micro
+                loss.backward()
+                comm.send(a.grad.contiguous(), 0, tag=100 + i)
+        opt.step()
+    alone, _ = train_alone()
+    part = alone[:2] if comm.rank == 0 else alone[2:]
+    comm.close()
+    return {"max_param_diff": max_diff(stage, part)}
+
+
+def backend_ops(mode: str) -> dict[str, object]:
+    """Every torch.distributed call the backend serves, against what it must give."""
+    dist.init_process_group("ringcomm")
+    r, n = dist.get_rank(), dist.get_world_size()
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64):
+        t = torch.full((1001,), r + 1, dtype=dtype)
+        dist.all_reduce(t)
+        assert torch.all(t == n * (n + 1) // 2), (dtype, t[:4])
+    for op, want in (
+        (dist.ReduceOp.MAX, n),
+        (dist.ReduceOp.MIN, 1),
+        (dist.ReduceOp.PRODUCT, float(torch.arange(1, n + 1).prod())),
+        (dist.ReduceOp.AVG, (n + 1) / 2),
+    ):
+        t = torch.full((7,), float(r + 1))
+        dist.all_reduce(t, op=op)
+        assert torch.allclose(t, torch.full((7,), float(want))), (op, t)
+    b = torch.full((5,), 1 << r, dtype=torch.int32)
+    dist.all_reduce(b, op=dist.ReduceOp.BOR)
+    assert int(b[0]) == (1 << n) - 1, b
+    out = torch.empty(n * 3)
+    dist.all_gather_into_tensor(out, torch.full((3,), float(r)))
+    assert torch.equal(out, torch.arange(n, dtype=torch.float32).repeat_interleave(3))
+    parts = [torch.empty(2, 2) for _ in range(n)]
+    dist.all_gather(parts, torch.full((2, 2), float(r)))
+    assert all(torch.equal(p, torch.full((2, 2), float(q))) for q, p in enumerate(parts))
+    rs = torch.empty(4)
+    dist.reduce_scatter_tensor(rs, torch.arange(n * 4, dtype=torch.float32) + r)
+    want = (torch.arange(n * 4, dtype=torch.float32) * n + n * (n - 1) / 2)[r * 4 : (r + 1) * 4]
+    assert torch.equal(rs, want), (rs, want)
+    bc = torch.arange(10.0) if r == n - 1 else torch.zeros(10)
+    dist.broadcast(bc, src=n - 1)
+    assert torch.equal(bc, torch.arange(10.0))
+    red = torch.full((3,), float(r))
+    dist.reduce(red, dst=0, op=dist.ReduceOp.SUM)
+    if r == 0:
+        assert torch.equal(red, torch.full((3,), float(n * (n - 1) / 2)))
+    a2a = torch.empty(n * 2)
+    dist.all_to_all_single(a2a, torch.arange(n * 2, dtype=torch.float32) + 100 * r)
+    want = torch.cat(
+        [torch.arange(r * 2, r * 2 + 2, dtype=torch.float32) + 100 * q for q in range(n)]
+    )
+    assert torch.equal(a2a, want), (a2a, want)
+    dist.barrier()
+    # async ops and their futures
+    ts = [torch.full((100,), float(i + r)) for i in range(5)]
+    works = [dist.all_reduce(t, async_op=True) for t in ts]
+    futs = [w.get_future() for w in works]
+    torch.futures.wait_all(futs)
+    for i, t in enumerate(ts):
+        assert torch.equal(t, torch.full((100,), float(n * i + n * (n - 1) / 2)))
+    # point to point around the ring
+    right, left = (r + 1) % n, (r - 1) % n
+    sent = torch.full((6,), float(r))
+    w = dist.isend(sent, right, tag=5)
+    got = torch.empty(6)
+    dist.recv(got, left, tag=5)
+    w.wait()
+    assert torch.equal(got, torch.full((6,), float(left)))
+    # a sub-group
+    evens = dist.new_group([q for q in range(n) if q % 2 == 0])
+    if r % 2 == 0:
+        e = torch.ones(3)
+        dist.all_reduce(e, group=evens)
+        assert torch.equal(e, torch.full((3,), float((n + 1) // 2)))
+    dist.destroy_process_group()
+    return {"ok": True}
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    if mode == "pipeline":
+        result = model_parallel(mode)
+    elif mode == "ops":
+        result = backend_ops(mode)
+    else:
+        result = data_parallel(mode)
+    rank = int(os.environ["RANK"])
+    if rank == 0:
+        print("RESULT " + json.dumps(result), flush=True)
+    print(f"PASS rank {rank} {mode}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
