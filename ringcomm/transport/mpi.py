@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType, TracebackType
 from typing import Any
 
@@ -126,6 +126,7 @@ class MpiTransport(Transport):
         self.max_tag = self._tag_mask
         self._pending: list[tuple[Any, np.ndarray]] = []  # (send request, memory it reads)
         self._detached: list[tuple[Any, np.ndarray]] = []  # copied sends nobody waits for
+        self._reap_at = _REAP_EVERY  # grows with what stays unsent: no quadratic rescans
         self._closed = False
         if config.tune_malloc:
             tune_malloc(config.segment_bytes)
@@ -144,7 +145,7 @@ class MpiTransport(Transport):
         data = _bytes(payload.copy() if copy else payload)
         comm, mpi_tag = self._route(tag)
         (self._detached if copy else self._pending).append((comm.Isend(data, dst, mpi_tag), data))
-        if len(self._detached) >= _REAP_EVERY:
+        if len(self._detached) >= self._reap_at:
             self._reap()
 
     def flush(self, deadline: float) -> None:
@@ -152,7 +153,7 @@ class MpiTransport(Transport):
         pending, self._pending = self._pending, []
         for i, (request, _) in enumerate(pending):
             try:
-                self._wait(request, deadline, lambda: self._send_timeout())
+                self._wait(request, deadline, self._send_timeout)
             except BaseException:
                 self._pending = pending[i:]
                 raise
@@ -205,6 +206,7 @@ class MpiTransport(Transport):
         """Forget copied sends that have completed (their copies go with them)."""
         if self._detached:
             self._detached = [(r, d) for r, d in self._detached if not r.Test()]
+        self._reap_at = max(_REAP_EVERY, 2 * len(self._detached))
 
     def _recv(self, src: int, tag: Tag, out: np.ndarray, deadline: float) -> None:
         if self._closed:
@@ -232,7 +234,13 @@ class MpiTransport(Transport):
             "by the deadline (is it stuck, or issuing different operations?)"
         )
 
-    def _wait(self, request: Any, deadline: float, on_timeout: Any, status: Any = None) -> None:
+    def _wait(
+        self,
+        request: Any,
+        deadline: float,
+        on_timeout: Callable[[], Exception],
+        status: Any = None,
+    ) -> None:
         """Test ``request`` until done; spin first, then sleep in growing pauses."""
         if request.Test(status):
             return
