@@ -104,19 +104,25 @@ def _bf16_narrow(in_u32, out_bits):
 
 @njit(**_JIT)
 def _f16_widen(bits, out_u32, out_f32):
+    # Integer-only for normal numbers, inf and NaN (a select, so it vectorises); zeros and
+    # subnormals are marked and fixed in a second pass through the float view. Writing
+    # through that aliased view in the main loop kept it scalar: 8.6 ms per 8 M elements
+    # against 1.6 ms for bfloat16.
+    special = False
     for j in range(bits.shape[0]):
         h = np.uint32(bits[j])
-        sign = (h & np.uint32(0x8000)) << np.uint32(16)
-        exp = (h >> np.uint32(10)) & np.uint32(0x1F)
-        mant = h & np.uint32(0x3FF)
-        if exp == 0:
-            # zero or subnormal: mant * 2**-24, exact in float32
-            v = np.float32(mant) * np.float32(5.9604644775390625e-08)
-            out_f32[j] = -v if sign else v
-        elif exp == 31:
-            out_u32[j] = sign | np.uint32(0x7F800000) | (mant << np.uint32(13))
-        else:
-            out_u32[j] = sign | ((exp + np.uint32(112)) << np.uint32(23)) | (mant << np.uint32(13))
+        em = h & np.uint32(0x7FFF)
+        x = (em << np.uint32(13)) + np.uint32(0x38000000)
+        x += np.uint32(0x38000000) * np.uint32(em >= np.uint32(0x7C00))  # inf, NaN
+        special |= em < np.uint32(0x0400)
+        out_u32[j] = ((h & np.uint32(0x8000)) << np.uint32(16)) | x
+    if special:
+        for j in range(bits.shape[0]):
+            h = np.uint32(bits[j])
+            em = h & np.uint32(0x7FFF)
+            if em < np.uint32(0x0400):  # zero or subnormal: em * 2**-24, exact in float32
+                v = np.float32(em) * np.float32(5.9604644775390625e-08)
+                out_f32[j] = -v if h & np.uint32(0x8000) else v
 
 
 @njit(**_JIT)
