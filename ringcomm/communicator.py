@@ -65,7 +65,7 @@ class _Op:
     timeout: float | None
     reduce_op: int
     bfloat16: bool
-    future: concurrent.futures.Future[Any]
+    future: concurrent.futures.Future[Any] | None  # None: run inline by the caller
 
 
 def _reduce_op(op: Any, buf: Buffer, name: str) -> ReduceOp:
@@ -152,17 +152,24 @@ class Communicator:
             self._execute(item)
 
     def _execute(self, item: _Op) -> None:
-        """Run one operation (holding the execution lock) and settle its future."""
+        """Run a queued operation and settle its future (the progress thread)."""
+        assert item.future is not None
+        try:
+            result = self._run(item)
+        except BaseException as e:  # the op's error goes to whoever waits on it
+            item.future.set_exception(e)
+        else:
+            item.future.set_result(result)
+
+    def _run(self, item: _Op) -> Any:
+        """Run one operation holding the execution lock; return its result or raise."""
         with self._exec_lock:
             try:
                 if self._broken is not None:
-                    item.future.set_exception(
-                        CommClosedError(
-                            f"{item.name} #{item.seq}: the communicator is unusable after an "
-                            f"earlier error ({self._broken}); close it and build a new one"
-                        )
+                    raise CommClosedError(
+                        f"{item.name} #{item.seq}: the communicator is unusable after an "
+                        f"earlier error ({self._broken}); close it and build a new one"
                     )
-                    return
                 timeout = item.timeout if item.timeout is not None else self._config.timeout_seconds
                 ctx = OpContext(
                     self._transport,
@@ -175,14 +182,12 @@ class Communicator:
                 )
                 self._transport.current_op = f"{item.name} #{item.seq}"
                 try:
-                    result = item.body(ctx)
-                except BaseException as e:  # the op's error goes to whoever waits on it
+                    return item.body(ctx)
+                except BaseException as e:
                     # Ranks may now disagree on where they are: this communicator is done.
                     self._broken = e
                     log.debug("rank %d: %s #%d failed: %s", self.rank, item.name, item.seq, e)
-                    item.future.set_exception(e)
-                else:
-                    item.future.set_result(result)
+                    raise
             finally:
                 with self._lock:
                     self._outstanding -= 1
@@ -201,8 +206,6 @@ class Communicator:
     ) -> Work | None:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"{name}: timeout must be positive, got {timeout}")
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()
         with self._lock:  # numbering and queueing together keep issue order
             if self._closed:
                 raise CommClosedError(f"{name}: the communicator is closed")
@@ -213,15 +216,20 @@ class Communicator:
                 counter, key = p2p_key
                 seq, kind = counter[key], KIND_P2P
                 counter[key] += 1
-            item = _Op(name, seq, kind, body, timeout, reduce_op, bfloat16, future)
             # A blocking call with nothing ahead of it runs right here: handing it to the
             # progress thread and back costs two thread wake-ups (~100 us on 2 cores).
             inline = not async_op and self._outstanding == 0
+            future: concurrent.futures.Future[Any] | None = None
+            if not inline:
+                future = concurrent.futures.Future()
+                future.set_running_or_notify_cancel()
+            item = _Op(name, seq, kind, body, timeout, reduce_op, bfloat16, future)
             self._outstanding += 1
             if not inline:
                 self._queue.put(item)
-        if inline:
-            self._execute(item)
+        if future is None:
+            self._run(item)
+            return None
         work = Work(future, f"{name} #{seq}", buffers)
         if async_op:
             return work

@@ -12,7 +12,10 @@ from collections.abc import Mapping
 
 ALLREDUCE_ALGORITHMS = ("ring", "recursive_doubling", "star")
 BROADCAST_ALGORITHMS = ("binomial", "chain")
-TRANSPORTS = ("zmq", "mpi", "local")
+# auto: shared memory between ranks of one host, ZeroMQ sockets between hosts; shm: shared
+# memory only (an error across hosts); zmq: sockets only; mpi: MPI point-to-point; local:
+# thread ranks of one process (tests).
+TRANSPORTS = ("auto", "shm", "zmq", "mpi", "local")
 ZMQ_PROTOCOLS = ("auto", "tcp", "ipc")
 # (rank, size) variables that MPI launchers set in every process they start:
 # MPICH / Intel MPI / MVAPICH2 hydra, Open MPI.
@@ -77,6 +80,15 @@ class Config:
         tune_malloc: fix glibc's malloc thresholds so received segments reuse heap memory
             instead of page-faulting fresh mmaps (``RINGCOMM_TUNE_MALLOC``, 1 or 0); see
             :func:`ringcomm.transport.heap.tune_malloc`.
+        shm_slots: slots per shared-memory inbox (``RINGCOMM_SHM_SLOTS``): how far a sender
+            may run ahead of its receiver.
+        shm_slot_bytes: bytes per slot (``RINGCOMM_SHM_SLOT_BYTES``), the unit in which a
+            receiver reduces while the sender writes the next one. Each rank's segment
+            holds ``shm_slots * shm_slot_bytes`` per peer on its host.
+        shm_by_address_bytes: on shared memory, segments at least this large are not copied
+            through the slots: the receiver reads them from the sender's memory in one copy
+            (``process_vm_readv``) where the OS allows it (``RINGCOMM_SHM_BY_ADDRESS_BYTES``;
+            0 turns it off).
         mpi_abort_on_error: under an MPI launch, an exception that ends the main thread
             calls ``MPI_Abort`` so no rank is left waiting (``RINGCOMM_MPI_ABORT_ON_ERROR``,
             1 or 0).
@@ -92,6 +104,9 @@ class Config:
     zmq_io_threads: int = 1
     linger_seconds: float = 2.0
     tune_malloc: bool = True
+    shm_slots: int = 4
+    shm_slot_bytes: int = 256 << 10
+    shm_by_address_bytes: int = 256 << 10
     mpi_abort_on_error: bool = True
 
     def __post_init__(self) -> None:
@@ -107,6 +122,16 @@ class Config:
         ):
             if value is not None and value not in choices:
                 raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+        if self.shm_slots < 2:
+            raise ValueError(f"shm_slots must be at least 2, got {self.shm_slots}")
+        if self.shm_slot_bytes < 64 or self.shm_slot_bytes % 64:
+            raise ValueError(
+                f"shm_slot_bytes must be a positive multiple of 64, got {self.shm_slot_bytes}"
+            )
+        if self.shm_by_address_bytes < 0:
+            raise ValueError(
+                f"shm_by_address_bytes must be >= 0 (0: off), got {self.shm_by_address_bytes}"
+            )
         if self.zmq_protocol not in ZMQ_PROTOCOLS:
             raise ValueError(f"zmq_protocol={self.zmq_protocol!r}: expected one of {ZMQ_PROTOCOLS}")
 
@@ -126,6 +151,9 @@ class Config:
             zmq_io_threads=_int(env, "RINGCOMM_ZMQ_IO_THREADS", d.zmq_io_threads),
             linger_seconds=_float(env, "RINGCOMM_LINGER_SECONDS", d.linger_seconds),
             tune_malloc=_int(env, "RINGCOMM_TUNE_MALLOC", int(d.tune_malloc)) != 0,
+            shm_slots=_int(env, "RINGCOMM_SHM_SLOTS", d.shm_slots),
+            shm_slot_bytes=_int(env, "RINGCOMM_SHM_SLOT_BYTES", d.shm_slot_bytes),
+            shm_by_address_bytes=_int(env, "RINGCOMM_SHM_BY_ADDRESS_BYTES", d.shm_by_address_bytes),
             mpi_abort_on_error=_int(env, "RINGCOMM_MPI_ABORT_ON_ERROR", int(d.mpi_abort_on_error))
             != 0,
         )
@@ -173,8 +201,9 @@ def world_from(
     """Resolve the world: explicit arguments, then ``RINGCOMM_*``, then torchrun's variables,
     then an MPI launcher's (``PMI_RANK``/``PMI_SIZE``, ``OMPI_COMM_WORLD_RANK``/``_SIZE``).
 
-    Under an MPI launch the transport defaults to ``mpi``. Without any of them the world is
-    this one process (rank 0 of 1).
+    The transport defaults to ``auto`` (shared memory on one host, sockets across hosts), or
+    ``mpi`` under an MPI launch. Without any of them the world is this one process (rank 0
+    of 1).
     """
     env = os.environ if env is None else env
 
@@ -205,7 +234,7 @@ def world_from(
         raise ValueError(f"rank {rank_i} is not in a world of size {size_i} (from {r_src}/{s_src})")
     if not 0 <= port_i < 65536:
         raise ValueError(f"master port {port_i} out of range (from {p_src})")
-    transport_name = t or ("mpi" if launched is not None else "zmq")
+    transport_name = t or ("mpi" if launched is not None else "auto")
     if transport_name not in TRANSPORTS:
         raise ValueError(f"transport {transport_name!r}: expected one of {', '.join(TRANSPORTS)}")
     return WorldSpec(

@@ -7,9 +7,11 @@ Usage::
     ringcomm-run -n 4 python bench/collectives.py all_reduce   # any command
 
 Each rank gets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` (as
-torchrun sets them) and the ``RINGCOMM_*`` equivalents; its lines come out prefixed with
-``[rank]``. Fail-fast: when one rank exits non-zero or is killed, the others are stopped, the
-failed rank's last error lines are repeated, and the launcher exits with its code.
+torchrun sets them) and the ``RINGCOMM_*`` equivalents, and a fresh ``RINGCOMM_JOB_ID``; its
+lines come out prefixed with ``[rank]``. Fail-fast: when one rank exits non-zero or is
+killed, the others are stopped, the failed rank's last error lines are repeated, and the
+launcher exits with its code. When the job ends, shared-memory segments its ranks left in
+/dev/shm (only a rank killed while connecting can leave one) are removed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import IO
+
+from ringcomm.transport.shm_names import remove_job_segments
 
 _TAIL_LINES = 40
 _GRACE_SECONDS = 3.0
@@ -87,6 +92,26 @@ def launch(
     """Run ``command`` as ranks 0..nprocs-1 and return the job's exit code (0: all ranks
     succeeded; otherwise the first failed rank's code, or 1 if it was killed)."""
     port = master_port or free_port(master_addr)
+    job = uuid.uuid4().hex[:12]
+    try:
+        return _run_job(nprocs, command, master_addr, port, job, extra_env)
+    finally:
+        left = remove_job_segments(job)
+        if left:
+            sys.stderr.write(
+                f"ringcomm-run: removed {len(left)} shared-memory segment(s) the ranks left "
+                f"in /dev/shm: {', '.join(left)}\n"
+            )
+
+
+def _run_job(
+    nprocs: int,
+    command: list[str],
+    master_addr: str,
+    port: int,
+    job: str,
+    extra_env: dict[str, str] | None,
+) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     tails: list[collections.deque[str]] = []
     pumps: list[threading.Thread] = []
@@ -104,6 +129,7 @@ def launch(
             RINGCOMM_SIZE=str(nprocs),
             RINGCOMM_MASTER_ADDR=master_addr,
             RINGCOMM_MASTER_PORT=str(port),
+            RINGCOMM_JOB_ID=job,
             PYTHONUNBUFFERED="1",
         )
         proc = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""Fixtures: process rank pools over ZeroMQ, one per world size, shared by the session."""
+"""Fixtures: process rank pools, one per (world size, transport), shared by the session."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import pytest
 
 from helpers import RankPool
 
-_pools: dict[int, RankPool] = {}
+_pools: dict[tuple[int, str], RankPool] = {}
 
 
-def get_pool(size: int) -> RankPool:
-    """The session's pool of ``size`` ranks; a pool broken by a failed test is replaced."""
-    pool = _pools.get(size)
+def get_pool(size: int, transport: str = "auto") -> RankPool:
+    """The session's pool of ``size`` ranks on ``transport``; a pool broken by a failed test
+    is replaced."""
+    pool = _pools.get((size, transport))
     if pool is None or not pool.alive:
-        pool = _pools[size] = RankPool(size)
+        pool = _pools[(size, transport)] = RankPool(size, transport=transport)
     return pool
 
 

@@ -175,7 +175,9 @@ def _free_port() -> int:
     return free_port()
 
 
-def _worker(rank: int, size: int, port: int, conn: Connection, env: dict[str, str]) -> None:
+def _worker(
+    rank: int, size: int, port: int, conn: Connection, env: dict[str, str], transport: str
+) -> None:
     os.environ.update(env)
     try:
         comm = ringcomm.init(
@@ -183,7 +185,7 @@ def _worker(rank: int, size: int, port: int, conn: Connection, env: dict[str, st
             size=size,
             master_addr="127.0.0.1",
             master_port=port,
-            transport="zmq",
+            transport=transport,
             timeout=30,
         )
     except BaseException:
@@ -206,9 +208,16 @@ def _worker(rank: int, size: int, port: int, conn: Connection, env: dict[str, st
 
 
 class RankPool:
-    """``size`` rank processes over ZeroMQ, reused across tests (they start in seconds)."""
+    """``size`` rank processes on ``transport`` (``auto``: shared memory, all on this host;
+    ``zmq``: sockets), reused across tests (they start in seconds)."""
 
-    def __init__(self, size: int, env: dict[str, str] | None = None, start_timeout: float = 120):
+    def __init__(
+        self,
+        size: int,
+        env: dict[str, str] | None = None,
+        start_timeout: float = 120,
+        transport: str = "auto",
+    ):
         ctx = multiprocessing.get_context("spawn")
         self.size = size
         port = _free_port()
@@ -218,7 +227,7 @@ class RankPool:
             parent, child = ctx.Pipe()
             p = ctx.Process(
                 target=_worker,
-                args=(rank, size, port, child, env or {}),
+                args=(rank, size, port, child, env or {}, transport),
                 daemon=True,
                 name=f"rank{rank}",
             )

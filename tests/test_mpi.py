@@ -52,10 +52,13 @@ def mpiexec(n: int, args: list[str], env: dict[str, str], timeout: float) -> tup
 
 
 def run_check(check: str, n: int, transport: str, timeout: float) -> str:
+    """``transport``: mpi (the default under mpiexec), zmq, or shm (RINGCOMM_TRANSPORT=auto:
+    shared memory, bootstrapped through MPI; a world of one has no peer and uses zmq)."""
     # ringcomm's own timeout (120 s) fires first; a rank hung elsewhere prints its stacks
-    env = {"EXPECT_TRANSPORT": transport, "DUMP_AFTER": str(timeout - 30)}
+    expect = "zmq" if transport == "shm" and n == 1 else transport
+    env = {"EXPECT_TRANSPORT": expect, "DUMP_AFTER": str(timeout - 30)}
     if transport != "mpi":  # the MPI transport must be the default under mpiexec
-        env["RINGCOMM_TRANSPORT"] = transport
+        env["RINGCOMM_TRANSPORT"] = "auto" if transport == "shm" else transport
     rc, out = mpiexec(n, [str(RANKS_SCRIPT), check], env, timeout)
     passed = {int(r) for r in re.findall(rf"PASS rank (\d+) {check}", out)}
     missing = sorted(set(range(n)) - passed)
@@ -66,13 +69,13 @@ def run_check(check: str, n: int, transport: str, timeout: float) -> str:
     return out
 
 
-@pytest.mark.parametrize("transport", ["mpi", "zmq"])
+@pytest.mark.parametrize("transport", ["mpi", "zmq", "shm"])
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_collective_suite_under_mpiexec(n: int, transport: str) -> None:
     run_check("suite", n, transport, timeout=240)
 
 
-@pytest.mark.parametrize("transport", ["mpi", "zmq"])
+@pytest.mark.parametrize("transport", ["mpi", "zmq", "shm"])
 def test_messages_over_2_gib(transport: str) -> None:
     """2**31 + 77 int8 elements: over every 32-bit count, in all_reduce, broadcast, send."""
     run_check("huge", 2, transport, timeout=240)
@@ -115,7 +118,7 @@ def test_world_from_mpi_launcher_variables() -> None:
     assert world_from(None, None, None, None, None, both).transport == "zmq"
     torchrun = {**hydra, "RANK": "0", "WORLD_SIZE": "2"}  # explicit variables win
     spec = world_from(None, None, None, None, None, torchrun)
-    assert (spec.size, spec.transport, spec.mpi_launch) == (2, "zmq", False)
+    assert (spec.size, spec.transport, spec.mpi_launch) == (2, "auto", False)
     with pytest.raises(ValueError, match="PMI_RANK"):
         world_from(None, None, None, None, None, {"PMI_RANK": "x", "PMI_SIZE": "2"})
 

@@ -56,8 +56,10 @@ class OpContext:
         self.transport.recv_into(src, Tag(self.kind, self.seq, step, segment), out, self.deadline)
 
     def recv_reduce(self, src: int, step: int, segment: int, out: np.ndarray) -> None:
-        """Receive and reduce into ``out`` straight out of the received frame."""
-        self.reduce(out, self.recv(src, step, segment, out))
+        """Receive and reduce into ``out`` straight out of the received frame (or slots)."""
+        self.transport.recv_reduce(
+            src, Tag(self.kind, self.seq, step, segment), out, self.reduce, self.deadline
+        )
 
     def reduce(self, out: np.ndarray, other: np.ndarray) -> None:
         """``out = out (op) other`` with this operation's reduction."""

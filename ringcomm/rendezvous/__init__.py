@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from ringcomm.config import Config, WorldSpec
@@ -30,10 +31,15 @@ _local_stores: dict[tuple[str, int], LocalStore] = {}
 _local_stores_lock = threading.Lock()
 
 
-def _zmq_endpoints(bind_host: str, config: Config) -> Callable[[], Endpoint]:
-    from ringcomm.transport.zmq import ZmqEndpoint
+def _socket_endpoints(transport: str, bind_host: str, config: Config) -> Callable[[], Endpoint]:
+    """Endpoints for ``zmq`` (sockets only) or ``auto`` / ``shm`` (shared memory on a host)."""
+    if transport == "zmq":
+        from ringcomm.transport.zmq import ZmqEndpoint
 
-    return lambda: ZmqEndpoint(bind_host, config)
+        return lambda: ZmqEndpoint(bind_host, config)
+    from ringcomm.transport.shm import ShmEndpoint
+
+    return lambda: ShmEndpoint(bind_host, config, transport)
 
 
 def _bind_host_under_mpi(config: Config) -> str:
@@ -50,7 +56,7 @@ def _bind_host_under_mpi(config: Config) -> str:
 def _form_world_over_mpi(spec: WorldSpec, config: Config) -> tuple[Transport, EndpointFactory]:
     from ringcomm.transport import mpi
 
-    factory = _zmq_endpoints(_bind_host_under_mpi(config), config)
+    factory = _socket_endpoints(spec.transport, _bind_host_under_mpi(config), config)
     endpoint = factory()
     try:
         addresses, comm_id = mpi.exchange_addresses(spec, endpoint.address, config)
@@ -86,6 +92,17 @@ def _open_store(spec: WorldSpec, config: Config) -> tuple[Store, Callable[[], No
     return client, close
 
 
+# How long rank 0 keeps the store up after its own connect failed, for the others to fetch
+# the addresses (and so fail with the same error rather than an unreachable store).
+_FETCH_GRACE_SECONDS = 10.0
+
+
+def _wait_for_count(store: Store, key: str, count: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while store.add(key, 0) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def form_world(
     spec: WorldSpec, config: Config, store: Store | None = None
 ) -> tuple[Transport, EndpointFactory]:
@@ -99,7 +116,7 @@ def form_world(
         from ringcomm.transport import mpi
 
         return mpi.form_world(spec, config), lambda: None
-    if spec.transport == "zmq" and spec.mpi_launch:
+    if spec.mpi_launch:
         return _form_world_over_mpi(spec, config)
     if spec.transport == "local":
         from ringcomm.transport.local import LocalEndpoint
@@ -108,7 +125,7 @@ def form_world(
     else:
         from ringcomm.transport.zmq import local_address_towards
 
-        factory = _zmq_endpoints(local_address_towards(spec.master_addr), config)
+        factory = _socket_endpoints(spec.transport, local_address_towards(spec.master_addr), config)
     endpoint = factory()
     assert endpoint is not None
     if spec.size == 1:
@@ -133,7 +150,13 @@ def form_world(
                     f"{config.timeout_seconds:.0f}s ({e})"
                 ) from None
         comm_id = int.from_bytes(store.get("comm_id", config.timeout_seconds), "little")
-        transport = endpoint.connect(spec.rank, addresses, comm_id)
+        store.add("fetched", 1)
+        try:
+            transport = endpoint.connect(spec.rank, addresses, comm_id)
+        except Exception:
+            if spec.rank == 0:  # let the others read the addresses and fail the same way
+                _wait_for_count(store, "fetched", spec.size, _FETCH_GRACE_SECONDS)
+            raise
         # No rank returns before every rank has connected (a rank that finished early and
         # closed must not vanish under a peer that is still connecting) ...
         if store.add("joined", 1) == spec.size:

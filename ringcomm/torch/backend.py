@@ -71,9 +71,10 @@ def init_from_store(
         launched is not None and not os.environ.get("RINGCOMM_TRANSPORT")
     ):
         # The MPI transport is MPI_COMM_WORLD: right for a group that is the whole MPI
-        # world in MPI's rank order, and for nothing else (then ZeroMQ, through the store).
+        # world in MPI's rank order, and for nothing else (then shared memory and sockets,
+        # through the store).
         whole = launched is not None and (launched[0], launched[1]) == (rank, size)
-        spec = dataclasses.replace(spec, transport="mpi" if whole else "zmq")
+        spec = dataclasses.replace(spec, transport="mpi" if whole else "auto")
     cfg = _config.Config.from_env()
     if timeout is not None:
         cfg = dataclasses.replace(cfg, timeout_seconds=timeout)

@@ -24,7 +24,7 @@ import collections
 import logging
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -73,7 +73,8 @@ class Transport(abc.ABC):
     """Moves tagged messages between the ranks of one communicator.
 
     Attributes:
-        name: what :attr:`Communicator.transport` reports (``zmq``, ``mpi``, ``local``).
+        name: what :attr:`Communicator.transport` reports (``shm``, ``shm+zmq``, ``zmq``,
+            ``mpi``, ``local``).
         max_tag: the largest user tag point-to-point messages may carry.
         sends_wait_for_receiver: a large zero-copy send completes only once the receiver
             has posted its receive (MPI's rendezvous), not when the bytes have left.
@@ -112,6 +113,18 @@ class Transport(abc.ABC):
     def recv_into(self, src: int, tag: Tag, out: np.ndarray, deadline: float) -> None:
         """Receive the message from ``src`` with ``tag`` into the contiguous array ``out``."""
         np.copyto(out, np.frombuffer(self.recv(src, tag, out.nbytes, deadline), out.dtype))
+
+    def recv_reduce(
+        self,
+        src: int,
+        tag: Tag,
+        out: np.ndarray,
+        reduce: Callable[[np.ndarray, np.ndarray], None],
+        deadline: float,
+    ) -> None:
+        """``reduce(out, payload)`` with the message from ``src``; transports that can do so
+        reduce straight out of where the message arrived."""
+        reduce(out, np.frombuffer(self.recv(src, tag, out.nbytes, deadline), out.dtype))
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -108,7 +108,7 @@ class ZmqEndpoint(Endpoint):
         pushes: dict[int, zmq.Socket] = {}
         try:
             for peer, raw in enumerate(addresses):
-                if peer == rank:
+                if peer == rank or not raw:  # not raw: a peer reached another way (shm)
                     continue
                 theirs = json.loads(raw)
                 same_host = theirs["host"] == mine["host"] and "ipc" in theirs

@@ -1,5 +1,6 @@
-"""The real thing: ranks as processes over ZeroMQ (ipc:// on this host, and tcp://), world
-sizes 1-5, the same checks as the thread tests, plus what only processes can show."""
+"""The real thing: ranks as processes, world sizes 1-5, over shared memory (the default on
+one host) and over ZeroMQ sockets (ipc:// and tcp://); the same checks as the thread tests,
+plus what only processes can show."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from conftest import get_pool
 from helpers import DTYPES, OPS, RankPool, assert_reduced, make_input, op_applies, reference
 
 SIZES = [1, 2, 3, 4, 5]
+# "auto" puts every rank of these pools on shared memory (one host).
+TRANSPORTS = pytest.mark.parametrize("transport", ["auto", "zmq"])
 
 
+@TRANSPORTS
 @pytest.mark.parametrize("size", SIZES)
-def test_all_reduce_matrix(size: int) -> None:
-    pool = get_pool(size)
+def test_all_reduce_matrix(size: int, transport: str) -> None:
+    pool = get_pool(size, transport)
     counts = (0, 1, 3, 13, 4099)
     cases = pool.run(
         functools.partial(
@@ -31,11 +35,12 @@ def test_all_reduce_matrix(size: int) -> None:
     assert cases[0] > 0
 
 
+@TRANSPORTS
 @pytest.mark.parametrize("size", [2, 3, 5])
-def test_star_and_large_multi_segment_buffers(size: int) -> None:
+def test_star_and_large_multi_segment_buffers(size: int, transport: str) -> None:
     """4 MiB buffers: several 1 MiB segments per chunk, zero-copy sends, all algorithms."""
 
-    pool = get_pool(size)
+    pool = get_pool(size, transport)
     out = pool.run(rankfns.all_ranks_get_identical_bits, "star")
     for r in range(1, size):
         np.testing.assert_array_equal(out[0], out[r])
@@ -56,20 +61,23 @@ def _big_allreduce(comm: ringcomm.Communicator) -> bool:
     return True
 
 
+@TRANSPORTS
 @pytest.mark.parametrize("size", [2, 3, 4])
-def test_other_collectives(size: int) -> None:
-    get_pool(size).run(
+def test_other_collectives(size: int, transport: str) -> None:
+    get_pool(size, transport).run(
         functools.partial(rankfns.other_collectives, counts=(0, 1, 7, 1000)), timeout=240
     )
 
 
-def test_p2p_size_mismatch_is_refused() -> None:
-    get_pool(3).run(rankfns.p2p_size_mismatch_is_refused)
+@TRANSPORTS
+def test_p2p_size_mismatch_is_refused(transport: str) -> None:
+    get_pool(3, transport).run(rankfns.p2p_size_mismatch_is_refused)
 
 
+@TRANSPORTS
 @pytest.mark.parametrize("size", [2, 4])
-def test_async_and_subcommunicators(size: int) -> None:
-    pool = get_pool(size)
+def test_async_and_subcommunicators(size: int, transport: str) -> None:
+    pool = get_pool(size, transport)
     pool.run(rankfns.async_ops_in_flight)
     if size >= 4:
         pool.run(rankfns.subcommunicators_concurrently)
@@ -80,13 +88,15 @@ def test_torch_tensors() -> None:
     get_pool(3).run(rankfns.torch_tensors)
 
 
-def test_idle_rank_does_not_burn_cpu() -> None:
-    cpu_share = get_pool(2).run(rankfns.idle_rank_burns_no_cpu)[0]
+@TRANSPORTS
+def test_idle_rank_does_not_burn_cpu(transport: str) -> None:
+    cpu_share = get_pool(2, transport).run(rankfns.idle_rank_burns_no_cpu)[0]
     assert cpu_share < 0.2, f"a waiting rank used {cpu_share:.0%} of a core"
 
 
-def test_timeout_names_the_peer_and_breaks_the_communicator() -> None:
-    pool = RankPool(3)
+@TRANSPORTS
+def test_timeout_names_the_peer_and_breaks_the_communicator(transport: str) -> None:
+    pool = RankPool(3, transport=transport)
     try:
         msgs = pool.run(rankfns.timeout_names_the_peer, timeout=60)
     finally:
@@ -95,7 +105,7 @@ def test_timeout_names_the_peer_and_breaks_the_communicator() -> None:
 
 
 def test_tcp_only() -> None:
-    pool = RankPool(3, env={"RINGCOMM_ZMQ_PROTOCOL": "tcp"})
+    pool = RankPool(3, env={"RINGCOMM_ZMQ_PROTOCOL": "tcp"}, transport="zmq")
     try:
         pool.run(
             functools.partial(rankfns.allreduce_matrix, algorithms=("ring",), counts=(5, 3000))
@@ -105,6 +115,7 @@ def test_tcp_only() -> None:
         pool.close()
 
 
+@TRANSPORTS
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     size=st.sampled_from(SIZES),
@@ -113,11 +124,11 @@ def test_tcp_only() -> None:
     op=st.sampled_from(OPS),
     seed=st.integers(0, 2**16),
 )
-def test_property_all_reduce_over_zmq(size, count, dtype, op, seed):
+def test_property_all_reduce(transport, size, count, dtype, op, seed):
     if not op_applies(op, dtype):
         return
     inputs = [make_input(dtype, op, r, count, seed) for r in range(size)]
-    outs = get_pool(size).run(_reduce_given, inputs, op)
+    outs = get_pool(size, transport).run(_reduce_given, inputs, op)
     for got in outs:
         assert_reduced(got, reference(op, inputs), op, f"{size=} {count=} {dtype} {op.name}")
 

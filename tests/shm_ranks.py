@@ -1,0 +1,153 @@
+"""Rank bodies for tests/test_shm.py: ``python shm_ranks.py MODE`` in every rank (started by
+ringcomm-run or directly with RINGCOMM_* variables). A rank that passes prints
+``PASS rank <r> MODE``; results go out as ``RESULT <json>``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import ringcomm
+from ringcomm.transport.shm_names import NAME_PREFIX, SHM_DIR, job_id
+
+
+def job_segments() -> list[str]:
+    prefix = f"{NAME_PREFIX}{job_id()}-"
+    return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(prefix))
+
+
+def check_ops(comm: ringcomm.Communicator) -> None:
+    """Every kind of traffic: small and multi-segment, by address and through slots."""
+    n, r = comm.size, comm.rank
+    for count in (1, 1000, 3 << 20):
+        for alg in ("ring", "recursive_doubling", "star"):
+            a = (np.arange(count, dtype=np.float32) % 1000) + r
+            comm.all_reduce(a, algorithm=alg)
+            want = (np.arange(count, dtype=np.float32) % 1000) * n + n * (n - 1) / 2
+            np.testing.assert_array_equal(a, want, err_msg=f"{alg} {count}")
+        out = np.empty(count * n, np.float32)
+        comm.all_gather(out, np.full(count, r, np.float32))
+        np.testing.assert_array_equal(out, np.repeat(np.arange(n, dtype=np.float32), count))
+        b = np.full(count, r, np.float32)
+        comm.broadcast(b, n - 1)
+        np.testing.assert_array_equal(b, np.full(count, n - 1, np.float32))
+    # p2p around the ring, everyone sending first: sends never wait for their receiver
+    right, left = (r + 1) % n, (r - 1) % n
+    got = np.empty(5 << 20, np.uint8)
+    comm.send(np.full(5 << 20, r, np.uint8), right, tag=3)
+    comm.recv(got, left, tag=3)
+    assert (got == left).all()
+
+
+def clean(comm: ringcomm.Communicator) -> dict:
+    """Nothing of ours stays in /dev/shm once connected, split, or closed."""
+    assert comm.transport == "shm", comm.transport
+    assert job_segments() == [], job_segments()
+    check_ops(comm)
+    sub = comm.split(comm.rank % 2)
+    assert sub is not None and sub.transport in ("shm", "zmq")
+    comm.barrier()  # the other color's sub-communicator has connected too
+    assert job_segments() == [], job_segments()
+    check_ops(sub)
+    sub.close()
+    return {"transport": comm.transport}
+
+
+def mixed(comm: ringcomm.Communicator) -> dict:
+    """Ranks in two /dev/shm worlds: shared memory within each, sockets across."""
+    assert comm.transport == "shm+zmq", comm.transport
+    check_ops(comm)
+    return {"transport": comm.transport}
+
+
+def mismatch(comm: ringcomm.Communicator) -> dict:
+    """Ranks that disagree on the count get an error, never a hang or a partial result."""
+    count = 1000 + comm.rank
+    try:
+        comm.all_reduce(np.ones(count, np.float32), timeout=20)
+    except ringcomm.RingcommError as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    raise AssertionError("an all_reduce with counts 1000 and 1001 succeeded")
+
+
+def p2p_waits_for_nobody(comm: ringcomm.Communicator) -> dict:
+    """A send returns before its receiver takes it, and the data still arrives while the
+    sender's communicator sits idle (the background ticker pushes it)."""
+    nbytes = 8 << 20  # 32 slots' worth: most of it must wait for free slots
+    if comm.rank == 0:
+        t0 = time.monotonic()
+        comm.send(np.full(nbytes, 7, np.uint8), 1)
+        took = time.monotonic() - t0
+        time.sleep(3.0)  # idle: nothing here calls into the communicator
+        return {"send_seconds": took}
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    got = np.empty(nbytes, np.uint8)
+    comm.recv(got, 0, timeout=10)
+    assert (got == 7).all()
+    return {"recv_seconds": time.monotonic() - t0}
+
+
+def peer_killed(comm: ringcomm.Communicator) -> dict:
+    """The last rank is killed mid-run; the others fail naming it, without hanging."""
+    buf = np.ones(4 << 20, np.float32)
+    for i in range(1000):
+        if comm.rank == comm.size - 1 and i == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        t0 = time.monotonic()
+        try:
+            comm.all_reduce(buf)
+        except ringcomm.PeerLostError as e:
+            return {"error": str(e), "seconds": time.monotonic() - t0}
+    raise AssertionError("the all_reduces went on without the killed rank")
+
+
+MODES = {
+    "clean": clean,
+    "mixed": mixed,
+    "mismatch": mismatch,
+    "p2p_waits_for_nobody": p2p_waits_for_nobody,
+    "peer_killed": peer_killed,
+}
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    if mode == "forced_across":
+        try:
+            ringcomm.init(timeout=30)
+        except ringcomm.TransportError as e:
+            assert "shares no /dev/shm" in str(e), e
+            print(f"PASS rank {os.environ['RINGCOMM_RANK']} {mode}", flush=True)
+            return
+        raise AssertionError("RINGCOMM_TRANSPORT=shm connected across /dev/shm worlds")
+    if mode == "full_shm":
+        try:
+            ringcomm.init(timeout=30)
+        except ringcomm.TransportError as e:
+            assert "--shm-size" in str(e), e
+            print(f"PASS rank {os.environ['RINGCOMM_RANK']} {mode}", flush=True)
+            return
+        raise AssertionError("connected with a full /dev/shm")
+    if mode == "killed_while_connecting":
+        from ringcomm.transport import shm
+
+        if os.environ["RINGCOMM_RANK"] == "1":  # dies with its segment made, not yet unlinked
+            shm.ShmTransport._attach = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        ringcomm.init(timeout=30)
+        return
+    comm = ringcomm.init(timeout=30)
+    result = MODES[mode](comm)
+    comm.close()
+    assert job_segments() == [], job_segments()
+    print(f"RESULT {json.dumps(result)}", flush=True)
+    print(f"PASS rank {comm.rank} {mode}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The shared-memory path: nothing left in /dev/shm (closed, crashed, killed while
+connecting), a killed peer is named, disagreeing ranks fail, sends never wait for their
+receiver, mixed worlds (shared memory within a /dev/shm, sockets across), a full /dev/shm.
+
+Every rank is a process with a hard timeout; a failure names the ranks that did not pass.
+"Another host" is a rank with its own /dev/shm (a mount namespace), which needs root and
+``unshare``: those tests skip where that cannot be made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ringcomm.run import free_port
+from ringcomm.transport.shm_names import NAME_PREFIX, SHM_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "tests" / "shm_ranks.py")
+PRIVATE_SHM = 'mount -t tmpfs -o size={size} ringcomm-test /dev/shm && exec "$@"'
+# Another "host": ranks wrapped in this see the directory {dir} as their /dev/shm.
+OTHER_SHM = 'mount --bind {dir} /dev/shm && exec "$@"'
+
+
+def _ours() -> set[str]:
+    return {n for n in os.listdir(SHM_DIR) if n.startswith(NAME_PREFIX)}
+
+
+@pytest.fixture(autouse=True)
+def no_segment_left_behind():
+    """Whatever a test does, it leaves no ringcomm segment in /dev/shm."""
+    before = _ours()
+    yield
+    left = _ours() - before
+    assert not left, f"left in {SHM_DIR}: {sorted(left)}"
+
+
+def _private_shm_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    cmd = ["unshare", "-m", "sh", "-c", PRIVATE_SHM.format(size="1m"), "sh", "true"]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+needs_private_shm = pytest.mark.skipif(
+    not _private_shm_works(),
+    reason="needs root and unshare to give a rank its own /dev/shm (a mount namespace)",
+)
+
+
+def run_ranks(
+    mode: str,
+    n: int,
+    *,
+    env: dict[str, str] | None = None,
+    wrap: dict[int, list[str]] | None = None,
+    timeout: float = 120,
+) -> tuple[dict[int, dict], dict[int, int | None], str]:
+    """Start ``n`` ranks of shm_ranks.py directly (no launcher: survivors of a killed rank
+    keep running); return their results, exit codes and output. ``wrap[r]`` prefixes rank
+    r's command (e.g. a mount namespace)."""
+    port = free_port()
+    job = uuid.uuid4().hex[:12]
+    procs = []
+    for r in range(n):
+        rank_env = dict(os.environ)
+        rank_env.update(env or {})
+        rank_env.update(
+            RINGCOMM_RANK=str(r),
+            RINGCOMM_SIZE=str(n),
+            RINGCOMM_MASTER_ADDR="127.0.0.1",
+            RINGCOMM_MASTER_PORT=str(port),
+            RINGCOMM_JOB_ID=job,
+            PYTHONUNBUFFERED="1",
+        )
+        cmd = [*(wrap or {}).get(r, []), sys.executable, SCRIPT, mode]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=rank_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    deadline = time.monotonic() + timeout
+    outs, codes = {}, {}
+    for r, p in enumerate(procs):
+        try:
+            outs[r], _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            codes[r] = p.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            outs[r], _ = p.communicate()
+            codes[r] = None  # hung
+    results = {}
+    for r, out in outs.items():
+        found = re.search(r"RESULT (\{.*\})", out)
+        if found and f"PASS rank {r} {mode}" in out:
+            results[r] = json.loads(found.group(1))
+        elif f"PASS rank {r} {mode}" in out:
+            results[r] = {}
+    text = "\n".join(f"--- rank {r} (exit {codes[r]}):\n{outs[r][-3000:]}" for r in outs)
+    return results, codes, text
+
+
+def assert_passed(mode: str, n: int, results: dict, text: str, ranks=None) -> None:
+    want = set(range(n) if ranks is None else ranks)
+    missing = sorted(want - set(results))
+    assert not missing, f"{mode}: ranks {missing} did not pass\n{text}"
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_segments_are_unlinked_once_connected(n: int) -> None:
+    results, _, text = run_ranks("clean", n)
+    assert_passed("clean", n, results, text)
+
+
+def test_collectives_through_the_slots_when_reading_by_address_is_off() -> None:
+    results, _, text = run_ranks("clean", 3, env={"RINGCOMM_SHM_BY_ADDRESS_BYTES": "0"})
+    assert_passed("clean", 3, results, text)
+
+
+def test_oversubscribed_ranks_finish() -> None:
+    """6 ranks on this machine's 2 cores: spinning gives way, nothing collapses."""
+    results, _, text = run_ranks("clean", 6, timeout=240)
+    assert_passed("clean", 6, results, text)
+
+
+def test_killed_peer_is_named_within_seconds() -> None:
+    n = 3
+    results, codes, text = run_ranks("peer_killed", n)
+    assert codes[n - 1] == -signal.SIGKILL, text
+    assert_passed("peer_killed", n, results, text, ranks=range(n - 1))
+    for r in range(n - 1):
+        assert f"rank {n - 1}" in results[r]["error"], results[r]
+        assert results[r]["seconds"] < 5, results[r]
+
+
+def test_ranks_that_disagree_on_the_count_fail_on_every_rank() -> None:
+    results, _, text = run_ranks("mismatch", 2)
+    assert_passed("mismatch", 2, results, text)
+    assert any("expected 4000 bytes" in res["error"] for res in results.values()), results
+
+
+def test_sends_never_wait_for_their_receiver() -> None:
+    results, _, text = run_ranks("p2p_waits_for_nobody", 2)
+    assert_passed("p2p_waits_for_nobody", 2, results, text)
+    assert results[0]["send_seconds"] < 0.9, results  # the receiver sleeps 1 s first
+    assert results[1]["recv_seconds"] < 2, results
+
+
+def test_launcher_removes_what_a_rank_killed_while_connecting_left(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "ringcomm.run", "-n", "2", sys.executable, SCRIPT]
+    res = subprocess.run(
+        [*cmd, "killed_while_connecting"], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode != 0
+    assert "rank 1 failed (killed by SIGKILL)" in res.stderr, res.stderr[-2000:]
+    assert "removed" in res.stderr and "shared-memory segment" in res.stderr, res.stderr[-2000:]
+
+
+def _other_host(tmp_path: Path) -> list[str]:
+    return ["unshare", "-m", "sh", "-c", OTHER_SHM.format(dir=tmp_path), "sh"]
+
+
+@needs_private_shm
+def test_mixed_world_shared_memory_within_sockets_across(tmp_path: Path) -> None:
+    """Ranks 0-1 share this /dev/shm, ranks 2-3 another one: as two hosts would."""
+    other = _other_host(tmp_path)
+    results, _, text = run_ranks("mixed", 4, wrap={2: other, 3: other})
+    assert_passed("mixed", 4, results, text)
+    assert not list(tmp_path.iterdir()), "the other host's segments were left behind"
+
+
+@needs_private_shm
+def test_forcing_shm_across_separate_dev_shm_is_refused(tmp_path: Path) -> None:
+    other = _other_host(tmp_path)
+    results, _, text = run_ranks(
+        "forced_across", 3, env={"RINGCOMM_TRANSPORT": "shm"}, wrap={2: other}
+    )
+    assert_passed("forced_across", 3, results, text)
+
+
+@needs_private_shm
+def test_full_dev_shm_is_a_clear_error_not_a_crash() -> None:
+    """A 1 MiB /dev/shm (docker's default is 64 MiB) cannot hold the inboxes."""
+    # Both ranks must see the same small /dev/shm: one namespace around a launcher.
+    cmd = [
+        "unshare", "-m", "sh", "-c", PRIVATE_SHM.format(size="1m"), "sh",
+        sys.executable, "-m", "ringcomm.run", "-n", "2", sys.executable, SCRIPT, "full_shm",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    passed = set(re.findall(r"PASS rank (\d+) full_shm", out))
+    assert res.returncode == 0 and passed == {"0", "1"}, out[-3000:]
