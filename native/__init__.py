@@ -1,9 +1,11 @@
-"""ringcomm.native: the one home of hot loops (Numba CPU kernels, NumPy fallback).
+"""ringcomm.native: the one home of hot loops (Numba CPU kernels, NumPy fallback) and of
+the shared-memory transport's atomic counters (``shm``).
 
 Installed as the subpackage ``ringcomm.native`` (setuptools ``package-dir``).
 """
 
-from .kernels import divide, reduce_into, warm_cache
+from . import kernels, shm
+from .kernels import divide, reduce_into
 from .numpy_fallback import bf16_to_f32, f32_to_bf16
 from .ops import AVG, BAND, BOR, BUFFER_DTYPES, BXOR, MAX, MIN, PROD, SUM
 
@@ -23,3 +25,11 @@ __all__ = [
     "reduce_into",
     "warm_cache",
 ]
+
+
+def warm_cache() -> None:
+    """Compile (or load from numba's on-disk cache) every kernel for every dtype, and the
+    shared-memory counters. Running this once before a many-process launch spares each
+    rank its own compile."""
+    kernels.warm_cache()
+    shm.warm_cache()

@@ -180,7 +180,7 @@ class Communicator:
                     item.bfloat16,
                     item.kind,
                 )
-                self._transport.current_op = f"{item.name} #{item.seq}"
+                self._transport.op = (item.name, item.seq)
                 try:
                     return item.body(ctx)
                 except BaseException as e:

@@ -18,14 +18,13 @@ from ringcomm.algorithms.schedule import recursive_doubling_plan
 def _exchange_reduce(
     ctx: OpContext, peer: int, step: int, buf: np.ndarray, segs: list[tuple[int, int]]
 ) -> None:
+    # Sends are copies (small messages: the copy is cheap), so the buffer may change at
+    # once and the peer's segment reduces straight into it; no send is waited for, so two
+    # partners whose sends complete only once received (MPI) cannot block each other.
     for k, (a, b) in enumerate(segs):
-        ctx.send(peer, step, k, buf[a:b])
-    # Take the peer's whole buffer before waiting for our sends: on a transport whose large
-    # sends complete only once received (MPI), waiting first would deadlock both partners.
-    received = [ctx.recv(peer, step, k, buf[a:b]) for k, (a, b) in enumerate(segs)]
-    ctx.flush()  # the buffer is about to change under any zero-copy send
-    for (a, b), theirs in zip(segs, received, strict=True):
-        ctx.reduce(buf[a:b], theirs)
+        ctx.send(peer, step, k, buf[a:b], copy=True)
+    for k, (a, b) in enumerate(segs):
+        ctx.recv_reduce(peer, step, k, buf[a:b])
 
 
 def allreduce(ctx: OpContext, buf: np.ndarray) -> None:

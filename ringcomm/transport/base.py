@@ -88,8 +88,15 @@ class Transport(abc.ABC):
         self.rank = rank
         self.size = size
         self.comm_id = comm_id
-        # Describes the running operation in errors ("all_reduce #12"); set by the communicator.
-        self.current_op = "operation"
+        # The running operation (name, sequence number), set by the communicator; formatted
+        # only when an error needs it (an f-string per operation costs more than the op's
+        # bookkeeping).
+        self.op: tuple[str, int] | None = None
+
+    @property
+    def current_op(self) -> str:
+        """The running operation for error messages, e.g. ``all_reduce #12``."""
+        return "operation" if self.op is None else f"{self.op[0]} #{self.op[1]}"
 
     @abc.abstractmethod
     def send(self, dst: int, tag: Tag, payload: np.ndarray, *, copy: bool = False) -> None:

@@ -5,7 +5,7 @@ inbox per peer on its host. An inbox is a ring of ``shm_slots`` slots of
 ``shm_slot_bytes``; the sender copies a record (a header and up to a slot of payload)
 into the next free slot and bumps the inbox's ``head``; the receiver reduces or copies
 straight out of the slot, then bumps ``tail`` to free it. Both counters live in the
-segment and are read and written with acquire/release ordering (:mod:`ringcomm.native.atomics`),
+segment and are read and written with acquire/release ordering (:mod:`ringcomm.native.shm`),
 so a slot is never overwritten while it is read (flow control) and never read before it
 is written. A message larger than a slot spans several records; a receiver working on
 record k lets the sender fill record k+1, so copy-in and reduce overlap.
@@ -52,7 +52,7 @@ from ringcomm.errors import (
     PeerLostError,
     TransportError,
 )
-from ringcomm.native import atomics
+from ringcomm.native import shm as native_shm
 from ringcomm.transport.base import Endpoint, Tag, Transport
 from ringcomm.transport.shm_names import SHM_DIR, job_id, segment_path
 
@@ -267,7 +267,7 @@ def _create_segment(path: str, layout: _Layout) -> _Segment:
     seg.control[_C_LAYOUT] = _LAYOUT
     seg.control[_C_PID] = os.getpid()
     seg.control[_C_ADDRESS] = _address_of(seg.control)  # a peer probes reading it by address
-    atomics.store_release(seg.control, _C_MAGIC, _MAGIC)  # last: the segment is ready
+    native_shm.store_release(seg.control, _C_MAGIC, _MAGIC)  # last: the segment is ready
     return seg
 
 
@@ -284,7 +284,7 @@ def _open_segment(path: str, layout: _Layout) -> _Segment | None:
     finally:
         os.close(fd)
     seg = _Segment(path, mm, layout)
-    if atomics.load_acquire(seg.control, _C_MAGIC) != _MAGIC:
+    if native_shm.load_acquire(seg.control, _C_MAGIC) != _MAGIC:
         seg.close()
         return None
     if int(seg.control[_C_LAYOUT]) != _LAYOUT:
@@ -329,13 +329,12 @@ class _Peer:
 class _Queued:
     """A message (or what is left of it) waiting for free slots."""
 
-    __slots__ = ("borrowed", "data", "done", "offset", "tag")
+    __slots__ = ("borrowed", "data", "offset", "tag")
 
-    def __init__(self, tag: Tag, data: np.ndarray, borrowed: bool) -> None:
+    def __init__(self, tag: Tag, data: np.ndarray, offset: int, borrowed: bool) -> None:
         self.tag = tag
         self.data = data  # uint8
-        self.offset = 0  # bytes written so far
-        self.done = False  # every record written (an empty message is one record)
+        self.offset = offset  # bytes written so far
         self.borrowed = borrowed  # reads the caller's memory: flush() waits for it
 
 
@@ -467,13 +466,13 @@ class ShmTransport(Transport):
                 peer = self._peers[r]
                 readable = _can_read(peer.pid, seg)
                 mark = _ATTACHED_CMA if readable else _ATTACHED
-                atomics.store_release(seg.control, _C_ATTACHED + self.rank, mark)
+                native_shm.store_release(seg.control, _C_ATTACHED + self.rank, mark)
                 waiting.discard(r)
             if waiting:
                 self._check_time(deadline, f"rank(s) {sorted(waiting)} to create their segment")
                 time.sleep(0.001)
         control = self._segment.control
-        while not all(atomics.load_acquire(control, _C_ATTACHED + r) for r in others):
+        while not all(native_shm.load_acquire(control, _C_ATTACHED + r) for r in others):
             late = [r for r in others if not control[_C_ATTACHED + r]]
             self._check_time(deadline, f"rank(s) {late} to open this rank's segment")
             self._check_peers()
@@ -502,62 +501,59 @@ class ShmTransport(Transport):
                 assert self._sockets is not None
                 self._sockets.send(dst, tag, payload, copy=copy)
             return
-        item = _Queued(tag, payload.reshape(-1).view(np.uint8), borrowed=not copy)
+        data = payload.reshape(-1).view(np.uint8)
         with self._lock:
-            if not peer.queue and self._push(peer, item):
-                return
+            offset: int | None = 0
+            if not peer.queue:
+                offset = self._push(peer, tag, data, 0, not copy)
+                if offset is None:
+                    return
+            item = _Queued(tag, data.copy() if copy else data, offset, borrowed=not copy)
             if copy:
-                item.data = item.data.copy()
                 self._detached += 1
                 _ticker.watch(self)
             else:
                 self._borrowed += 1
             peer.queue.append(item)
 
-    def _push(self, peer: _Peer, item: _Queued) -> bool:
-        """Write records of ``item`` into free slots of the peer's inbox; True once the
-        whole message is written. Caller holds the lock."""
+    def _push(
+        self, peer: _Peer, tag: Tag, data: np.ndarray, offset: int, borrowed: bool
+    ) -> int | None:
+        """Write records of ``data[offset:]`` into free slots of the peer's inbox; return
+        None once the whole message is written, else the offset to go on from. Caller
+        holds the lock."""
         lay = self._layout
-        data, total = item.data, item.data.nbytes
-        tag = item.tag
-        by_address = item.borrowed and peer.by_address and total >= self._by_address_bytes
+        total = data.nbytes
+        by_address = borrowed and peer.by_address and total >= self._by_address_bytes
+        outbox = peer.outbox
+        done: int | None = offset
         wrote = False
-        while not item.done:
+        while done is not None:
             if peer.head - peer.tail_seen >= lay.slots:
-                peer.tail_seen = atomics.load_acquire(peer.outbox.counters, _TAIL)
+                peer.tail_seen = native_shm.load_acquire(outbox.counters, _TAIL)
                 if peer.head - peer.tail_seen >= lay.slots:
                     break
             i = peer.head % lay.slots
-            offset = item.offset
             if by_address:  # one record for the whole message: where the peer reads it
                 n = total
-                peer.outbox.payloads[i][:8].view(np.uint64)[0] = _address_of(data)
+                outbox.payloads[i][:8].view(np.uint64)[0] = _address_of(data)
                 flags = _BY_ADDRESS
             else:
                 n = min(lay.slot_bytes, total - offset)
                 if n:
-                    peer.outbox.payloads[i][:n] = data[offset : offset + n]
+                    outbox.payloads[i][:n] = data[offset : offset + n]
                 flags = _INLINE
-            peer.outbox.headers[i][:] = (
-                tag.kind,
-                tag.seq,
-                tag.step,
-                tag.segment,
-                total,
-                offset,
-                n,
-                flags,
-            )
+            outbox.headers[i][:] = (*tag, total, offset, n, flags)
             peer.head += 1
-            atomics.store_fenced(peer.outbox.counters, _HEAD, peer.head)
+            native_shm.store_fenced(outbox.counters, _HEAD, peer.head)
             wrote = True
-            item.offset = offset + n
-            item.done = item.offset >= total
+            offset += n
+            done = None if offset >= total else offset
         if wrote:
             _ring(peer.segment)
-            if by_address and item.done:
+            if by_address and done is None:
                 peer.lent_until = peer.head
-        return item.done
+        return done
 
     @property
     def _queued(self) -> bool:
@@ -568,7 +564,7 @@ class ShmTransport(Transport):
         """Whether a peer may still read our memory by address (for :meth:`flush`)."""
         for peer in self._peers.values():
             if peer.lent_until > peer.tail_seen:
-                peer.tail_seen = atomics.load_acquire(peer.outbox.counters, _TAIL)
+                peer.tail_seen = native_shm.load_acquire(peer.outbox.counters, _TAIL)
                 if peer.lent_until > peer.tail_seen:
                     return True
         return False
@@ -579,8 +575,14 @@ class ShmTransport(Transport):
         with self._lock:
             for peer in self._peers.values():
                 q = peer.queue
-                while q and self._push(peer, q[0]):
-                    if q.popleft().borrowed:
+                while q:
+                    item = q[0]
+                    offset = self._push(peer, item.tag, item.data, item.offset, item.borrowed)
+                    if offset is not None:
+                        item.offset = offset
+                        break
+                    q.popleft()
+                    if item.borrowed:
                         self._borrowed -= 1
                     else:
                         self._detached -= 1
@@ -652,7 +654,7 @@ class ShmTransport(Transport):
         (uint8, the message's size) is given, let messages sent by address land there."""
         if self._closed:
             raise CommClosedError(f"{self.current_op}: the communicator was closed")
-        stashed = self._stash.get((src, tag))
+        stashed = self._stash.get((src, tag)) if self._stash else None
         if stashed:
             data = stashed.popleft()
             if not stashed:
@@ -673,20 +675,22 @@ class ShmTransport(Transport):
             total = header[4]
             if key == tag:
                 break
-            self._stash[(src, key)].append(self._take(peer, key, total, deadline))
+            self._stash[(src, key)].append(self._take(peer, key, total, deadline, header))
         if total != nbytes:
-            self._take(peer, tag, total, deadline)  # keep the inbox in step, then refuse
+            self._take(peer, tag, total, deadline, header)  # keep the inbox in step
             raise self.size_error(src, tag, nbytes, total)
-        self._consume(peer, tag, total, deadline, land, into)
+        self._consume(peer, tag, total, deadline, land, into, header)
 
-    def _take(self, peer: _Peer, tag: Tag, total: int, deadline: float) -> np.ndarray:
+    def _take(
+        self, peer: _Peer, tag: Tag, total: int, deadline: float, header: list[int]
+    ) -> np.ndarray:
         """Copy a whole message out of the inbox (one that is not wanted yet)."""
         data = np.empty(total, np.uint8)
 
         def land(offset: int, chunk: np.ndarray) -> None:
             data[offset : offset + chunk.nbytes] = chunk
 
-        self._consume(peer, tag, total, deadline, land, data)
+        self._consume(peer, tag, total, deadline, land, data, header)
         return data
 
     def _consume(
@@ -697,11 +701,12 @@ class ShmTransport(Transport):
         deadline: float,
         land: Callable[[int, np.ndarray], None],
         into: np.ndarray | None,
+        header: list[int],
     ) -> None:
+        """Take the message whose first record has ``header``, record by record."""
         lay = self._layout
         done = 0
         while True:
-            header = self._next_record(peer, tag, deadline)
             i = peer.tail % lay.slots
             offset, n, flags = header[5], header[6], header[7]
             inline = flags == _INLINE
@@ -718,7 +723,7 @@ class ShmTransport(Transport):
                     self._land_remote(peer, address, offset, n, land, into)
             finally:
                 peer.tail += 1
-                atomics.store_fenced(peer.inbox.counters, _TAIL, peer.tail)
+                native_shm.store_fenced(peer.inbox.counters, _TAIL, peer.tail)
                 # The sender may sleep until a slot is free (or its memory is read).
                 if peer.segment.control[_C_SLEEPING]:
                     _ring(peer.segment)
@@ -729,6 +734,7 @@ class ShmTransport(Transport):
             done += n
             if done >= total:
                 return
+            header = self._next_record(peer, tag, deadline)
 
     def _land_remote(
         self,
@@ -767,11 +773,11 @@ class ShmTransport(Transport):
         bytes, offset, bytes here, flags), once it is there."""
         if peer.head_seen <= peer.tail:
             counters = peer.inbox.counters
-            peer.head_seen = atomics.load_acquire(counters, _HEAD)
+            peer.head_seen = native_shm.load_acquire(counters, _HEAD)
             if peer.head_seen <= peer.tail:
 
                 def ready() -> bool:
-                    peer.head_seen = atomics.load_acquire(counters, _HEAD)
+                    peer.head_seen = native_shm.load_acquire(counters, _HEAD)
                     return peer.head_seen > peer.tail
 
                 self._wait(ready, deadline, lambda: self.timeout_error(peer.rank, tag))
@@ -790,7 +796,7 @@ class ShmTransport(Transport):
         meanwhile (a peer here may wait for them before it sends what that host waits for)."""
         assert self._sockets is not None
         sockets = self._sockets
-        sockets.current_op = self.current_op
+        sockets.op = self.op
         while True:
             idle = self._push_queued()
             slice_end = deadline if idle else min(deadline, time.monotonic() + 0.001)
@@ -838,7 +844,7 @@ class ShmTransport(Transport):
                 continue
             queued = True  # sleeping from here on: look at every queue each time
             bell = int(control[_C_BELL]) & 0xFFFFFFFF
-            atomics.store_fenced(control, _C_SLEEPING, 1)
+            native_shm.store_fenced(control, _C_SLEEPING, 1)
             try:
                 # Look again with the flag up: a peer that published (or freed a slot)
                 # before it could see the flag is seen here; one after it rings the bell.
@@ -847,7 +853,7 @@ class ShmTransport(Transport):
                     return
                 _futex_wait(bell_address, bell, min(_CHECK_SECONDS, deadline - now))
             finally:
-                atomics.store_release(control, _C_SLEEPING, 0)
+                native_shm.store_release(control, _C_SLEEPING, 0)
 
     def _check_peers(self) -> None:
         for peer in self._peers.values():

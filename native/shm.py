@@ -1,4 +1,5 @@
-"""Acquire/release access to counters that other processes share (the shared-memory path).
+"""Acquire/release access to counters that other processes share (the shared-memory
+transport).
 
 A sender writes a segment into shared memory and then bumps a counter; the receiver reads
 the counter and then the segment. The store must not become visible before the data, nor
@@ -105,8 +106,9 @@ def store_fenced(counters: np.ndarray, i: int, value: int) -> None:
 
 def warm_cache() -> None:
     """Compile (or load from cache) the counter functions."""
-    if not _NUMBA_OFF:
-        a = np.zeros(1, np.uint64)
-        store_release(a, 0, 1)
-        store_fenced(a, 0, 2)
-        assert load_acquire(a, 0) == 2
+    if _NUMBA_OFF:
+        return
+    a = np.zeros(1, np.uint64)
+    store_release(a, 0, 1)
+    store_fenced(a, 0, 2)
+    assert load_acquire(a, 0) == 2
