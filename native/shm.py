@@ -10,6 +10,8 @@ so the protocol holds on both. Each call costs one numba dispatch (~0.2 us).
 
 from __future__ import annotations
 
+import platform
+
 import numba
 import numpy as np
 from numba import njit, types
@@ -79,16 +81,23 @@ def _jit_store_fenced(arr, i, value):  # type: ignore[no-untyped-def]
     _store_seq_cst(arr, i, value)
 
 
+# x86 keeps loads in order with loads and stores with stores (TSO), so there a plain load
+# already acquires and a plain store releases (each is one opaque C call, which no compiler
+# reorders): ten times cheaper than a numba call (0.05 against 0.5 us), which matters on
+# the small-message path. Elsewhere (ARM) the LLVM atomics above.
+_TSO = platform.machine() in ("x86_64", "AMD64", "i386", "i686")
+
+
 def load_acquire(counters: np.ndarray, i: int) -> int:
     """``counters[i]`` (uint64 array); later reads see what was written before its store."""
-    if _NUMBA_OFF:
-        return int(counters[i])
+    if _TSO or _NUMBA_OFF:
+        return counters.item(i)  # type: ignore[no-any-return]
     return int(_jit_load(counters, i))
 
 
 def store_release(counters: np.ndarray, i: int, value: int) -> None:
     """``counters[i] = value``, visible only after every earlier write of this thread."""
-    if _NUMBA_OFF:
+    if _TSO or _NUMBA_OFF:
         counters[i] = value
     else:
         _jit_store(counters, i, value)

@@ -7,9 +7,8 @@ is never imported here; a tensor is recognised because torch is already loaded. 
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,8 +18,7 @@ from ringcomm import native
 _SUPPORTED = {np.dtype(t): t for t in native.BUFFER_DTYPES}
 
 
-@dataclasses.dataclass(frozen=True)
-class Buffer:
+class Buffer(NamedTuple):
     """A flat, contiguous view of a user's buffer.
 
     Attributes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
-import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,8 +55,7 @@ def _close_all() -> None:
         comm.close()
 
 
-@dataclasses.dataclass
-class _Op:
+class _Op(NamedTuple):
     name: str
     seq: int
     kind: int
@@ -70,7 +68,7 @@ class _Op:
 
 def _reduce_op(op: Any, buf: Buffer, name: str) -> ReduceOp:
     try:
-        rop = ReduceOp(op)
+        rop = op if type(op) is ReduceOp else ReduceOp(op)
     except ValueError:
         raise TypeError(f"{name}: op must be a ringcomm.ReduceOp, got {op!r}") from None
     if rop == ReduceOp.AVG and not buf.is_floating:
@@ -176,7 +174,7 @@ class Communicator:
                     item.seq,
                     time.monotonic() + timeout,
                     self._config.segment_bytes,
-                    item.reduce_op,
+                    int(item.reduce_op),  # a plain int: IntEnum hashes in Python
                     item.bfloat16,
                     item.kind,
                 )

@@ -11,7 +11,7 @@ from ringcomm.algorithms.schedule import segment_bounds
 from ringcomm.transport.base import KIND_COLLECTIVE, Tag, Transport
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class OpContext:
     """One running operation: the transport, its sequence number, deadline and reduction.
 
@@ -36,6 +36,8 @@ class OpContext:
 
     def segments(self, start: int, stop: int, itemsize: int) -> list[tuple[int, int]]:
         """Segment bounds of elements ``[start, stop)`` (see :func:`segment_bounds`)."""
+        if (stop - start) * itemsize <= self.segment_bytes:  # the usual small message
+            return [(start, stop)]
         return segment_bounds(start, stop, max(1, self.segment_bytes // itemsize))
 
     def send(

@@ -7,6 +7,7 @@ cut into **segments**, the unit on the wire; a **step** is one send/recv round.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 
@@ -79,6 +80,7 @@ class DoublingPlan(NamedTuple):
     partners: list[int]  # core ranks: exchange partner at each doubling stage
 
 
+@functools.lru_cache(maxsize=256)  # the same few (rank, size) on every small all_reduce
 def recursive_doubling_plan(rank: int, size: int) -> DoublingPlan:
     """The partners of ``rank`` in recursive doubling among ``size`` ranks."""
     p = 1 << (size.bit_length() - 1)
