@@ -105,7 +105,7 @@ class Config:
     linger_seconds: float = 2.0
     tune_malloc: bool = True
     shm_slots: int = 4
-    shm_slot_bytes: int = 256 << 10
+    shm_slot_bytes: int = 1 << 20
     shm_by_address_bytes: int = 256 << 10
     mpi_abort_on_error: bool = True
 

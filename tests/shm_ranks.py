@@ -5,6 +5,7 @@ ringcomm-run or directly with RINGCOMM_* variables). A rank that passes prints
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -107,8 +108,16 @@ def peer_killed(comm: ringcomm.Communicator) -> dict:
     raise AssertionError("the all_reduces went on without the killed rank")
 
 
+def small_shm(comm: ringcomm.Communicator) -> dict:
+    """A /dev/shm too small for the configured slots: smaller ones, everything works."""
+    assert comm.transport == "shm", comm.transport
+    check_ops(comm)
+    return {}
+
+
 MODES = {
     "clean": clean,
+    "small_shm": small_shm,
     "mixed": mixed,
     "mismatch": mismatch,
     "p2p_waits_for_nobody": p2p_waits_for_nobody,
@@ -117,6 +126,7 @@ MODES = {
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING)  # ringcomm's warnings go to stderr
     mode = sys.argv[1]
     if mode == "forced_across":
         try:

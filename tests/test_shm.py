@@ -193,15 +193,27 @@ def test_forcing_shm_across_separate_dev_shm_is_refused(tmp_path: Path) -> None:
     assert_passed("forced_across", 3, results, text)
 
 
-@needs_private_shm
-def test_full_dev_shm_is_a_clear_error_not_a_crash() -> None:
-    """A 1 MiB /dev/shm (docker's default is 64 MiB) cannot hold the inboxes."""
+def _in_small_dev_shm(size: str, mode: str) -> tuple[subprocess.CompletedProcess, str]:
     # Both ranks must see the same small /dev/shm: one namespace around a launcher.
     cmd = [
-        "unshare", "-m", "sh", "-c", PRIVATE_SHM.format(size="1m"), "sh",
-        sys.executable, "-m", "ringcomm.run", "-n", "2", sys.executable, SCRIPT, "full_shm",
+        "unshare", "-m", "sh", "-c", PRIVATE_SHM.format(size=size), "sh",
+        sys.executable, "-m", "ringcomm.run", "-n", "2", sys.executable, SCRIPT, mode,
     ]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     out = res.stdout + res.stderr
-    passed = set(re.findall(r"PASS rank (\d+) full_shm", out))
+    passed = set(re.findall(rf"PASS rank (\d+) {mode}", out))
     assert res.returncode == 0 and passed == {"0", "1"}, out[-3000:]
+    return res, out
+
+
+@needs_private_shm
+def test_full_dev_shm_is_a_clear_error_not_a_crash() -> None:
+    """128 KiB of /dev/shm cannot hold even the smallest inboxes (4 x 64 KiB per peer)."""
+    _in_small_dev_shm("128k", "full_shm")
+
+
+@needs_private_shm
+def test_short_dev_shm_gets_smaller_slots_and_works() -> None:
+    """3 MiB cannot hold 4 x 1 MiB slots per rank: each rank shrinks its own and says so."""
+    _, out = _in_small_dev_shm("3m", "small_shm")
+    assert "using 512 KiB" in out or "using 256 KiB" in out, out[-3000:]

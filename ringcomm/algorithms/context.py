@@ -41,10 +41,20 @@ class OpContext:
         return segment_bounds(start, stop, max(1, self.segment_bytes // itemsize))
 
     def send(
-        self, dst: int, step: int, segment: int, data: np.ndarray, *, copy: bool = False
+        self,
+        dst: int,
+        step: int,
+        segment: int,
+        data: np.ndarray,
+        *,
+        copy: bool = False,
+        one_way: bool = False,
     ) -> None:
-        """Send ``data``; unless ``copy``, it must not change before :meth:`flush`."""
-        self.transport.send(dst, Tag(self.kind, self.seq, step, segment), data, copy=copy)
+        """Send ``data``; unless ``copy``, it must not change before :meth:`flush`.
+        ``one_way``: see :meth:`Transport.send`."""
+        self.transport.send(
+            dst, Tag(self.kind, self.seq, step, segment), data, copy=copy, one_way=one_way
+        )
 
     def recv(self, src: int, step: int, segment: int, like: np.ndarray) -> np.ndarray:
         """Receive the payload matching ``like`` (dtype, size) as a read-only array."""

@@ -19,7 +19,7 @@ def _broadcast(ctx: OpContext, buf: np.ndarray, node: TreeNode) -> None:
         if node.parent is not None:
             ctx.recv_into(node.parent, 0, k, seg)
         for child in node.children:
-            ctx.send(child, 0, k, seg)
+            ctx.send(child, 0, k, seg, one_way=True)
     ctx.flush()
 
 

@@ -99,9 +99,20 @@ class Transport(abc.ABC):
         return "operation" if self.op is None else f"{self.op[0]} #{self.op[1]}"
 
     @abc.abstractmethod
-    def send(self, dst: int, tag: Tag, payload: np.ndarray, *, copy: bool = False) -> None:
+    def send(
+        self,
+        dst: int,
+        tag: Tag,
+        payload: np.ndarray,
+        *,
+        copy: bool = False,
+        one_way: bool = False,
+    ) -> None:
         """Send ``payload`` to rank ``dst``. The memory must stay unchanged until :meth:`flush`
-        unless ``copy`` is true; a copied send is never waited for."""
+        unless ``copy`` is true; a copied send is never waited for. ``one_way``: a hint
+        that in this operation data flows only from this rank to ``dst`` (a broadcast), so
+        both ends can spend time on the transfer (the shared-memory transport then copies
+        through its slots rather than let the receiver read this process's memory)."""
 
     @abc.abstractmethod
     def flush(self, deadline: float) -> None:
@@ -205,7 +216,15 @@ class FramedTransport(Transport):
         """Release sockets / queues."""
 
     # -- the interface the algorithms use ---------------------------------------------------
-    def send(self, dst: int, tag: Tag, payload: np.ndarray, *, copy: bool = False) -> None:
+    def send(
+        self,
+        dst: int,
+        tag: Tag,
+        payload: np.ndarray,
+        *,
+        copy: bool = False,
+        one_way: bool = False,
+    ) -> None:
         """See :meth:`Transport.send`; payloads under ``zero_copy_bytes`` are always copied."""
         if self._closed:
             raise CommClosedError("the communicator is closed")

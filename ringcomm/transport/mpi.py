@@ -193,7 +193,15 @@ class MpiTransport(Transport):
         return self._coll, mixed & self._tag_mask
 
     # -- the Transport interface -------------------------------------------------------------
-    def send(self, dst: int, tag: Tag, payload: np.ndarray, *, copy: bool = False) -> None:
+    def send(
+        self,
+        dst: int,
+        tag: Tag,
+        payload: np.ndarray,
+        *,
+        copy: bool = False,
+        one_way: bool = False,
+    ) -> None:
         if self._closed:
             raise CommClosedError("the communicator is closed")
         data = _bytes(payload.copy() if copy else payload)

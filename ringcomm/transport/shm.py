@@ -60,16 +60,17 @@ from ringcomm.transport.shm_names import SHM_DIR, job_id, segment_path
 log = logging.getLogger(__name__)
 
 _MAGIC = 0x52434D5348  # "RCMSH"
-_LAYOUT = 1
+_LAYOUT = 2
 _PAGE = 4096
 _LINE = 64  # one cache line: counters written by different processes never share one
 _RECORD_HEADER = 64
 # A record's header: kind, seq, step, segment (the tag), message bytes, offset of this
 # record in the message, bytes in this record, flags.
 _RECORD = struct.Struct("<8Q")
-# Control page (uint64 words): magic, layout, pid, then the futex word and the sleeping
-# flag on their own lines, then one "attached" flag per rank.
-_C_MAGIC, _C_LAYOUT, _C_PID, _C_ADDRESS = 0, 1, 2, 3
+# Control page (uint64 words): magic, layout version, pid, the address of this page in the
+# owner (to probe reading by address), the owner's slots and slot bytes, then the futex
+# word and the sleeping flag on their own lines, then one "attached" flag per rank.
+_C_MAGIC, _C_LAYOUT, _C_PID, _C_ADDRESS, _C_SLOTS, _C_SLOT_BYTES = 0, 1, 2, 3, 4, 5
 _C_BELL = _LINE // 8
 _C_SLEEPING = 2 * _LINE // 8
 _C_ATTACHED = 3 * _LINE // 8
@@ -88,6 +89,7 @@ _INLINE, _BY_ADDRESS = 0, 1
 _HEAD = 0
 _TAIL = _LINE // 8
 
+_MIN_SLOT_BYTES = 64 << 10  # the smallest slots tried where /dev/shm is short
 # Polls before the spin starts yielding the core (~0.2 us each: about 20 us).
 _POLLS = 100
 # Spin before sleeping. Measured with bench/collectives.py all_reduce -b 4K -e 16M -f 16
@@ -252,20 +254,39 @@ class _Inbox:
         ]
 
 
-def _create_segment(path: str, layout: _Layout) -> _Segment:
+def _create_segment(path: str, size: int, inboxes: int, config: Config) -> _Segment:
+    """Make this rank's segment, all of its memory allocated now. Where /dev/shm is too
+    small for the configured slots, smaller slots (down to 64 KiB) are tried first: peers
+    read each segment's own layout from it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        try:
-            os.posix_fallocate(fd, 0, layout.total)
-        except OSError as e:
-            os.unlink(path)
-            free = os.statvfs(SHM_DIR)
-            raise TransportError(
-                f"shared memory: cannot allocate {layout.total >> 20} MiB in {SHM_DIR} ({e}; "
-                f"{free.f_bavail * free.f_frsize >> 20} MiB free). Give the container more "
-                "(docker --shm-size), lower RINGCOMM_SHM_SLOTS / RINGCOMM_SHM_SLOT_BYTES, "
-                "or use sockets: RINGCOMM_TRANSPORT=zmq"
-            ) from None
+        slot_bytes = config.shm_slot_bytes
+        while True:
+            layout = _Layout(size, inboxes, config.shm_slots, slot_bytes)
+            try:
+                os.posix_fallocate(fd, 0, layout.total)
+                break
+            except OSError as e:
+                os.ftruncate(fd, 0)
+                if slot_bytes > _MIN_SLOT_BYTES:
+                    slot_bytes = max(_MIN_SLOT_BYTES, slot_bytes // 2)
+                    continue
+                os.unlink(path)
+                free = os.statvfs(SHM_DIR)
+                raise TransportError(
+                    f"shared memory: cannot allocate {layout.total >> 20} MiB in {SHM_DIR} "
+                    f"({e}; {free.f_bavail * free.f_frsize >> 20} MiB free). Give the "
+                    "container more (docker --shm-size), lower RINGCOMM_SHM_SLOTS, or use "
+                    "sockets: RINGCOMM_TRANSPORT=zmq"
+                ) from None
+        if slot_bytes != config.shm_slot_bytes:
+            log.warning(
+                "shared memory: %s too small for %d KiB slots, using %d KiB (slower); "
+                "give the container more (docker --shm-size)",
+                SHM_DIR,
+                config.shm_slot_bytes >> 10,
+                slot_bytes >> 10,
+            )
         mm = mmap.mmap(fd, layout.total)
     finally:
         os.close(fd)
@@ -273,30 +294,41 @@ def _create_segment(path: str, layout: _Layout) -> _Segment:
     seg.control[_C_LAYOUT] = _LAYOUT
     seg.control[_C_PID] = os.getpid()
     seg.control[_C_ADDRESS] = _address_of(seg.control)  # a peer probes reading it by address
+    seg.control[_C_SLOTS] = layout.slots
+    seg.control[_C_SLOT_BYTES] = layout.slot_bytes
     native_shm.store_release(seg.control, _C_MAGIC, _MAGIC)  # last: the segment is ready
     return seg
 
 
-def _open_segment(path: str, layout: _Layout) -> _Segment | None:
-    """The peer's segment, or None while it is not fully made yet."""
+def _open_segment(path: str, size: int, inboxes: int) -> _Segment | None:
+    """The peer's segment (its layout read from it), or None while it is not made yet."""
+    control_bytes = _Layout(size, inboxes, 2, 64).control_bytes
     try:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
         return None
     try:
-        if os.fstat(fd).st_size != layout.total:
+        if os.fstat(fd).st_size < control_bytes:
             return None
+        head = mmap.mmap(fd, control_bytes)
+        control = np.frombuffer(head, np.uint64)
+        ready = native_shm.load_acquire(control, _C_MAGIC) == _MAGIC
+        version, slots, slot_bytes = (int(control[w]) for w in (_C_LAYOUT, _C_SLOTS, _C_SLOT_BYTES))
+        del control
+        head.close()
+        if not ready:
+            return None
+        if version != _LAYOUT:
+            raise TransportError(
+                f"shared memory: {path} has another layout (ringcomm versions differ)"
+            )
+        layout = _Layout(size, inboxes, slots, slot_bytes)
+        if os.fstat(fd).st_size != layout.total:
+            raise TransportError(f"shared memory: {path} is not the size its layout says")
         mm = mmap.mmap(fd, layout.total)
     finally:
         os.close(fd)
-    seg = _Segment(path, mm, layout)
-    if native_shm.load_acquire(seg.control, _C_MAGIC) != _MAGIC:
-        seg.close()
-        return None
-    if int(seg.control[_C_LAYOUT]) != _LAYOUT:
-        seg.close()
-        raise TransportError(f"shared memory: {path} has another layout (ringcomm versions differ)")
-    return seg
+    return _Segment(path, mm, layout)
 
 
 class _Peer:
@@ -335,13 +367,16 @@ class _Peer:
 class _Queued:
     """A message (or what is left of it) waiting for free slots."""
 
-    __slots__ = ("borrowed", "data", "offset", "tag")
+    __slots__ = ("borrowed", "by_address", "data", "offset", "tag")
 
-    def __init__(self, tag: Tag, data: np.ndarray, offset: int, borrowed: bool) -> None:
+    def __init__(
+        self, tag: Tag, data: np.ndarray, offset: int, borrowed: bool, by_address: bool
+    ) -> None:
         self.tag = tag
         self.data = data  # uint8
         self.offset = offset  # bytes written so far
         self.borrowed = borrowed  # reads the caller's memory: flush() waits for it
+        self.by_address = by_address  # goes as one record the receiver reads us by
 
 
 # -- the transport ---------------------------------------------------------------------------
@@ -441,9 +476,9 @@ class ShmTransport(Transport):
         self._scratch: np.ndarray | None = None  # where data read by address is reduced from
         self._detached = 0  # queued copied sends
         others = [r for r in local if r != rank]
-        self._layout = _Layout(size, len(others), config.shm_slots, config.shm_slot_bytes)
         self._path = segment_path(job_id(), comm_id, rank)
-        self._segment: _Segment | None = _create_segment(self._path, self._layout)
+        self._segment: _Segment | None = _create_segment(self._path, size, len(others), config)
+        self._layout = self._segment.layout  # of our inboxes; a peer's may differ
         self._peers: dict[int, _Peer] = {}
         try:
             self._attach(others, time.monotonic() + config.timeout_seconds)
@@ -461,7 +496,7 @@ class ShmTransport(Transport):
         waiting = set(others)
         while waiting:
             for r in sorted(waiting):
-                seg = _open_segment(segment_path(job, self.comm_id, r), self._layout)
+                seg = _open_segment(segment_path(job, self.comm_id, r), self.size, len(others))
                 if seg is None:
                     continue
                 # In r's segment, our inbox index is our position among r's peers.
@@ -496,7 +531,20 @@ class ShmTransport(Transport):
             )
 
     # -- sending -----------------------------------------------------------------------------
-    def send(self, dst: int, tag: Tag, payload: np.ndarray, *, copy: bool = False) -> None:
+    def send(
+        self,
+        dst: int,
+        tag: Tag,
+        payload: np.ndarray,
+        *,
+        copy: bool = False,
+        one_way: bool = False,
+    ) -> None:
+        """See :meth:`Transport.send`. Large sends from the caller's memory go by address
+        (the receiver reads them: one copy), unless ``one_way``: then the sender has time to
+        copy into the slots while the receiver copies out, two copies in parallel, faster
+        than one read of another process's memory (``process_vm_readv`` runs at half the
+        speed of memcpy here)."""
         if self._closed:
             raise CommClosedError("the communicator is closed")
         peer = self._peers.get(dst)
@@ -508,13 +556,16 @@ class ShmTransport(Transport):
                 self._sockets.send(dst, tag, payload, copy=copy)
             return
         data = (payload if payload.ndim == 1 else payload.reshape(-1)).view(np.uint8)
+        by_address = (
+            not copy and not one_way and peer.by_address and data.nbytes >= self._by_address_bytes
+        )
         with self._lock:
             offset: int | None = 0
             if not peer.queue:
-                offset = self._push(peer, tag, data, 0, not copy)
+                offset = self._push(peer, tag, data, 0, by_address)
                 if offset is None:
                     return
-            item = _Queued(tag, data.copy() if copy else data, offset, borrowed=not copy)
+            item = _Queued(tag, data.copy() if copy else data, offset, not copy, by_address)
             if copy:
                 self._detached += 1
                 _ticker.watch(self)
@@ -523,14 +574,13 @@ class ShmTransport(Transport):
             peer.queue.append(item)
 
     def _push(
-        self, peer: _Peer, tag: Tag, data: np.ndarray, offset: int, borrowed: bool
+        self, peer: _Peer, tag: Tag, data: np.ndarray, offset: int, by_address: bool
     ) -> int | None:
         """Write records of ``data[offset:]`` into free slots of the peer's inbox; return
         None once the whole message is written, else the offset to go on from. Caller
         holds the lock."""
-        lay = self._layout
+        lay = peer.segment.layout  # the receiver's slots
         total = data.nbytes
-        by_address = borrowed and peer.by_address and total >= self._by_address_bytes
         outbox = peer.outbox
         done: int | None = offset
         wrote = False
@@ -583,7 +633,7 @@ class ShmTransport(Transport):
                 q = peer.queue
                 while q:
                     item = q[0]
-                    offset = self._push(peer, item.tag, item.data, item.offset, item.borrowed)
+                    offset = self._push(peer, item.tag, item.data, item.offset, item.by_address)
                     if offset is not None:
                         item.offset = offset
                         break
