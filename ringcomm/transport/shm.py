@@ -727,10 +727,10 @@ class ShmTransport(Transport):
             return
         while True:
             header = self._next_record(peer, tag, deadline)
-            key = Tag(*header[:4])
             total = header[4]
-            if key == tag:
+            if header[:4] == tag:
                 break
+            key = Tag(*header[:4])
             self._stash[(src, key)].append(self._take(peer, key, total, deadline, header))
         if total != nbytes:
             self._take(peer, tag, total, deadline, header)  # keep the inbox in step
@@ -781,7 +781,7 @@ class ShmTransport(Transport):
                 peer.tail += 1
                 native_shm.store_fenced(peer.inbox.counters, _TAIL, peer.tail)
                 # The sender may sleep until a slot is free (or its memory is read).
-                if peer.segment.control[_C_SLEEPING]:
+                if peer.segment.control.item(_C_SLEEPING):
                     _ring(peer.segment)
             if not inline and self._queued:
                 # Between two reads of the peer's memory, hand out the addresses of our own
@@ -970,7 +970,7 @@ class ShmTransport(Transport):
 def _ring(segment: _Segment) -> None:
     """Wake the owner of ``segment`` if it sleeps (after a fenced publish or free)."""
     control = segment.control
-    if control[_C_SLEEPING]:
+    if control.item(_C_SLEEPING):
         control[_C_BELL] = (int(control[_C_BELL]) + 1) & 0xFFFFFFFF
         _futex_wake(segment.bell_address)
 
