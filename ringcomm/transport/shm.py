@@ -10,17 +10,24 @@ so a slot is never overwritten while it is read (flow control) and never read be
 is written. A message larger than a slot spans several records; a receiver working on
 record k lets the sender fill record k+1, so copy-in and reduce overlap.
 
+A large segment the sender keeps unchanged until the operation ends goes "by address": one
+record holding where it lies in the sender's memory, which the receiver reads itself
+(``process_vm_readv``): one copy instead of two. Each rank probes at connect whether it may
+read each peer; where not (containers), everything goes through the slots.
+
 A send whose slots are not free yet is queued and pushed while this rank waits for
 anything else (and, for a send nobody waits for, by a background ticker), so two ranks
 that both send before they receive never block each other.
 
-Waiting: spin (yielding the core) for ``SPIN_SECONDS``, then sleep on a futex in the
-waiter's control page; peers wake it after they publish a record or free a slot. Sleeps
-last at most ``_CHECK_SECONDS``, after which the waiter checks its peers' processes
-(pidfd): a peer that exited raises :class:`PeerLostError` naming it.
+Waiting: poll briefly, spin (yielding the core) for ``SPIN_SECONDS``, then sleep on a
+futex in the waiter's control page; peers wake it after they publish a record or free a
+slot. Sleeps last at most ``_CHECK_SECONDS``, after which the waiter checks its peers'
+processes (pidfd): a peer that exited raises :class:`PeerLostError` naming it.
 
 No leaks: segments are created, fully allocated (``posix_fallocate``: a full /dev/shm
-fails here with a clear error, not later with SIGBUS), opened by every peer and then
+fails here with a clear error, not later with SIGBUS; where /dev/shm is short a rank
+tries smaller slots first, and peers read each segment's layout from it), opened by
+every peer and then
 unlinked before the first operation, so the kernel frees them whenever the processes
 end, kill -9 included. Only a rank killed during connect can leave a name behind;
 names carry ``RINGCOMM_JOB_ID`` and ``ringcomm-run`` removes its job's names at exit.
@@ -420,7 +427,7 @@ class ShmEndpoint(Endpoint):
         assert self._zmq is not None
         if len(local) <= 1:  # nobody to share memory with
             zmq_endpoint, self._zmq = self._zmq, None
-            return zmq_endpoint.connect(rank, addresses_of(records, "zmq"), comm_id)
+            return zmq_endpoint.connect(rank, [r["zmq"].encode() for r in records], comm_id)
         sockets = None
         try:
             if len(local) < len(records):
@@ -442,10 +449,6 @@ class ShmEndpoint(Endpoint):
         if self._zmq is not None:
             self._zmq.close()
             self._zmq = None
-
-
-def addresses_of(records: list[dict[str, Any]], key: str) -> list[bytes]:
-    return [rec[key].encode() for rec in records]
 
 
 class ShmTransport(Transport):
