@@ -1,6 +1,7 @@
 """The shared-memory path: nothing left in /dev/shm (closed, crashed, killed while
-connecting), a killed peer is named, disagreeing ranks fail, sends never wait for their
-receiver, mixed worlds (shared memory within a /dev/shm, sockets across), a full /dev/shm.
+connecting), a killed peer is named (over sockets too), disagreeing ranks fail, sends
+never wait for their receiver, mixed worlds (shared memory within a /dev/shm, sockets
+across), a full /dev/shm.
 
 Every rank is a process with a hard timeout; a failure names the ranks that did not pass.
 "Another host" is a rank with its own /dev/shm (a mount namespace), which needs root and
@@ -138,9 +139,12 @@ def test_oversubscribed_ranks_finish() -> None:
     assert_passed("clean", 6, results, text)
 
 
-def test_killed_peer_is_named_within_seconds() -> None:
+@pytest.mark.parametrize("transport", ["auto", "zmq"])
+def test_killed_peer_is_named_within_seconds(transport: str) -> None:
+    """On shared memory the waiters watch their peers' processes; over sockets the dropped
+    connection (a process's sockets close when it dies) gives it away."""
     n = 3
-    results, codes, text = run_ranks("peer_killed", n)
+    results, codes, text = run_ranks("peer_killed", n, env={"RINGCOMM_TRANSPORT": transport})
     assert codes[n - 1] == -signal.SIGKILL, text
     assert_passed("peer_killed", n, results, text, ranks=range(n - 1))
     for r in range(n - 1):

@@ -215,6 +215,11 @@ class FramedTransport(Transport):
     def _close(self) -> None:
         """Release sockets / queues."""
 
+    def _check_peer(self, src: int) -> None:
+        """Raise :class:`PeerLostError` if ``src``, whose message is awaited, is known to
+        be gone (a transport that cannot tell leaves it to the timeout)."""
+        return
+
     # -- the interface the algorithms use ---------------------------------------------------
     def send(
         self,
@@ -267,6 +272,8 @@ class FramedTransport(Transport):
             message = self._recv_frames(min(remaining, _WAKE_SECONDS))
             if message is not None:
                 self._file(*message)
+            else:  # nothing for a while: is the peer still there?
+                self._check_peer(src)
             queue = self._stash.get(key)
         payload = queue.popleft()
         if not queue:

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ringcomm.config import Config
-from ringcomm.errors import CommTimeoutError, TransportError
+from ringcomm.errors import CommTimeoutError, PeerLostError, TransportError
 from ringcomm.transport.base import HEADER, Endpoint, FramedTransport
 from ringcomm.transport.heap import tune_malloc
 
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 
 _context: zmq.Context | None = None
 _context_lock = threading.Lock()
+
+# Heartbeats on every data connection, so a peer that vanished without closing its
+# sockets (a cut link, a host gone) is noticed within seconds, not at the timeout.
+_HEARTBEAT_IVL_MS = 1000
+_HEARTBEAT_TIMEOUT_MS = 3000
+_LOST_GRACE_SECONDS = 0.2
 
 
 def context(io_threads: int = 1) -> zmq.Context:
@@ -121,6 +128,10 @@ class ZmqEndpoint(Endpoint):
                 push = self._ctx.socket(zmq.PUSH)
                 push.setsockopt(zmq.SNDHWM, 0)
                 push.setsockopt(zmq.LINGER, int(self._config.linger_seconds * 1000))
+                # ZMTP heartbeats: a peer behind a cut link (no FIN, no RST) is dropped
+                # after HEARTBEAT_TIMEOUT, and the monitor below reports it.
+                push.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
+                push.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
                 push.connect(url)
                 pushes[peer] = push
         except BaseException:
@@ -166,6 +177,12 @@ class ZmqTransport(FramedTransport):
         self._pull = endpoint.pull
         self._pushes = pushes
         self._rcvtimeo_ms = -1
+        # A peer's process that exits (or a link that dies, see the heartbeats) drops our
+        # connection to it: the monitors report that while an operation waits.
+        self._monitors = {
+            peer: push.get_monitor_socket(zmq.EVENT_DISCONNECTED) for peer, push in pushes.items()
+        }
+        self._lost: dict[int, float] = {}  # peer -> when its connection dropped
 
     def _send_frames(self, dst: int, header: bytes, payload: np.ndarray, copy: bool) -> Any:
         sock = self._pushes[dst]
@@ -206,7 +223,27 @@ class ZmqTransport(FramedTransport):
         log.warning("rank %d: dropped a message of %d frames", self.rank, len(frames))
         return None
 
+    def _check_peer(self, src: int) -> None:
+        """Raise :class:`PeerLostError` when our connection to ``src`` dropped (its
+        process ended, or its heartbeats stopped) and nothing came from it for
+        ``_LOST_GRACE_SECONDS`` since: what it sent before it closed has arrived by then."""
+        now = time.monotonic()
+        for peer, monitor in self._monitors.items():
+            while monitor.poll(0):
+                if recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED:
+                    self._lost.setdefault(peer, now)
+        lost_at = self._lost.get(src)
+        if lost_at is not None and now - lost_at >= _LOST_GRACE_SECONDS:
+            names = " and ".join(f"rank {r}" for r in sorted(self._lost))
+            raise PeerLostError(
+                f"{self.current_op}: rank {self.rank} lost its connection to {names} while "
+                f"waiting for rank {src} (a process ended, or no heartbeat for "
+                f"{_HEARTBEAT_TIMEOUT_MS / 1000:.0f}s)"
+            )
+
     def _close(self) -> None:
-        for push in self._pushes.values():
+        for peer, push in self._pushes.items():
+            push.disable_monitor()
+            self._monitors[peer].close(linger=0)
             push.close()
         self._endpoint.close()
