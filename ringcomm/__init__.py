@@ -14,9 +14,9 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 from ringcomm import config as _config
+from ringcomm import logs
 from ringcomm.communicator import Communicator
 from ringcomm.config import Config
 from ringcomm.errors import (
@@ -42,9 +42,8 @@ BAND = ReduceOp.BAND
 BOR = ReduceOp.BOR
 BXOR = ReduceOp.BXOR
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
-if _config.log_level():
-    logging.getLogger(__name__).setLevel(_config.log_level().upper())
+logs.configure(_config.log_level())
+_log = logs.get_logger(__name__)
 
 
 def init(
@@ -90,6 +89,8 @@ def init(
     if timeout is not None:
         cfg = dataclasses.replace(cfg, timeout_seconds=timeout)
     world, endpoints = form_world(spec, cfg)
+    logs.set_rank(spec.rank)
+    _log.debug("rank %d of %d joined over %s (%s)", spec.rank, spec.size, world.name, spec.source)
     return Communicator(world, cfg, endpoints)
 
 

@@ -15,7 +15,6 @@ import collections
 import concurrent.futures
 import hashlib
 import json
-import logging
 import queue
 import threading
 import time
@@ -31,12 +30,13 @@ from ringcomm.algorithms.context import OpContext
 from ringcomm.buffers import Buffer, as_buffer
 from ringcomm.config import Config
 from ringcomm.errors import CommClosedError
+from ringcomm.logs import get_logger
 from ringcomm.rendezvous import EndpointFactory
 from ringcomm.transport.base import KIND_COLLECTIVE, KIND_P2P, Transport
 from ringcomm.types import ReduceOp
 from ringcomm.work import Work
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _ALLREDUCE = {
     "ring": ring.allreduce,

@@ -141,3 +141,28 @@ def test_launcher_runs_a_module_and_a_command(tmp_path: Path) -> None:
         timeout=60,
     )
     assert res.returncode == 0 and "[1] cmd 1" in res.stdout
+
+
+def test_log_records_carry_the_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RINGCOMM_LOG_LEVEL prints ringcomm's records with the rank in every line; an
+    application's own handler gets ``record.rank`` too."""
+    monkeypatch.setenv("RINGCOMM_LOG_LEVEL", "DEBUG")
+    res = _launch(
+        tmp_path,
+        """
+        import logging, ringcomm
+        seen = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                seen.append(record.rank)
+        logging.getLogger("ringcomm").addHandler(Keep())
+        comm = ringcomm.init()
+        comm.close()
+        print("seen", sorted(set(seen)))
+    """,
+        2,
+    )
+    assert res.returncode == 0, res.stderr
+    for r in range(2):
+        assert f"[{r}] ringcomm[rank {r}] DEBUG ringcomm: rank {r} of 2 joined" in res.stderr
+        assert f"[{r}] seen ['{r}']" in res.stdout, res.stdout

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import itertools
-import logging
 import socket
 import threading
 import time
@@ -18,8 +17,9 @@ from collections import defaultdict
 import zmq
 
 from ringcomm.errors import RendezvousError
+from ringcomm.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Store(abc.ABC):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import abc
 import collections
-import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -30,8 +29,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ringcomm.errors import CommClosedError, CommTimeoutError, TransportError
+from ringcomm.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 HEADER = struct.Struct("<IHHQQIIQI")
 MAGIC = 0x52434D31  # "RCM1"

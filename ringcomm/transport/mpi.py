@@ -20,7 +20,6 @@ receiving what their peers sent them for that reason.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -33,10 +32,11 @@ import numpy as np
 
 from ringcomm.config import Config, WorldSpec
 from ringcomm.errors import CommClosedError, CommTimeoutError, RendezvousError, TransportError
+from ringcomm.logs import get_logger
 from ringcomm.transport.base import KIND_P2P, Endpoint, Tag, Transport
 from ringcomm.transport.heap import tune_malloc
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Spin this long on an unfinished request before sleeping. Measured with
 # `mpiexec -n 4 python bench/collectives.py all_reduce -b 4K -e 16M -f 16` (4 ranks, 2 cores;

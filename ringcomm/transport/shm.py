@@ -39,7 +39,6 @@ import collections
 import contextlib
 import ctypes
 import json
-import logging
 import mmap
 import os
 import platform
@@ -60,11 +59,12 @@ from ringcomm.errors import (
     PeerLostError,
     TransportError,
 )
+from ringcomm.logs import get_logger
 from ringcomm.native import shm as native_shm
 from ringcomm.transport.base import Endpoint, Tag, Transport
 from ringcomm.transport.shm_names import SHM_DIR, job_id, segment_path
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _MAGIC = 0x52434D5348  # "RCMSH"
 _LAYOUT = 2

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import socket
 import sys
@@ -28,10 +27,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ringcomm.config import Config
 from ringcomm.errors import CommTimeoutError, PeerLostError, TransportError
+from ringcomm.logs import get_logger
 from ringcomm.transport.base import HEADER, Endpoint, FramedTransport
 from ringcomm.transport.heap import tune_malloc
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _context: zmq.Context | None = None
 _context_lock = threading.Lock()

@@ -1,0 +1,52 @@
+"""The ``ringcomm`` logger: every record of it and its children carries this process's rank
+as ``record.rank`` (use ``%(rank)s`` in a format); ``RINGCOMM_LOG_LEVEL`` turns on a stderr
+handler that prints it.
+
+A library does not configure logging for its application, so by default the records go
+only to handlers the application sets up (and ringcomm's own NullHandler).
+"""
+
+from __future__ import annotations
+
+import logging
+
+ROOT = "ringcomm"
+FORMAT = "ringcomm[rank %(rank)s] %(levelname)s %(name)s: %(message)s"
+
+_rank = "-"  # until init() knows it
+
+
+class _RankFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = _rank
+        return True
+
+
+_FILTER = _RankFilter()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger of ringcomm module ``name``, its records tagged with the rank."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
+
+
+def set_rank(rank: int) -> None:
+    """Tag this process's records with ``rank`` from now on (called by ``init``)."""
+    global _rank
+    _rank = str(rank)
+
+
+def configure(level: str | None) -> None:
+    """Install the NullHandler, and with ``level`` (``RINGCOMM_LOG_LEVEL``) a stderr
+    handler at that level printing the rank in every line."""
+    logger = get_logger(ROOT)
+    logger.addHandler(logging.NullHandler())
+    if level:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(_FILTER)  # records of child loggers pass here too
+        logger.addHandler(handler)
+        logger.setLevel(level.upper())
