@@ -1,4 +1,5 @@
-"""Buffer intake: numpy arrays, torch CPU tensors and buffer-protocol objects, as flat arrays.
+"""Buffer intake: numpy arrays, torch CPU tensors and buffer-protocol objects, as flat arrays;
+GPU buffers are handed to :mod:`ringcomm.gpu`.
 
 Nothing is copied: the collective works on a flat numpy view of the caller's memory. torch
 is never imported here; a tensor is recognised because torch is already loaded. bfloat16
@@ -12,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ringcomm import native
+from ringcomm import gpu, native
 
 # Supported dtype -> its name (str(dtype) costs ~5 us a call; this is a dict lookup).
 _SUPPORTED = {np.dtype(t): t for t in native.BUFFER_DTYPES}
@@ -42,6 +43,11 @@ class Buffer(NamedTuple):
         return int(self.array.nbytes)
 
     @property
+    def addr(self) -> int:
+        """Address of the first byte."""
+        return int(self.array.ctypes.data)
+
+    @property
     def is_floating(self) -> bool:
         return self.bfloat16 or self.array.dtype.kind == "f"
 
@@ -59,7 +65,7 @@ def _from_torch(t: Any, name: str) -> tuple[np.ndarray, str, bool]:
     import torch  # already imported: we were handed a tensor
 
     if t.device.type != "cpu":
-        raise TypeError(f"{name}: ringcomm takes CPU tensors; got one on {t.device}")
+        raise TypeError(f"{name}: ringcomm takes CPU and CUDA tensors; got one on {t.device}")
     if not t.is_contiguous():
         raise ValueError(f"{name}: tensor is not contiguous; call .contiguous() first")
     t = t.detach()
@@ -72,18 +78,26 @@ def _from_torch(t: Any, name: str) -> tuple[np.ndarray, str, bool]:
     return arr.reshape(-1), str(arr.dtype), False
 
 
-def as_buffer(obj: Any, name: str, *, writable: bool) -> Buffer:
+def as_buffer(
+    obj: Any, name: str, *, writable: bool, read: bool = True
+) -> Buffer | gpu.DeviceBuffer:
     """Return a flat view of ``obj``'s memory, checking contiguity, dtype and writability.
 
     Args:
-        obj: numpy array, torch CPU tensor, or any object with the buffer protocol.
+        obj: numpy array, torch tensor (CPU or CUDA), CuPy array, or any object with the
+            buffer protocol or the CUDA array interface.
         name: the argument's name, for error messages.
         writable: the operation writes into this buffer.
+        read: the operation reads it (False for pure outputs; matters for GPU buffers,
+            which are then not copied to the host when staged).
 
     Raises:
         TypeError: unsupported object or dtype.
         ValueError: non-contiguous or read-only memory where writing is needed.
+        ImportError: a GPU buffer without CuPy installed.
     """
+    if type(obj) is not np.ndarray and gpu.is_device(obj):
+        return gpu.as_device_buffer(obj, name, writable=writable, read=read)
     tensor_type = _torch_tensor_type()
     if tensor_type is not None and isinstance(obj, tensor_type):
         arr, dtype_name, bf16 = _from_torch(obj, name)
@@ -95,8 +109,8 @@ def as_buffer(obj: Any, name: str, *, writable: bool) -> Buffer:
                 view = memoryview(obj)
             except TypeError:
                 raise TypeError(
-                    f"{name}: expected a numpy array, a torch CPU tensor or an object with the "
-                    f"buffer protocol, got {type(obj).__name__}"
+                    f"{name}: expected a numpy array, a torch tensor, a CuPy array or an object "
+                    f"with the buffer protocol, got {type(obj).__name__}"
                 ) from None
             if not view.contiguous:
                 raise ValueError(f"{name}: buffer is not contiguous")

@@ -30,6 +30,8 @@ from ringcomm.algorithms.context import OpContext
 from ringcomm.buffers import Buffer, as_buffer
 from ringcomm.config import Config
 from ringcomm.errors import CommClosedError
+from ringcomm.gpu import DeviceBuffer
+from ringcomm.gpu.engine import DeviceEngine, NcclBody
 from ringcomm.logs import get_logger
 from ringcomm.rendezvous import EndpointFactory
 from ringcomm.transport.base import KIND_COLLECTIVE, KIND_P2P, Transport
@@ -78,23 +80,29 @@ def _reduce_op(op: Any, buf: Buffer, name: str) -> ReduceOp:
     return rop
 
 
-def _same_dtype(output: Buffer, input: Buffer, name: str) -> None:
+AnyBuffer = Buffer | DeviceBuffer
+
+
+def _same_dtype(output: AnyBuffer, input: AnyBuffer, name: str) -> None:
+    if type(output) is not type(input):
+        raise TypeError(f"{name}: output and input must both be on the host or both on a GPU")
     if output.dtype_name != input.dtype_name:
         raise TypeError(f"{name}: output is {output.dtype_name} but input is {input.dtype_name}")
 
 
-def _no_overlap(output: Buffer, input: Buffer, name: str) -> None:
-    if np.shares_memory(output.array, input.array):
+def _no_overlap(output: AnyBuffer, input: AnyBuffer, name: str) -> None:
+    # Both are flat and contiguous (and in one address space, _same_dtype checked it).
+    if output.addr < input.addr + input.nbytes and input.addr < output.addr + output.nbytes:
         raise ValueError(f"{name}: output and input overlap; pass separate buffers")
 
 
 def _intake_pair(
     name: str, output: Any, input: Any, size: int, big: str, *, allow_in_place: int | None = None
-) -> tuple[Buffer, Buffer]:
+) -> tuple[AnyBuffer, AnyBuffer]:
     """Take ``output`` and ``input`` where the ``big`` one holds ``size`` times the other's
     elements; check dtypes, counts and overlap (``allow_in_place``: the small one may be
     that slot of the big one)."""
-    o = as_buffer(output, f"{name} output", writable=True)
+    o = as_buffer(output, f"{name} output", writable=True, read=False)
     i = as_buffer(input, f"{name} input", writable=False)
     _same_dtype(o, i, name)
     large, small, other = (o, i, "input") if big == "output" else (i, o, "output")
@@ -103,10 +111,9 @@ def _intake_pair(
             f"{name}: {big} holds {large.count} elements, expected size * {other} = "
             f"{size} * {small.count}"
         )
-    if allow_in_place is not None and small.count > 0:
-        slot = large.array[allow_in_place * small.count :]
-        if slot.ctypes.data == small.array.ctypes.data:
-            return o, i
+    in_place = allow_in_place is not None and small.count > 0
+    if in_place and large.addr + allow_in_place * small.nbytes == small.addr:
+        return o, i
     _no_overlap(o, i, name)
     return o, i
 
@@ -135,6 +142,7 @@ class Communicator:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._closed = False
         self._broken: BaseException | None = None
+        self._gpu: DeviceEngine | None = None  # made at the first operation on GPU buffers
         self._thread = threading.Thread(
             target=self._progress, name=f"ringcomm-progress-{self.rank}", daemon=True
         )
@@ -201,9 +209,16 @@ class Communicator:
         reduce_op: int = ReduceOp.SUM,
         bfloat16: bool = False,
         p2p_key: tuple[collections.Counter[tuple[int, int]], tuple[int, int]] | None = None,
+        nccl: NcclBody | None = None,
     ) -> Work | None:
+        """Number and queue (or run inline) one operation on ``buffers``; ``nccl``: what it
+        does on NCCL when its buffers are on a GPU (None: staged through host memory)."""
         if timeout is not None and timeout <= 0:
             raise ValueError(f"{name}: timeout must be positive, got {timeout}")
+        for b in buffers:
+            if type(b) is DeviceBuffer:
+                body = self._on_device(name, body, buffers, nccl)
+                break
         with self._lock:  # numbering and queueing together keep issue order
             if self._closed:
                 raise CommClosedError(f"{name}: the communicator is closed")
@@ -234,6 +249,26 @@ class Communicator:
         work.wait()
         return None
 
+    def _on_device(
+        self,
+        name: str,
+        body: Callable[[OpContext], Any],
+        buffers: tuple[Any, ...],
+        nccl: NcclBody | None,
+    ) -> Callable[[OpContext], Any]:
+        """The body of an operation on GPU buffers: it runs on this communicator's
+        :class:`~ringcomm.gpu.engine.DeviceEngine`."""
+        device = [b for b in buffers if b is not None]
+        if any(type(b) is not DeviceBuffer for b in device):
+            raise TypeError(f"{name}: buffers must all be on the host or all on a GPU")
+
+        def run(ctx: OpContext) -> Any:
+            if self._gpu is None:
+                self._gpu = DeviceEngine(self.rank, self.size, self._config)
+            return self._gpu.run(ctx, name, body, device, nccl)
+
+        return run
+
     # -- collectives ------------------------------------------------------------------------
     def all_reduce(
         self,
@@ -247,7 +282,8 @@ class Communicator:
         """Reduce ``buf`` across all ranks, in place: every rank ends with the result.
 
         Args:
-            buf: numpy array, torch CPU tensor or writable buffer-protocol object.
+            buf: numpy array, torch tensor (CPU or CUDA), CuPy array, or writable
+                buffer-protocol object; GPU buffers: see :mod:`ringcomm.gpu.engine`.
             op: how to combine (:class:`ReduceOp`); AVG divides the sum by ``size``.
             async_op: return a :class:`Work` instead of waiting.
             algorithm: ``"ring"``, ``"recursive_doubling"`` or ``"star"`` (default: by size).
@@ -273,11 +309,12 @@ class Communicator:
         return self._submit(
             "all_reduce",
             lambda ctx: run(ctx, b.array),
-            (buf,),
+            (b,),
             async_op=async_op,
             timeout=timeout,
             reduce_op=rop,
             bfloat16=b.bfloat16,
+            nccl=lambda nc: nc.all_reduce(b, rop),
         )
 
     def all_gather(
@@ -294,9 +331,10 @@ class Communicator:
         return self._submit(
             "all_gather",
             lambda ctx: ring.allgather(ctx, o.array, i.array),
-            (output, input),
+            (o, i),
             async_op=async_op,
             timeout=timeout,
+            nccl=lambda nc: nc.all_gather(o, i),
         )
 
     def reduce_scatter(
@@ -317,11 +355,12 @@ class Communicator:
         return self._submit(
             "reduce_scatter",
             lambda ctx: ring.reduce_scatter(ctx, o.array, i.array),
-            (output, input),
+            (o, i),
             async_op=async_op,
             timeout=timeout,
             reduce_op=rop,
             bfloat16=o.bfloat16,
+            nccl=lambda nc: nc.reduce_scatter(o, i, rop),
         )
 
     def broadcast(
@@ -335,14 +374,15 @@ class Communicator:
     ) -> Work | None:
         """Copy ``buf`` from ``root`` to every rank (``algorithm``: binomial or chain)."""
         self._check_rank(root, "broadcast root")
-        b = as_buffer(buf, "broadcast buf", writable=self.rank != root)
+        b = as_buffer(buf, "broadcast buf", writable=self.rank != root, read=self.rank == root)
         run = _BROADCAST[algorithms.choose_broadcast(b.nbytes, self.size, self._config, algorithm)]
         return self._submit(
             "broadcast",
             lambda ctx: run(ctx, b.array, root),
-            (buf,),
+            (b,),
             async_op=async_op,
             timeout=timeout,
+            nccl=lambda nc: nc.broadcast(b, root),
         )
 
     def reduce(
@@ -362,11 +402,12 @@ class Communicator:
         return self._submit(
             "reduce",
             lambda ctx: tree.reduce_binomial(ctx, b.array, root),
-            (buf,),
+            (b,),
             async_op=async_op,
             timeout=timeout,
             reduce_op=rop,
             bfloat16=b.bfloat16,
+            nccl=lambda nc: nc.reduce(b, root, rop),
         )
 
     def gather(
@@ -390,13 +431,13 @@ class Communicator:
             o, i = _intake_pair("gather", output, input, self.size, "output")
         else:
             o, i = None, as_buffer(input, "gather input", writable=False)
-        out_arr = o.array if o is not None else None
         return self._submit(
             "gather",
-            lambda ctx: linear.gather(ctx, out_arr, i.array, root),
-            (output, input),
+            lambda ctx: linear.gather(ctx, o.array if o is not None else None, i.array, root),
+            (o, i),
             async_op=async_op,
             timeout=timeout,
+            nccl=lambda nc: nc.gather(o, i, root),
         )
 
     def scatter(
@@ -418,14 +459,14 @@ class Communicator:
                 raise ValueError("scatter: the root needs an input buffer")
             o, i = _intake_pair("scatter", output, input, self.size, "input")
         else:
-            o, i = as_buffer(output, "scatter output", writable=True), None
-        in_arr = i.array if i is not None else None
+            o, i = as_buffer(output, "scatter output", writable=True, read=False), None
         return self._submit(
             "scatter",
-            lambda ctx: linear.scatter(ctx, o.array, in_arr, root),
-            (output, input),
+            lambda ctx: linear.scatter(ctx, o.array, i.array if i is not None else None, root),
+            (o, i),
             async_op=async_op,
             timeout=timeout,
+            nccl=lambda nc: nc.scatter(o, i, root),
         )
 
     def all_to_all(
@@ -435,7 +476,7 @@ class Communicator:
 
         Both hold the same number of elements, a multiple of ``size``.
         """
-        o = as_buffer(output, "all_to_all output", writable=True)
+        o = as_buffer(output, "all_to_all output", writable=True, read=False)
         i = as_buffer(input, "all_to_all input", writable=False)
         _same_dtype(o, i, "all_to_all")
         if o.count != i.count or i.count % self.size:
@@ -447,9 +488,10 @@ class Communicator:
         return self._submit(
             "all_to_all",
             lambda ctx: linear.all_to_all(ctx, o.array, i.array),
-            (output, input),
+            (o, i),
             async_op=async_op,
             timeout=timeout,
+            nccl=lambda nc: nc.all_to_all(o, i),
         )
 
     def barrier(self, *, async_op: bool = False, timeout: float | None = None) -> Work | None:
@@ -474,7 +516,7 @@ class Communicator:
         return self._submit(
             "send",
             lambda ctx: linear.send(ctx, dst, b.array, tag),
-            (buf,),
+            (b,),
             async_op=async_op,
             timeout=timeout,
             p2p_key=(self._p2p_sends, (dst, tag)),
@@ -493,11 +535,11 @@ class Communicator:
         must match ``buf``."""
         self._check_rank(src, "recv src")
         self._check_tag(tag)
-        b = as_buffer(buf, "recv buf", writable=True)
+        b = as_buffer(buf, "recv buf", writable=True, read=False)
         return self._submit(
             "recv",
             lambda ctx: linear.recv(ctx, src, b.array, tag),
-            (buf,),
+            (b,),
             async_op=async_op,
             timeout=timeout,
             p2p_key=(self._p2p_recvs, (src, tag)),
@@ -580,6 +622,8 @@ class Communicator:
         if threading.current_thread() is not self._thread:
             self._thread.join()
         with self._exec_lock:  # a blocking call may still run inline in another thread
+            if self._gpu is not None:
+                self._gpu.close()
             self._transport.close()
         _live.discard(self)
 
@@ -587,6 +631,12 @@ class Communicator:
     def transport(self) -> str:
         """The transport this communicator runs on: ``zmq``, ``mpi`` or ``local``."""
         return self._transport.name
+
+    @property
+    def gpu_path(self) -> str | None:
+        """How operations on GPU buffers run here: ``"nccl"`` or ``"staging"``; None until
+        the first one (the choice is made collectively then)."""
+        return self._gpu.path if self._gpu is not None else None
 
     def __enter__(self) -> Communicator:
         return self

@@ -17,6 +17,9 @@ BROADCAST_ALGORITHMS = ("binomial", "chain")
 # thread ranks of one process (tests).
 TRANSPORTS = ("auto", "shm", "zmq", "mpi", "local")
 ZMQ_PROTOCOLS = ("auto", "tcp", "ipc")
+# How collectives on GPU buffers run (ringcomm.gpu.engine): auto picks nccl when every rank
+# has NCCL and its own GPU, else staging through pinned host memory.
+GPU_PATHS = ("auto", "nccl", "staging")
 # (rank, size) variables that MPI launchers set in every process they start:
 # MPICH / Intel MPI / MVAPICH2 hydra, Open MPI.
 MPI_LAUNCHER_VARIABLES = (
@@ -92,6 +95,11 @@ class Config:
         mpi_abort_on_error: under an MPI launch, an exception that ends the main thread
             calls ``MPI_Abort`` so no rank is left waiting (``RINGCOMM_MPI_ABORT_ON_ERROR``,
             1 or 0).
+        gpu_path: ``auto``, ``nccl`` or ``staging``: how collectives on GPU buffers run
+            (``RINGCOMM_GPU_PATH``; see :mod:`ringcomm.gpu.engine`).
+        gpu_chunk_bytes: staged all_reduce/broadcast/reduce copy between GPU and host in
+            chunks of this many bytes, overlapping the copies with the transfers
+            (``RINGCOMM_GPU_CHUNK_BYTES``).
     """
 
     timeout_seconds: float = 300.0
@@ -108,6 +116,8 @@ class Config:
     shm_slot_bytes: int = 1 << 20
     shm_by_address_bytes: int = 256 << 10
     mpi_abort_on_error: bool = True
+    gpu_path: str = "auto"
+    gpu_chunk_bytes: int = 4 << 20
 
     def __post_init__(self) -> None:
         if self.timeout_seconds <= 0:
@@ -132,6 +142,10 @@ class Config:
             raise ValueError(
                 f"shm_by_address_bytes must be >= 0 (0: off), got {self.shm_by_address_bytes}"
             )
+        if self.gpu_path not in GPU_PATHS:
+            raise ValueError(f"gpu_path={self.gpu_path!r}: expected one of {GPU_PATHS}")
+        if self.gpu_chunk_bytes < 64:
+            raise ValueError(f"gpu_chunk_bytes must be at least 64, got {self.gpu_chunk_bytes}")
         if self.zmq_protocol not in ZMQ_PROTOCOLS:
             raise ValueError(f"zmq_protocol={self.zmq_protocol!r}: expected one of {ZMQ_PROTOCOLS}")
 
@@ -156,6 +170,8 @@ class Config:
             shm_by_address_bytes=_int(env, "RINGCOMM_SHM_BY_ADDRESS_BYTES", d.shm_by_address_bytes),
             mpi_abort_on_error=_int(env, "RINGCOMM_MPI_ABORT_ON_ERROR", int(d.mpi_abort_on_error))
             != 0,
+            gpu_path=_choice(env, "RINGCOMM_GPU_PATH", GPU_PATHS) or "auto",
+            gpu_chunk_bytes=_int(env, "RINGCOMM_GPU_CHUNK_BYTES", d.gpu_chunk_bytes),
         )
 
 

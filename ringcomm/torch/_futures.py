@@ -12,13 +12,16 @@ from torch._C._distributed_c10d import _create_work_from_future
 import ringcomm
 
 
-def torch_future(work: ringcomm.Work, result: Callable[[], Any]) -> torch.futures.Future[Any]:
+def torch_future(
+    work: ringcomm.Work, result: Callable[[], Any], devices: list[torch.device] | None = None
+) -> torch.futures.Future[Any]:
     """A torch future completed with ``result()`` (or the error) when ``work`` finishes.
 
     It completes on ringcomm's progress thread the moment the operation does, so DDP keeps
-    overlapping the next buckets' backward with this one's communication.
+    overlapping the next buckets' backward with this one's communication. ``devices``: the
+    CUDA devices of the result's tensors (torch then orders its users' streams after it).
     """
-    fut: torch.futures.Future[Any] = torch.futures.Future()
+    fut: torch.futures.Future[Any] = torch.futures.Future(devices=devices or None)
 
     def settle(done: Any) -> None:
         error = done.exception()
@@ -34,6 +37,13 @@ def torch_future(work: ringcomm.Work, result: Callable[[], Any]) -> torch.future
     return fut
 
 
-def c10d_work(work: ringcomm.Work, result: Callable[[], Any]) -> dist.Work:
+def cuda_devices(*tensors: Any) -> list[torch.device]:
+    """The distinct CUDA devices among ``tensors`` (for :func:`torch_future`)."""
+    return list({t.device: None for t in tensors if t is not None and t.is_cuda})
+
+
+def c10d_work(
+    work: ringcomm.Work, result: Callable[[], Any], devices: list[torch.device] | None = None
+) -> dist.Work:
     """A ``torch.distributed`` Work whose ``wait()``/``get_future()`` follow ``work``."""
-    return _create_work_from_future(torch_future(work, result))
+    return _create_work_from_future(torch_future(work, result, devices))

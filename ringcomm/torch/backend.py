@@ -22,7 +22,7 @@ from ringcomm.communicator import Communicator
 from ringcomm.errors import RendezvousError
 from ringcomm.rendezvous import form_world
 from ringcomm.rendezvous.store import Store
-from ringcomm.torch._futures import c10d_work
+from ringcomm.torch._futures import c10d_work, cuda_devices
 
 BACKEND_NAME = "ringcomm"
 
@@ -127,21 +127,26 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> dist.Work:
         t = _one(tensors, "allreduce")
         op = _reduce_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        return c10d_work(self.comm.all_reduce(t, op, async_op=True), lambda: tensors)
+        return c10d_work(
+            self.comm.all_reduce(t, op, async_op=True), lambda: tensors, cuda_devices(t)
+        )
 
     def broadcast(self, tensors: list[torch.Tensor], opts: Any) -> dist.Work:
         t = _one(tensors, "broadcast")
-        return c10d_work(self.comm.broadcast(t, opts.rootRank, async_op=True), lambda: tensors)
+        work = self.comm.broadcast(t, opts.rootRank, async_op=True)
+        return c10d_work(work, lambda: tensors, cuda_devices(t))
 
     def reduce(self, tensors: list[torch.Tensor], opts: Any) -> dist.Work:
         t = _one(tensors, "reduce")
         op = _reduce_op(opts.reduceOp)
-        return c10d_work(self.comm.reduce(t, opts.rootRank, op, async_op=True), lambda: tensors)
+        work = self.comm.reduce(t, opts.rootRank, op, async_op=True)
+        return c10d_work(work, lambda: tensors, cuda_devices(t))
 
     def _allgather_base(
         self, output: torch.Tensor, input: torch.Tensor, opts: Any = None
     ) -> dist.Work:
-        return c10d_work(self.comm.all_gather(output, input, async_op=True), lambda: [output])
+        work = self.comm.all_gather(output, input, async_op=True)
+        return c10d_work(work, lambda: [output], cuda_devices(output))
 
     def allgather_into_tensor_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
@@ -154,7 +159,7 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
         outputs, t = _one(output_lists, "allgather"), _one(inputs, "allgather")
         if len(outputs) != self.comm.size:
             raise ValueError(f"allgather: {len(outputs)} outputs for {self.comm.size} ranks")
-        flat = torch.empty((self.comm.size, *t.shape), dtype=t.dtype)
+        flat = torch.empty((self.comm.size, *t.shape), dtype=t.dtype, device=t.device)
         src = t.contiguous()
 
         def scatter_out() -> list[list[torch.Tensor]]:
@@ -162,14 +167,16 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
                 out.copy_(part)
             return output_lists
 
-        return c10d_work(self.comm.all_gather(flat, src, async_op=True), scatter_out)
+        return c10d_work(
+            self.comm.all_gather(flat, src, async_op=True), scatter_out, cuda_devices(t)
+        )
 
     def _reduce_scatter_base(
         self, output: torch.Tensor, input: torch.Tensor, opts: Any
     ) -> dist.Work:
         op = _reduce_op(opts.reduceOp)
         work = self.comm.reduce_scatter(output, input, op, async_op=True)
-        return c10d_work(work, lambda: [output])
+        return c10d_work(work, lambda: [output], cuda_devices(output))
 
     def reduce_scatter_tensor_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any
@@ -196,7 +203,8 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
             sizes = set(output_split_sizes) | set(input_split_sizes)
             if len(sizes) != 1:
                 raise ValueError("all_to_all_single: the ringcomm backend needs equal splits")
-        return c10d_work(self.comm.all_to_all(output, input, async_op=True), lambda: [output])
+        work = self.comm.all_to_all(output, input, async_op=True)
+        return c10d_work(work, lambda: [output], cuda_devices(output))
 
     # torch 2.13 calls these names from Python (all_gather_into_tensor, ...); older ones and
     # C++ callers use the underscored ones.
@@ -210,11 +218,15 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
     # -- point to point ----------------------------------------------------------------------
     def send(self, tensors: list[torch.Tensor], dst: int, tag: int) -> dist.Work:
         t = _one(tensors, "send")
-        return c10d_work(self.comm.send(t, dst, tag, async_op=True), lambda: tensors)
+        return c10d_work(
+            self.comm.send(t, dst, tag, async_op=True), lambda: tensors, cuda_devices(t)
+        )
 
     def recv(self, tensors: list[torch.Tensor], src: int, tag: int) -> dist.Work:
         t = _one(tensors, "recv")
-        return c10d_work(self.comm.recv(t, src, tag, async_op=True), lambda: tensors)
+        return c10d_work(
+            self.comm.recv(t, src, tag, async_op=True), lambda: tensors, cuda_devices(t)
+        )
 
     def shutdown(self) -> None:
         self.comm.close()
@@ -234,4 +246,4 @@ def create_process_group(
 def register() -> None:
     """Register "ringcomm" with torch.distributed (idempotent; done on import)."""
     if BACKEND_NAME.upper() not in dist.Backend._plugins:
-        dist.Backend.register_backend(BACKEND_NAME, create_process_group, devices=["cpu"])
+        dist.Backend.register_backend(BACKEND_NAME, create_process_group, devices=["cpu", "cuda"])

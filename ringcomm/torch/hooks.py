@@ -20,7 +20,9 @@ import torch
 import torch.distributed as dist
 
 import ringcomm
-from ringcomm.torch._futures import torch_future
+import ringcomm.gpu
+from ringcomm.native import cuda as device_kernels
+from ringcomm.torch._futures import cuda_devices, torch_future
 
 Hook = Callable[[Any, dist.GradBucket], torch.futures.Future[torch.Tensor]]
 
@@ -41,7 +43,7 @@ def allreduce_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[
     tensor = bucket.buffer()
     work = comm.all_reduce(tensor, ringcomm.AVG, async_op=True)
     assert work is not None
-    return torch_future(work, lambda: tensor)
+    return torch_future(work, lambda: tensor, cuda_devices(tensor))
 
 
 def compress_wrapper(hook: Hook, dtype: torch.dtype = torch.float16) -> Hook:
@@ -58,10 +60,13 @@ def compress_wrapper(hook: Hook, dtype: torch.dtype = torch.float16) -> Hook:
             bucket.set_buffer(original)
             return original
 
-        return inner.then(decompress)
+        return inner.then(decompress)  # a then() future inherits the inner one's devices
 
     compressed_hook.__name__ = f"{getattr(hook, '__name__', 'hook')}_{dtype}".replace(".", "_")
     return compressed_hook
+
+
+_HALF_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def _compress_hook(
@@ -71,15 +76,26 @@ def _compress_hook(
     original = bucket.buffer()
     # Divide first: the ring keeps partial sums in the compressed dtype, where a sum of
     # n large gradients could overflow float16 before the average is taken.
-    compressed = original.to(dtype).div_(comm.size)
+    fused = original.is_cuda and original.dtype == torch.float32
+    if fused:  # ringcomm's device kernels cast and divide in one pass
+        compressed = torch.empty_like(original, dtype=dtype)
+        src, _, _, stream = ringcomm.gpu.torch_view(original)
+        dst = ringcomm.gpu.torch_view(compressed)[0]
+        device_kernels.narrow(src, dst, _HALF_NAMES[dtype], 1.0 / comm.size, stream)
+    else:
+        compressed = original.to(dtype).div_(comm.size)
     work = comm.all_reduce(compressed, ringcomm.SUM, async_op=True)
     assert work is not None
 
     def decompress() -> torch.Tensor:
-        original.copy_(compressed)
+        if fused:  # on this thread's current stream: the one the future's users wait for
+            now = ringcomm.gpu.torch_view(original)[3]
+            device_kernels.widen(dst, src, _HALF_NAMES[dtype], now)
+        else:
+            original.copy_(compressed)
         return original
 
-    return torch_future(work, decompress)
+    return torch_future(work, decompress, cuda_devices(original))
 
 
 def fp16_compress_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
