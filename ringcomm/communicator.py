@@ -24,12 +24,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ringcomm import algorithms
+from ringcomm import algorithms, diagnostics, logs
 from ringcomm.algorithms import linear, recursive_doubling, ring, star, tree
 from ringcomm.algorithms.context import OpContext
 from ringcomm.buffers import Buffer, as_buffer
 from ringcomm.config import Config
-from ringcomm.errors import CommClosedError
+from ringcomm.errors import CommClosedError, CommTimeoutError, TransportError
 from ringcomm.gpu import DeviceBuffer
 from ringcomm.gpu.engine import DeviceEngine, NcclBody
 from ringcomm.logs import get_logger
@@ -47,6 +47,14 @@ _ALLREDUCE = {
 }
 _BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain}
 _SPLIT_RECORD_BYTES = 512
+_AGREEMENT_RECORD_BYTES = 256
+# After a collective times out, ranks still in it tell each other so with a message on
+# this step (no algorithm uses it) and wait this long for the others' (at most a fifth of
+# the timeout): whoever is not heard from did not join.
+_PRESENCE_STEP = 0x7FFFFFF0
+_PRESENCE_GRACE_SECONDS = 2.0
+# OpContext methods the timeline records as steps.
+_TRACED_STEPS = ("send", "recv", "recv_into", "recv_reduce", "reduce", "flush")
 
 _live: weakref.WeakSet[Communicator] = weakref.WeakSet()
 
@@ -66,6 +74,43 @@ class _Op(NamedTuple):
     reduce_op: int
     bfloat16: bool
     future: concurrent.futures.Future[Any] | None  # None: run inline by the caller
+    buffers: tuple[Any, ...]  # Buffer / DeviceBuffer / None, for the recorder and debug checks
+    root: int  # -1 where the operation has none
+
+
+def _nbytes(buffers: tuple[Any, ...]) -> int:
+    n = 0
+    for b in buffers:  # a loop: sum() over a generator costs more per operation
+        if b is not None:
+            n += b.nbytes
+    return n
+
+
+def _fixed_record(text: str, nbytes: int) -> np.ndarray:
+    """``text`` as a zero-padded array of ``nbytes`` (cut if longer)."""
+    raw = text.encode()[:nbytes]
+    record = np.zeros(nbytes, np.uint8)
+    record[: len(raw)] = np.frombuffer(raw, np.uint8)
+    return record
+
+
+def _by_call(calls: dict[int, str]) -> str:
+    """``{rank: call}`` as "ranks [0, 2]: all_reduce(...); ranks [1]: broadcast(...)"."""
+    ranks_of: dict[str, list[int]] = collections.defaultdict(list)
+    for r, call in sorted(calls.items()):
+        ranks_of[call].append(r)
+    return "; ".join(f"ranks {ranks}: {call}" for call, ranks in ranks_of.items())
+
+
+def _describe(item: _Op) -> str:
+    """What this rank thinks operation ``item`` is, for RINGCOMM_DEBUG's agreement check."""
+    shapes = ", ".join(f"{b.count} x {b.dtype_name}" for b in item.buffers if b is not None)
+    text = f"{item.name}({shapes}"
+    if item.name in ("all_reduce", "reduce", "reduce_scatter"):
+        text += f", {ReduceOp(item.reduce_op).name}"
+    if item.root >= 0:
+        text += f", root {item.root}"
+    return text + ")"
 
 
 def _reduce_op(op: Any, buf: Buffer, name: str) -> ReduceOp:
@@ -143,11 +188,20 @@ class Communicator:
         self._closed = False
         self._broken: BaseException | None = None
         self._gpu: DeviceEngine | None = None  # made at the first operation on GPU buffers
+        self._recorder = diagnostics.FlightRecorder(config.flight_recorder_ops)
+        rank_text = logs.process_rank()  # the world rank once init ran, else this rank
+        world_rank = int(rank_text) if rank_text.isdigit() else self.rank
+        self._timeline = diagnostics.timeline(config.timeline, world_rank)
+        self._context = OpContext
+        if self._timeline is not None:
+            self._context = diagnostics.traced(_TRACED_STEPS, OpContext)
+        self._track = f"comm {transport.comm_id & 0xFFFF:04x} rank {self.rank}/{self.size}"
         self._thread = threading.Thread(
             target=self._progress, name=f"ringcomm-progress-{self.rank}", daemon=True
         )
         self._thread.start()
         _live.add(self)
+        diagnostics.watch(self)
 
     # -- the progress thread ----------------------------------------------------------------
     def _progress(self) -> None:
@@ -177,26 +231,138 @@ class Communicator:
                         f"earlier error ({self._broken}); close it and build a new one"
                     )
                 timeout = item.timeout if item.timeout is not None else self._config.timeout_seconds
-                ctx = OpContext(
+                deadline = time.monotonic() + timeout
+                ctx = self._context(
                     self._transport,
                     item.seq,
-                    time.monotonic() + timeout,
+                    deadline,
                     self._config.segment_bytes,
                     int(item.reduce_op),  # a plain int: IntEnum hashes in Python
                     item.bfloat16,
                     item.kind,
                 )
                 self._transport.op = (item.name, item.seq)
+                self._transport.waiting_for = None
+                recorder, timeline = self._recorder, self._timeline
+                record = None
+                if recorder.enabled:
+                    record = recorder.start(item.seq, item.name, _nbytes(item.buffers), deadline)
+                started = 0.0
+                if timeline is not None:
+                    started = timeline.now_us()
+                    ctx.timeline = timeline  # type: ignore[attr-defined]
                 try:
-                    return item.body(ctx)
+                    if self._config.debug and item.kind == KIND_COLLECTIVE:
+                        self._check_agreement(ctx, item)
+                    result = item.body(ctx)
                 except BaseException as e:
                     # Ranks may now disagree on where they are: this communicator is done.
-                    self._broken = e
-                    log.debug("rank %d: %s #%d failed: %s", self.rank, item.name, item.seq, e)
-                    raise
+                    error = e
+                    if isinstance(e, CommTimeoutError) and item.kind == KIND_COLLECTIVE:
+                        error = self._name_absent_ranks(ctx, item, e, timeout)
+                    self._broken = error
+                    recorder.finish(record, error)
+                    self._report_failure(item, error)
+                    if error is e:
+                        raise
+                    raise error from e
+                finally:
+                    if timeline is not None:
+                        args = {"seq": item.seq, "bytes": _nbytes(item.buffers)}
+                        timeline.add(item.name, started, args, self._track)
+                if record is not None:
+                    recorder.finish(record)
+                return result
             finally:
                 with self._lock:
                     self._outstanding -= 1
+
+    def _name_absent_ranks(
+        self, ctx: OpContext, item: _Op, error: CommTimeoutError, timeout: float
+    ) -> CommTimeoutError:
+        """After a timeout: find which ranks never joined this collective (Horovod's stall
+        inspector, without a coordinator) or joined another one under the same number, and
+        say so in the error."""
+        if self.size == 1:
+            return error
+        others = [r for r in range(self.size) if r != self.rank]
+        mine = _describe(item)
+        calls = {self.rank: mine}
+        try:
+            record = _fixed_record(mine, _AGREEMENT_RECORD_BYTES)
+            for r in others:
+                ctx.send(r, _PRESENCE_STEP, 0, record, copy=True)
+            grace_end = time.monotonic() + min(_PRESENCE_GRACE_SECONDS, 0.2 * timeout)
+            theirs = np.empty_like(record)
+            for r in others:
+                # Each peer gets a moment even after the grace: its message may be in
+                # flight behind an absent peer's wait.
+                ctx.deadline = max(grace_end, time.monotonic() + 0.05)
+                try:
+                    ctx.recv_into(r, _PRESENCE_STEP, 0, theirs)
+                except (CommTimeoutError, TransportError):
+                    continue
+                calls[r] = bytes(theirs).rstrip(b"\0").decode(errors="replace")
+        except Exception as e:  # the transport itself failed: keep the first error
+            log.debug("rank %d: presence check failed: %s", self.rank, e)
+            return error
+        absent = [r for r in others if r not in calls]
+        notes = []
+        if absent:
+            notes.append(
+                f"Ranks {absent} did not join {item.name} #{item.seq} (ranks {sorted(calls)} did)"
+            )
+        if len(set(calls.values())) > 1:
+            notes.append(f"Ranks disagree on operation #{item.seq}: {_by_call(calls)}")
+        if not notes:
+            return error
+        return CommTimeoutError(f"{error}. " + "; ".join(notes))
+
+    def _report_failure(self, item: _Op, error: BaseException) -> None:
+        """Log a failed operation: with the flight recorder when a peer is to blame."""
+        if isinstance(error, (CommTimeoutError, TransportError)) and self._recorder.enabled:
+            waiting = self._transport.waiting_for
+            log.error(
+                "rank %d: %s #%d failed: %s\n%s",
+                self.rank,
+                item.name,
+                item.seq,
+                error,
+                self._recorder.dump(self.rank, self.size, waiting),
+            )
+        else:
+            log.debug("rank %d: %s #%d failed: %s", self.rank, item.name, item.seq, error)
+
+    def _check_agreement(self, ctx: OpContext, item: _Op) -> None:
+        """RINGCOMM_DEBUG: every rank publishes what it is about to run; any difference is
+        an error on every rank, naming who called what."""
+        record = _fixed_record(_describe(item), _AGREEMENT_RECORD_BYTES)
+        everyone = np.empty(record.size * self.size, np.uint8)
+        ring.allgather(ctx, everyone, record)
+        rows = everyone.reshape(self.size, -1)
+        calls = {r: bytes(rows[r]).rstrip(b"\0").decode(errors="replace") for r in range(self.size)}
+        if len(set(calls.values())) > 1:
+            raise ValueError(
+                f"RINGCOMM_DEBUG: ranks disagree on operation #{item.seq}: {_by_call(calls)}"
+            )
+
+    def stall_report(self, now: float) -> str | None:
+        """The stall watchdog's question: a warning if the running operation has run past
+        its stall limit (once per operation), else None."""
+        record = self._recorder.current
+        if record is None or record.warned or record.ended:
+            return None
+        if now - record.started < self._config.stall_limit(record.deadline - record.started):
+            return None
+        record.warned = True
+        peer = self._transport.waiting_for
+        waiting = f", waiting for rank {peer}" if peer is not None else ""
+        return (
+            f"rank {self.rank}: {record.name} #{record.seq} ({record.nbytes} B) has run for "
+            f"{now - record.started:.0f} s{waiting}; it fails at its timeout in "
+            f"{max(0.0, record.deadline - now):.0f} s. Is a rank stuck, dead, or calling "
+            "another operation?"
+        )
 
     def _submit(
         self,
@@ -210,6 +376,7 @@ class Communicator:
         bfloat16: bool = False,
         p2p_key: tuple[collections.Counter[tuple[int, int]], tuple[int, int]] | None = None,
         nccl: NcclBody | None = None,
+        root: int = -1,
     ) -> Work | None:
         """Number and queue (or run inline) one operation on ``buffers``; ``nccl``: what it
         does on NCCL when its buffers are on a GPU (None: staged through host memory)."""
@@ -221,7 +388,8 @@ class Communicator:
                 break
         with self._lock:  # numbering and queueing together keep issue order
             if self._closed:
-                raise CommClosedError(f"{name}: the communicator is closed")
+                how = "was aborted" if self._transport.aborted else "is closed"
+                raise CommClosedError(f"{name} on rank {self.rank}: the communicator {how}")
             if p2p_key is None:
                 self._seq += 1
                 seq, kind = self._seq, KIND_COLLECTIVE
@@ -236,7 +404,7 @@ class Communicator:
             if not inline:
                 future = concurrent.futures.Future()
                 future.set_running_or_notify_cancel()
-            item = _Op(name, seq, kind, body, timeout, reduce_op, bfloat16, future)
+            item = _Op(name, seq, kind, body, timeout, reduce_op, bfloat16, future, buffers, root)
             self._outstanding += 1
             if not inline:
                 self._queue.put(item)
@@ -383,6 +551,7 @@ class Communicator:
             async_op=async_op,
             timeout=timeout,
             nccl=lambda nc: nc.broadcast(b, root),
+            root=root,
         )
 
     def reduce(
@@ -408,6 +577,7 @@ class Communicator:
             reduce_op=rop,
             bfloat16=b.bfloat16,
             nccl=lambda nc: nc.reduce(b, root, rop),
+            root=root,
         )
 
     def gather(
@@ -438,6 +608,7 @@ class Communicator:
             async_op=async_op,
             timeout=timeout,
             nccl=lambda nc: nc.gather(o, i, root),
+            root=root,
         )
 
     def scatter(
@@ -467,6 +638,7 @@ class Communicator:
             async_op=async_op,
             timeout=timeout,
             nccl=lambda nc: nc.scatter(o, i, root),
+            root=root,
         )
 
     def all_to_all(
@@ -625,12 +797,32 @@ class Communicator:
             if self._gpu is not None:
                 self._gpu.close()
             self._transport.close()
+        if self._timeline is not None:
+            self._timeline.write()
         _live.discard(self)
 
     @property
     def transport(self) -> str:
         """The transport this communicator runs on: ``zmq``, ``mpi`` or ``local``."""
         return self._transport.name
+
+    def abort(self, reason: str = "abort() was called") -> None:
+        """Fail everything pending at once, then close.
+
+        The running operation fails within 0.2 s and every queued one at once, each with
+        :class:`CommClosedError`; then the communicator is closed like :meth:`close`. Peers
+        waiting for this rank get :class:`PeerLostError` over shared memory and sockets
+        (over MPI, their timeout). The process can then build a new communicator, for
+        example among the surviving ranks: ``ringcomm.init(...)`` with a new port.
+        """
+        with self._lock:
+            if self._broken is None:
+                self._broken = CommClosedError(
+                    f"rank {self.rank}: the communicator was aborted ({reason})"
+                )
+        self._transport.abort()
+        log.info("rank %d: communicator aborted (%s)", self.rank, reason)
+        self.close()
 
     @property
     def gpu_path(self) -> str | None:

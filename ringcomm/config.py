@@ -100,6 +100,15 @@ class Config:
         gpu_chunk_bytes: staged all_reduce/broadcast/reduce copy between GPU and host in
             chunks of this many bytes, overlapping the copies with the transfers
             (``RINGCOMM_GPU_CHUNK_BYTES``).
+        stall_warning_seconds: log a warning when an operation has run this long (0: never;
+            default a fifth of its timeout, at most 60 s) (``RINGCOMM_STALL_WARNING_SECONDS``).
+        flight_recorder_ops: operations each communicator remembers for the log when one
+            fails (``RINGCOMM_FLIGHT_RECORDER_OPS``; 0 turns it off).
+        debug: before every collective, check that all ranks call the same operation with
+            the same count, dtype, op and root (one small allgather more per operation)
+            (``RINGCOMM_DEBUG``, 1 or 0).
+        timeline: write a Chrome trace of every operation and step to
+            ``<timeline>.rank<R>.json`` (``RINGCOMM_TIMELINE``; unset: none).
     """
 
     timeout_seconds: float = 300.0
@@ -118,6 +127,10 @@ class Config:
     mpi_abort_on_error: bool = True
     gpu_path: str = "auto"
     gpu_chunk_bytes: int = 4 << 20
+    stall_warning_seconds: float | None = None
+    flight_recorder_ops: int = 32
+    debug: bool = False
+    timeline: str | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_seconds <= 0:
@@ -144,6 +157,12 @@ class Config:
             )
         if self.gpu_path not in GPU_PATHS:
             raise ValueError(f"gpu_path={self.gpu_path!r}: expected one of {GPU_PATHS}")
+        if self.stall_warning_seconds is not None and self.stall_warning_seconds < 0:
+            raise ValueError(
+                f"stall_warning_seconds must be >= 0 (0: never), got {self.stall_warning_seconds}"
+            )
+        if self.flight_recorder_ops < 0:
+            raise ValueError(f"flight_recorder_ops must be >= 0, got {self.flight_recorder_ops}")
         if self.gpu_chunk_bytes < 64:
             raise ValueError(f"gpu_chunk_bytes must be at least 64, got {self.gpu_chunk_bytes}")
         if self.zmq_protocol not in ZMQ_PROTOCOLS:
@@ -172,7 +191,22 @@ class Config:
             != 0,
             gpu_path=_choice(env, "RINGCOMM_GPU_PATH", GPU_PATHS) or "auto",
             gpu_chunk_bytes=_int(env, "RINGCOMM_GPU_CHUNK_BYTES", d.gpu_chunk_bytes),
+            stall_warning_seconds=(
+                _float(env, "RINGCOMM_STALL_WARNING_SECONDS", 0.0)
+                if env.get("RINGCOMM_STALL_WARNING_SECONDS")
+                else None
+            ),
+            flight_recorder_ops=_int(env, "RINGCOMM_FLIGHT_RECORDER_OPS", d.flight_recorder_ops),
+            debug=_int(env, "RINGCOMM_DEBUG", 0) != 0,
+            timeline=env.get("RINGCOMM_TIMELINE") or None,
         )
+
+    def stall_limit(self, timeout: float) -> float:
+        """Seconds after which a running operation with ``timeout`` is reported stalled
+        (``inf``: never)."""
+        if self.stall_warning_seconds is None:
+            return min(60.0, timeout / 5)
+        return self.stall_warning_seconds or float("inf")
 
 
 @dataclasses.dataclass(frozen=True)

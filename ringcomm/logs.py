@@ -39,6 +39,11 @@ def set_rank(rank: int) -> None:
     _rank = str(rank)
 
 
+def process_rank() -> str:
+    """The rank this process's records carry (its world rank once ``init`` ran)."""
+    return _rank
+
+
 def configure(level: str | None) -> None:
     """Install the NullHandler, and with ``level`` (``RINGCOMM_LOG_LEVEL``) a stderr
     handler at that level printing the rank in every line."""

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import multiprocessing
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -21,6 +27,7 @@ from typing import Any
 import numpy as np
 
 import ringcomm
+from ringcomm.run import free_port
 
 DTYPES = (
     "bool",
@@ -169,12 +176,6 @@ def run_threads(
 
 
 # -- ranks as processes ----------------------------------------------------------------------
-def _free_port() -> int:
-    from ringcomm.run import free_port
-
-    return free_port()
-
-
 def _worker(
     rank: int, size: int, port: int, conn: Connection, env: dict[str, str], transport: str
 ) -> None:
@@ -220,7 +221,7 @@ class RankPool:
     ):
         ctx = multiprocessing.get_context("spawn")
         self.size = size
-        port = _free_port()
+        port = free_port()
         self._conns: list[Connection] = []
         self._procs = []
         for rank in range(size):
@@ -283,3 +284,70 @@ class RankPool:
             if p.is_alive():
                 p.kill()
                 p.join(5)
+
+
+# -- ranks as separate scripts -----------------------------------------------------------
+def run_script_ranks(
+    script: str,
+    mode: str,
+    n: int,
+    *,
+    env: dict[str, str] | None = None,
+    wrap: dict[int, list[str]] | None = None,
+    timeout: float = 120,
+) -> tuple[dict[int, dict], dict[int, int | None], str]:
+    """Start ``n`` ranks of ``python script mode`` directly (no launcher: survivors of a
+    killed rank keep running), each with a hard ``timeout``; return their results (from
+    ``RESULT <json>`` lines of ranks that printed ``PASS rank <r> <mode>``), exit codes
+    (None: hung, killed) and output. ``wrap[r]`` prefixes rank r's command (e.g. a mount
+    namespace)."""
+    port = free_port()
+    job = uuid.uuid4().hex[:12]
+    procs = []
+    for r in range(n):
+        rank_env = dict(os.environ)
+        rank_env.update(env or {})
+        rank_env.update(
+            RINGCOMM_RANK=str(r),
+            RINGCOMM_SIZE=str(n),
+            RINGCOMM_MASTER_ADDR="127.0.0.1",
+            RINGCOMM_MASTER_PORT=str(port),
+            RINGCOMM_JOB_ID=job,
+            PYTHONUNBUFFERED="1",
+        )
+        cmd = [*(wrap or {}).get(r, []), sys.executable, script, mode]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=rank_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    deadline = time.monotonic() + timeout
+    outs, codes = {}, {}
+    for r, p in enumerate(procs):
+        try:
+            outs[r], _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            codes[r] = p.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            outs[r], _ = p.communicate()
+            codes[r] = None  # hung
+    results = {}
+    for r, out in outs.items():
+        found = re.search(r"RESULT (\{.*\})", out)
+        if found and f"PASS rank {r} {mode}" in out:
+            results[r] = json.loads(found.group(1))
+        elif f"PASS rank {r} {mode}" in out:
+            results[r] = {}
+    text = "\n".join(f"--- rank {r} (exit {codes[r]}):\n{outs[r][-3000:]}" for r in outs)
+    return results, codes, text
+
+
+def assert_passed(mode: str, n: int, results: dict, text: str, ranks=None) -> None:
+    want = set(range(n) if ranks is None else ranks)
+    missing = sorted(want - set(results))
+    assert not missing, f"{mode}: ranks {missing} did not pass\n{text}"

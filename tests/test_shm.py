@@ -10,20 +10,18 @@ Every rank is a process with a hard timeout; a failure names the ranks that did 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ringcomm.run import free_port
+from helpers import assert_passed, run_script_ranks
 from ringcomm.transport.shm_names import NAME_PREFIX, SHM_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,66 +58,9 @@ needs_private_shm = pytest.mark.skipif(
 
 
 def run_ranks(
-    mode: str,
-    n: int,
-    *,
-    env: dict[str, str] | None = None,
-    wrap: dict[int, list[str]] | None = None,
-    timeout: float = 120,
+    mode: str, n: int, **kwargs: Any
 ) -> tuple[dict[int, dict], dict[int, int | None], str]:
-    """Start ``n`` ranks of shm_ranks.py directly (no launcher: survivors of a killed rank
-    keep running); return their results, exit codes and output. ``wrap[r]`` prefixes rank
-    r's command (e.g. a mount namespace)."""
-    port = free_port()
-    job = uuid.uuid4().hex[:12]
-    procs = []
-    for r in range(n):
-        rank_env = dict(os.environ)
-        rank_env.update(env or {})
-        rank_env.update(
-            RINGCOMM_RANK=str(r),
-            RINGCOMM_SIZE=str(n),
-            RINGCOMM_MASTER_ADDR="127.0.0.1",
-            RINGCOMM_MASTER_PORT=str(port),
-            RINGCOMM_JOB_ID=job,
-            PYTHONUNBUFFERED="1",
-        )
-        cmd = [*(wrap or {}).get(r, []), sys.executable, SCRIPT, mode]
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                env=rank_env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        )
-    deadline = time.monotonic() + timeout
-    outs, codes = {}, {}
-    for r, p in enumerate(procs):
-        try:
-            outs[r], _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
-            codes[r] = p.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            outs[r], _ = p.communicate()
-            codes[r] = None  # hung
-    results = {}
-    for r, out in outs.items():
-        found = re.search(r"RESULT (\{.*\})", out)
-        if found and f"PASS rank {r} {mode}" in out:
-            results[r] = json.loads(found.group(1))
-        elif f"PASS rank {r} {mode}" in out:
-            results[r] = {}
-    text = "\n".join(f"--- rank {r} (exit {codes[r]}):\n{outs[r][-3000:]}" for r in outs)
-    return results, codes, text
-
-
-def assert_passed(mode: str, n: int, results: dict, text: str, ranks=None) -> None:
-    want = set(range(n) if ranks is None else ranks)
-    missing = sorted(want - set(results))
-    assert not missing, f"{mode}: ranks {missing} did not pass\n{text}"
+    return run_script_ranks(SCRIPT, mode, n, **kwargs)
 
 
 @pytest.mark.parametrize("n", [2, 4])

@@ -62,6 +62,7 @@ class OpContext:
 
     def recv(self, src: int, step: int, segment: int, like: np.ndarray) -> np.ndarray:
         """Receive the payload matching ``like`` (dtype, size) as a read-only array."""
+        self.transport.waiting_for = src
         payload = self.transport.recv(
             src, _tag(Tag, (self.kind, self.seq, step, segment)), like.nbytes, self.deadline
         )
@@ -69,12 +70,14 @@ class OpContext:
 
     def recv_into(self, src: int, step: int, segment: int, out: np.ndarray) -> None:
         """Receive into ``out`` (straight into it where the transport can)."""
+        self.transport.waiting_for = src
         self.transport.recv_into(
             src, _tag(Tag, (self.kind, self.seq, step, segment)), out, self.deadline
         )
 
     def recv_reduce(self, src: int, step: int, segment: int, out: np.ndarray) -> None:
         """Receive and reduce into ``out`` straight out of the received frame (or slots)."""
+        self.transport.waiting_for = src
         self.transport.recv_reduce(
             src, _tag(Tag, (self.kind, self.seq, step, segment)), out, self.reduce, self.deadline
         )

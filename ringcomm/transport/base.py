@@ -40,7 +40,7 @@ KIND_COLLECTIVE = 0
 KIND_P2P = 1
 
 # While blocked on a receive, wake this often to notice close()/abort().
-_WAKE_SECONDS = 0.2
+WAKE_SECONDS = 0.2
 
 
 class Tag(NamedTuple):
@@ -92,6 +92,19 @@ class Transport(abc.ABC):
         # only when an error needs it (an f-string per operation costs more than the op's
         # bookkeeping).
         self.op: tuple[str, int] | None = None
+        # The peer the running operation last waited for (the stall warning names it).
+        self.waiting_for: int | None = None
+        self.aborted = False  # set by abort(): every wait raises CommClosedError
+
+    def abort(self) -> None:
+        """Make every wait in progress or to come raise :class:`CommClosedError` at its next
+        wake-up (within 0.2 s), without releasing anything (:meth:`close` does that)."""
+        self.aborted = True
+
+    def closed_error(self) -> CommClosedError:
+        """What a wait raises once the transport was closed or aborted."""
+        how = "aborted" if self.aborted else "closed"
+        return CommClosedError(f"{self.current_op} on rank {self.rank}: the communicator was {how}")
 
     @property
     def current_op(self) -> str:
@@ -264,12 +277,12 @@ class FramedTransport(Transport):
         key = (src, tag)
         queue = self._stash.get(key)
         while not queue:
-            if self._closed:
-                raise CommClosedError(f"{self.current_op}: the communicator was closed")
+            if self._closed or self.aborted:
+                raise self.closed_error()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self.timeout_error(src, tag)
-            message = self._recv_frames(min(remaining, _WAKE_SECONDS))
+            message = self._recv_frames(min(remaining, WAKE_SECONDS))
             if message is not None:
                 self._file(*message)
             else:  # nothing for a while: is the peer still there?

@@ -311,10 +311,10 @@ class MpiTransport(Transport):
         pause = 0.0
         while not request.Test(status):
             now = time.monotonic()
-            if self._closed or now >= deadline:
+            if self._closed or self.aborted or now >= deadline:
                 self._cancel(request)
-                if self._closed:
-                    raise CommClosedError(f"{self.current_op}: the communicator was closed")
+                if self._closed or self.aborted:
+                    raise self.closed_error()
                 raise on_timeout()
             if now < spin_until:
                 os.sched_yield()  # let an oversubscribed peer run; returns at once otherwise

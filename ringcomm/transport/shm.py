@@ -78,6 +78,10 @@ _RECORD = struct.Struct("<8Q")
 # owner (to probe reading by address), the owner's slots and slot bytes, then the futex
 # word and the sleeping flag on their own lines, then one "attached" flag per rank.
 _C_MAGIC, _C_LAYOUT, _C_PID, _C_ADDRESS, _C_SLOTS, _C_SLOT_BYTES = 0, 1, 2, 3, 4, 5
+_C_CLOSED = 6  # the owner closed (or aborted) its communicator
+# A peer that closed is reported lost only after this long, so what it published just
+# before is taken first (a waiter looks at its inbox between checks).
+_CLOSED_GRACE_SECONDS = 0.2
 _C_BELL = _LINE // 8
 _C_SLEEPING = 2 * _LINE // 8
 _C_ATTACHED = 3 * _LINE // 8
@@ -353,6 +357,7 @@ class _Peer:
         self.head_seen = 0  # inbox records the peer had published, as last read
         self.lent_until = 0  # the peer reads our memory until it frees this many records
         self.by_address = False  # the peer can read our memory (set once it attached)
+        self.closed_since = 0.0  # when we first saw the peer's closed flag
         self.queue: collections.deque[_Queued] = collections.deque()
         try:
             self.pidfd: int | None = os.pidfd_open(self.pid)
@@ -900,8 +905,8 @@ class ShmTransport(Transport):
                 queued = not self._push_queued()
             if ready():
                 return
-            if self._closed:
-                raise CommClosedError(f"{self.current_op}: the communicator was closed")
+            if self._closed or self.aborted:
+                raise self.closed_error()
             now = time.monotonic()
             if now >= deadline:
                 raise timeout_error()
@@ -931,12 +936,20 @@ class ShmTransport(Transport):
                 native_shm.store_release(control, _C_SLEEPING, 0)
 
     def _check_peers(self) -> None:
+        now = time.monotonic()
         for peer in self._peers.values():
             if not peer.alive():
                 raise PeerLostError(
                     f"{self.current_op}: rank {peer.rank} (pid {peer.pid}, same host) exited "
                     f"while rank {self.rank} was working with it"
                 )
+            if peer.rank == self.waiting_for and peer.segment.control[_C_CLOSED]:
+                peer.closed_since = peer.closed_since or now
+                if now - peer.closed_since >= _CLOSED_GRACE_SECONDS:
+                    raise PeerLostError(
+                        f"{self.current_op}: rank {peer.rank} closed or aborted its "
+                        f"communicator while rank {self.rank} was waiting for it"
+                    )
 
     # -- ticker and lifetime ------------------------------------------------------------------
     def tick(self) -> bool:
@@ -949,6 +962,12 @@ class ShmTransport(Transport):
             return False
         return self._detached > 0
 
+    def abort(self) -> None:
+        """See :meth:`Transport.abort`; the socket transport to other hosts too."""
+        super().abort()
+        if self._sockets is not None:
+            self._sockets.abort()
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -960,6 +979,8 @@ class ShmTransport(Transport):
             while not self._push_queued() and time.monotonic() < linger:
                 self._check_peers()
                 time.sleep(0.001)
+        if self._segment is not None:  # tell peers still waiting for us
+            native_shm.store_release(self._segment.control, _C_CLOSED, 1)
         if self._sockets is not None:
             self._sockets.close()
         if self._path:

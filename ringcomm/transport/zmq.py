@@ -28,7 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ringcomm.config import Config
 from ringcomm.errors import CommTimeoutError, PeerLostError, TransportError
 from ringcomm.logs import get_logger
-from ringcomm.transport.base import HEADER, Endpoint, FramedTransport
+from ringcomm.transport.base import HEADER, WAKE_SECONDS, Endpoint, FramedTransport
 from ringcomm.transport.heap import tune_malloc
 
 log = get_logger(__name__)
@@ -195,14 +195,17 @@ class ZmqTransport(FramedTransport):
 
     def _wait_sent(self, handles: list[Any], deadline: float) -> None:
         for tracker in handles:
-            remaining = deadline - time.monotonic()
-            try:
-                tracker.wait(max(remaining, 0.0))
-            except zmq.NotDone:
-                raise CommTimeoutError(
-                    f"{self.current_op} timed out on rank {self.rank}: ZeroMQ had not sent "
-                    "a payload by the deadline (is a peer stuck?)"
-                ) from None
+            while not tracker.done:
+                if self.aborted:
+                    raise self.closed_error()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommTimeoutError(
+                        f"{self.current_op} timed out on rank {self.rank}: ZeroMQ had not sent "
+                        "a payload by the deadline (is a peer stuck?)"
+                    )
+                with contextlib.suppress(zmq.NotDone):
+                    tracker.wait(min(remaining, WAKE_SECONDS))
 
     def _recv_frames(self, timeout: float) -> tuple[bytes, Any] | None:
         # A blocking receive with RCVTIMEO: one call into libzmq (GIL released while it

@@ -1,0 +1,163 @@
+"""Rank bodies for tests/test_faults.py: ``python fault_ranks.py MODE`` in every rank, started
+with RINGCOMM_* variables. A rank that passes prints ``PASS rank <r> MODE``; results go
+out as ``RESULT <json>``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import ringcomm
+
+
+def rebuild(comm: ringcomm.Communicator) -> dict:
+    """The last rank is killed mid-allreduce; the survivors abort, build a new communicator
+    among themselves (same processes, new port) and carry on."""
+    n, r = comm.size, comm.rank
+    buf = np.ones(1 << 20, np.float32)
+    lost = None
+    for i in range(1000):
+        if r == n - 1 and i == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            comm.all_reduce(buf)
+        except ringcomm.PeerLostError as e:
+            lost = str(e)
+            break
+    assert lost is not None, "the all_reduces went on without the killed rank"
+    t0 = time.monotonic()
+    comm.abort("a peer was lost")
+    try:
+        comm.all_reduce(buf)
+    except ringcomm.CommClosedError as e:
+        refused = str(e)
+    else:
+        raise AssertionError("an aborted communicator ran an operation")
+    port = int(os.environ["RINGCOMM_MASTER_PORT"]) + 1
+    survivors = ringcomm.init(rank=r, size=n - 1, master_port=port, timeout=30)
+    x = np.full(1000, r + 1.0, np.float32)
+    survivors.all_reduce(x)
+    assert (x == sum(range(1, n))).all(), x[:4]
+    rebuilt = time.monotonic() - t0
+    survivors.close()
+    return {"lost": lost, "refused": refused, "rebuilt_seconds": rebuilt}
+
+
+def stall(comm: ringcomm.Communicator) -> dict:
+    """The last rank never joins the second all_reduce in time: the others warn, then fail
+    at the timeout naming the rank they waited for, and log their flight recorder."""
+    buf = np.ones(1000, np.float32)
+    comm.all_reduce(buf)
+    if comm.rank == comm.size - 1:
+        time.sleep(5)
+        return {}
+    t0 = time.monotonic()
+    try:
+        comm.all_reduce(buf, timeout=3)
+    except ringcomm.CommTimeoutError as e:
+        return {"error": str(e), "seconds": time.monotonic() - t0}
+    raise AssertionError("an all_reduce finished without the stalled rank")
+
+
+def timeline(comm: ringcomm.Communicator) -> dict:
+    """A few operations with RINGCOMM_TIMELINE set (the test reads the traces)."""
+    buf = np.ones(1 << 20, np.float32)
+    comm.all_reduce(buf)
+    comm.broadcast(buf, root=0)
+    comm.all_reduce(np.ones(10, np.float32), async_op=True).wait()
+    comm.barrier()
+    return {}
+
+
+def soak(comm: ringcomm.Communicator) -> dict:
+    """Thousands of small and hundreds of large mixed operations, sync and async, across
+    sub-communicators: no wrong result, and no growth in open files or memory after a
+    warm-up."""
+    n, r = comm.size, comm.rank
+    half = comm.split(color=r % 2)
+    assert half is not None
+    rng = np.random.default_rng(1234)  # the same sequence of choices on every rank
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    def round_of_work(small: int, large: int) -> int:
+        checked = 0
+        pending = []
+        for i in range(small):
+            kind = int(rng.integers(0, 5))
+            if kind == 0:
+                x = np.full(int(rng.integers(1, 300)), r + 1, np.int64)
+                comm.all_reduce(x)
+                assert (x == n * (n + 1) // 2).all()
+            elif kind == 1:
+                x = np.full(64, float(r), np.float32)
+                pending.append((comm.all_reduce(x, ringcomm.MAX, async_op=True), x, n - 1.0))
+            elif kind == 2:
+                out = np.empty(8 * n, np.int32)
+                comm.all_gather(out, np.full(8, r, np.int32))
+                assert (out == np.repeat(np.arange(n), 8)).all()
+            elif kind == 3:
+                x = np.full(100, r + 1.0, np.float64)
+                half.all_reduce(x)
+                want = sum(q + 1 for q in range(n) if q % 2 == r % 2)
+                assert (x == want).all()
+            else:
+                x = np.full(32, r, np.int16) if r == i % n else np.zeros(32, np.int16)
+                comm.broadcast(x, root=i % n)
+                assert (x == i % n).all()
+            checked += 1
+            if len(pending) > 8:
+                for work, x, want in pending:
+                    work.wait()
+                    assert (x == want).all()
+                pending.clear()
+        for work, x, want in pending:
+            work.wait()
+            assert (x == want).all()
+        for _ in range(large):
+            x = np.full(int(rng.integers(1, 4)) << 20, 1.0, np.float32)
+            comm.all_reduce(x, ringcomm.AVG)
+            assert (x == 1.0).all()
+            sub = comm.split(color=0)  # a sub-communicator made and closed each time
+            assert sub is not None
+            sub.barrier()
+            sub.close()
+            checked += 1
+        return checked
+
+    checked = round_of_work(500, 20)  # warm-up: caches, pools, kernels
+    fds0, rss0 = fds(), rss_kib()
+    checked += round_of_work(3000, 100)
+    comm.barrier()
+    grown = {"fds": fds() - fds0, "rss_kib": rss_kib() - rss0, "checked": checked}
+    half.close()
+    return grown
+
+
+MODES = {"rebuild": rebuild, "stall": stall, "timeline": timeline, "soak": soak}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)  # ringcomm's warnings and errors to stderr
+    mode = sys.argv[1]
+    comm = ringcomm.init(timeout=30)
+    rank = comm.rank
+    result = MODES[mode](comm)
+    comm.close()
+    print(f"RESULT {json.dumps(result)}", flush=True)
+    print(f"PASS rank {rank} {mode}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

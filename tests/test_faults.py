@@ -1,0 +1,290 @@
+"""Faults, disagreement and observability: abort and rebuilding among survivors, the stall
+warning and flight recorder, RINGCOMM_DEBUG's agreement check, malformed messages on a
+ringcomm socket, the timeline, and a soak run.
+
+Process tests start every rank with a hard timeout and name the ranks that did not pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ringcomm
+from helpers import assert_passed, run_script_ranks, run_threads
+from ringcomm.run import free_port
+from ringcomm.transport.base import HEADER, KIND_COLLECTIVE, MAGIC, VERSION
+
+SCRIPT = str(Path(__file__).resolve().parent / "fault_ranks.py")
+
+
+def run_ranks(mode: str, n: int, **kwargs) -> tuple[dict, dict, str]:
+    """Ranks of fault_ranks.py (see :func:`helpers.run_script_ranks`)."""
+    return run_script_ranks(SCRIPT, mode, n, **kwargs)
+
+
+# -- abort and rebuild ---------------------------------------------------------------------
+def test_abort_fails_the_running_and_the_queued_operations_at_once() -> None:
+    def body(comm: ringcomm.Communicator) -> dict:
+        if comm.rank == 1:
+            time.sleep(1.5)  # never joins: rank 0's operations wait for it
+            return {}
+        works = [comm.all_reduce(np.ones(100, np.float32), async_op=True) for _ in range(3)]
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        comm.abort("test")
+        errors = []
+        for w in works:
+            errors.append(type(w.get_future().exception(timeout=5)).__name__)
+        took = time.monotonic() - t0
+        with pytest.raises(ringcomm.CommClosedError):
+            comm.all_reduce(np.ones(4, np.float32))
+        return {"errors": errors, "seconds": took}
+
+    results = run_threads(2, body, op_timeout=30, timeout=30)
+    assert results[0]["errors"] == ["CommClosedError"] * 3, results
+    assert results[0]["seconds"] < 1.0, results
+
+
+@pytest.mark.parametrize("transport", ["auto", "zmq"])
+def test_survivors_abort_and_build_a_new_communicator(transport: str) -> None:
+    n = 3
+    results, _, text = run_ranks("rebuild", n, env={"RINGCOMM_TRANSPORT": transport})
+    assert_passed("rebuild", n, results, text, ranks=range(n - 1))
+    for r in range(n - 1):
+        assert f"rank {n - 1}" in results[r]["lost"], results[r]
+        assert "aborted" in results[r]["refused"], results[r]
+        assert results[r]["rebuilt_seconds"] < 10, results[r]
+
+
+# -- stalls --------------------------------------------------------------------------------
+@pytest.mark.parametrize("transport", ["auto", "zmq"])
+def test_a_stalled_rank_is_warned_about_then_named_at_the_timeout(transport: str) -> None:
+    n = 3
+    env = {"RINGCOMM_STALL_WARNING_SECONDS": "1", "RINGCOMM_TRANSPORT": transport}
+    results, _, text = run_ranks("stall", n, env=env)
+    assert_passed("stall", n, results, text)
+    for r in range(n - 1):
+        assert 2.9 < results[r]["seconds"] < 4.5, results[r]
+        assert "Ranks [2] did not join all_reduce #2 (ranks [0, 1] did)" in results[r]["error"]
+    # Rank 0 waits for rank 2 (its left neighbour in the ring) and says so, in the warning,
+    # the error and its flight recorder.
+    assert "all_reduce #2" in results[0]["error"] and "rank 2" in results[0]["error"], results
+    # The watchdog looks once a second: the warning comes 1-2 s in, before the 3 s timeout.
+    warning = r"rank 0: all_reduce #2 \(4000 B\) has run for [12] s, waiting for rank 2"
+    assert re.search(warning, text), text
+    assert "ringcomm flight recorder, rank 0 of 3" in text, text
+    assert "all_reduce #1 4000 B: done in" in text, text
+    assert "all_reduce #2 4000 B: failed after" in text, text
+
+
+def test_stall_limit_defaults_to_a_fifth_of_the_timeout_at_most_a_minute() -> None:
+    assert ringcomm.Config().stall_limit(300) == 60
+    assert ringcomm.Config().stall_limit(10) == 2
+    assert ringcomm.Config(stall_warning_seconds=0).stall_limit(10) == float("inf")
+    with pytest.raises(ValueError):
+        ringcomm.Config(stall_warning_seconds=-1)
+
+
+# -- disagreement ----------------------------------------------------------------------------
+DEBUG = ringcomm.Config(debug=True, timeout_seconds=20)
+
+
+def test_debug_names_ranks_that_call_different_operations() -> None:
+    def body(comm: ringcomm.Communicator) -> str:
+        buf = np.ones(1000, np.float32)
+        try:
+            if comm.rank == 0:
+                comm.all_reduce(buf)
+            else:
+                comm.broadcast(buf, root=0)
+        except ValueError as e:
+            return str(e)
+        return "no error"
+
+    errors = run_threads(2, body, config=DEBUG)
+    for e in errors:
+        assert "ranks disagree on operation #1" in e, errors
+        assert "ranks [0]: all_reduce(1000 x float32, SUM)" in e, errors
+        assert "ranks [1]: broadcast(1000 x float32, root 0)" in e, errors
+
+
+def test_debug_names_ranks_that_disagree_on_count_dtype_op_or_root() -> None:
+    cases = [
+        (lambda c: c.all_reduce(np.ones(1000 + c.rank, np.float32)), "1001 x float32"),
+        (lambda c: c.all_reduce(np.ones(8, np.float64 if c.rank else np.float32)), "float64"),
+        (lambda c: c.all_reduce(np.ones(8), ringcomm.MAX if c.rank else ringcomm.SUM), "MAX"),
+        (lambda c: c.broadcast(np.ones(8), root=c.rank), "root 1"),
+    ]
+    for call, detail in cases:
+
+        def body(comm: ringcomm.Communicator, call=call) -> str:
+            try:
+                call(comm)
+            except ValueError as error:
+                return str(error)
+            return "no error"
+
+        errors = run_threads(2, body, config=DEBUG)
+        for e in errors:
+            assert "ranks disagree" in e and detail in e, (detail, errors)
+
+
+def test_without_debug_different_operations_are_named_at_the_timeout() -> None:
+    def body(comm: ringcomm.Communicator) -> str:
+        buf = np.ones(1000, np.float32)
+        try:
+            if comm.rank == 0:
+                comm.all_reduce(buf, timeout=2)
+            else:
+                comm.broadcast(buf, root=0, timeout=2)
+        except ringcomm.CommTimeoutError as e:
+            return str(e)
+        return "no error"
+
+    for e in run_threads(2, body):
+        assert "Ranks disagree on operation #1: ranks [0]: all_reduce(1000 x float32, SUM); " in e
+        assert "ranks [1]: broadcast(1000 x float32, root 0)" in e
+
+
+def test_debug_lets_agreeing_ranks_through() -> None:
+    def body(comm: ringcomm.Communicator) -> None:
+        x = np.full(100, comm.rank + 1.0)
+        comm.all_reduce(x)
+        assert (x == comm.size * (comm.size + 1) / 2).all()
+        comm.broadcast(x, root=1)
+        comm.barrier()
+
+    run_threads(3, body, config=DEBUG)
+
+
+# -- malformed messages ----------------------------------------------------------------------
+def _zmq_world(size: int, fn) -> list:
+    """Run ``fn(comm)`` on ``size`` rank threads over real ZeroMQ sockets."""
+    port = free_port()
+    results: list = [None] * size
+    errors: dict[int, BaseException] = {}
+
+    def body(rank: int) -> None:
+        try:
+            comm = ringcomm.init(
+                rank=rank, size=size, master_port=port, transport="zmq", timeout=20
+            )
+            try:
+                results[rank] = fn(comm)
+            finally:
+                comm.close()
+        except BaseException as e:
+            errors[rank] = e
+
+    threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    return results
+
+
+def _header(comm_id: int, seq: int, nbytes: int, src: int = 1, magic: int = MAGIC) -> bytes:
+    return HEADER.pack(magic, VERSION, KIND_COLLECTIVE, comm_id, seq, 0, 0, nbytes, src)
+
+
+MALFORMED = [
+    [b"hello"],  # one frame, shorter than a header
+    [b"\x00" * 7, b"x"],  # a truncated header
+    [b"GET / HTTP/1.1\r\n\r\n" * 4],  # the wrong protocol
+    [b"a", b"b", b"c"],  # three frames
+]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(frames=st.lists(st.binary(max_size=200), min_size=1, max_size=4))
+def test_random_frames_on_a_ringcomm_socket_are_dropped(frames: list[bytes]) -> None:
+    _inject_and_check([frames])
+
+
+def test_malformed_and_foreign_messages_are_dropped_and_logged(caplog) -> None:
+    def crafted(comm_id: int) -> list[list[bytes]]:
+        return [
+            *MALFORMED,
+            [_header(comm_id, 1, 16, magic=MAGIC ^ 1), b"x" * 16],  # wrong magic
+            [_header(comm_id ^ 1, 1, 16), b"x" * 16],  # another communicator
+            [_header(comm_id, 1, 4096), b"x" * 16],  # a length the payload does not have
+            [_header(comm_id, 1, 16, src=77), b"x" * 16],  # a rank that does not exist
+            [_header(comm_id, 0, 4000), b"\xff" * 4000],  # a replayed old operation
+        ]
+
+    with caplog.at_level(logging.WARNING, logger="ringcomm"):
+        _inject_and_check(None, crafted)
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) >= 8, dropped
+
+
+def _inject_and_check(batches, make=None) -> None:
+    """Send each message in ``batches`` (or ``make(comm_id)``) into rank 0's data socket
+    from a foreign process-like socket, then check that an all_reduce still gives the right
+    result on every rank."""
+
+    def body(comm: ringcomm.Communicator) -> bool:
+        x = np.full(1000, comm.rank + 1.0, np.float32)
+        comm.all_reduce(x)  # operation #1, so a replayed #0 is old
+        if comm.rank == 0:
+            endpoint = comm._transport._pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+            messages = batches if batches is not None else make(comm._transport.comm_id)
+            ctx = zmq.Context.instance()
+            intruder = ctx.socket(zmq.PUSH)
+            intruder.setsockopt(zmq.LINGER, 1000)
+            intruder.connect(endpoint)
+            for frames in messages:
+                intruder.send_multipart(frames)
+            intruder.close()
+            time.sleep(0.1)
+        # ZeroMQ takes turns between connections: each barrier also reads a queued
+        # intruder message, so all of them are looked at by the end.
+        for _ in range(20):
+            comm.barrier()
+        x = np.full(1000, comm.rank + 1.0, np.float32)
+        comm.all_reduce(x)
+        return bool((x == comm.size * (comm.size + 1) / 2).all())
+
+    assert _zmq_world(2, body) == [True, True]
+
+
+# -- the timeline ----------------------------------------------------------------------------
+def test_timeline_writes_a_chrome_trace_per_rank(tmp_path: Path) -> None:
+    prefix = tmp_path / "trace"
+    results, _, text = run_ranks("timeline", 2, env={"RINGCOMM_TIMELINE": str(prefix)})
+    assert_passed("timeline", 2, results, text)
+    for r in range(2):
+        trace = json.loads((tmp_path / f"trace.rank{r}.json").read_text())
+        events = trace["traceEvents"]
+        ops = [e for e in events if e["name"] in ("all_reduce", "broadcast", "barrier")]
+        assert [e["name"] for e in ops] == ["all_reduce", "broadcast", "all_reduce", "barrier"]
+        assert ops[0]["args"] == {"seq": 1, "bytes": 4 << 20}
+        steps = {e["name"] for e in events} - {o["name"] for o in ops}
+        assert {"send", "wait+reduce", "wait", "flush"} <= steps, steps
+        assert all(e["ph"] in ("X", "M") and e.get("dur", 0) >= 0 for e in events)
+
+
+# -- load -------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["auto", "zmq"])
+def test_soak_many_mixed_operations_leak_nothing(transport: str) -> None:
+    n = 3
+    results, _, text = run_ranks("soak", n, env={"RINGCOMM_TRANSPORT": transport}, timeout=240)
+    assert_passed("soak", n, results, text)
+    for r, res in results.items():
+        assert res["checked"] > 3000, res
+        assert res["fds"] <= 0, (r, res)
+        assert res["rss_kib"] < 24 * 1024, (r, res)
