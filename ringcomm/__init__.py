@@ -88,8 +88,8 @@ def init(
     cfg = config if config is not None else Config.from_env()
     if timeout is not None:
         cfg = dataclasses.replace(cfg, timeout_seconds=timeout)
+    logs.set_rank(spec.rank)  # before the rendezvous: its records carry the rank too
     world, endpoints = form_world(spec, cfg)
-    logs.set_rank(spec.rank)
     _log.debug("rank %d of %d joined over %s (%s)", spec.rank, spec.size, world.name, spec.source)
     return Communicator(world, cfg, endpoints)
 

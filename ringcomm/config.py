@@ -109,6 +109,14 @@ class Config:
             (``RINGCOMM_DEBUG``, 1 or 0).
         timeline: write a Chrome trace of every operation and step to
             ``<timeline>.rank<R>.json`` (``RINGCOMM_TIMELINE``; unset: none).
+        secret: the job secret every ZeroMQ connection must present (``RINGCOMM_SECRET``;
+            ringcomm-run and MPI launches make one; None: no check). See
+            :mod:`ringcomm.security`.
+        encrypt: encrypt and authenticate all socket traffic with CurveZMQ, keys derived
+            from the secret (``RINGCOMM_ENCRYPT``, 1 or 0).
+        socket_ifname: the interface data sockets bind to, as NCCL_SOCKET_IFNAME reads it
+            (``eth0``, ``eth,ib``, ``=eth0``, ``^lo,docker``) (``RINGCOMM_SOCKET_IFNAME``;
+            unset: the interface that routes to the master, or under MPI to another host).
     """
 
     timeout_seconds: float = 300.0
@@ -131,6 +139,9 @@ class Config:
     flight_recorder_ops: int = 32
     debug: bool = False
     timeline: str | None = None
+    secret: str | None = dataclasses.field(default=None, repr=False)
+    encrypt: bool = False
+    socket_ifname: str | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_seconds <= 0:
@@ -163,6 +174,11 @@ class Config:
             )
         if self.flight_recorder_ops < 0:
             raise ValueError(f"flight_recorder_ops must be >= 0, got {self.flight_recorder_ops}")
+        if self.encrypt and not self.secret:
+            raise ValueError(
+                "RINGCOMM_ENCRYPT=1 needs a job secret: set RINGCOMM_SECRET (ringcomm-run and "
+                "MPI launches make one)"
+            )
         if self.gpu_chunk_bytes < 64:
             raise ValueError(f"gpu_chunk_bytes must be at least 64, got {self.gpu_chunk_bytes}")
         if self.zmq_protocol not in ZMQ_PROTOCOLS:
@@ -199,6 +215,9 @@ class Config:
             flight_recorder_ops=_int(env, "RINGCOMM_FLIGHT_RECORDER_OPS", d.flight_recorder_ops),
             debug=_int(env, "RINGCOMM_DEBUG", 0) != 0,
             timeline=env.get("RINGCOMM_TIMELINE") or None,
+            secret=env.get("RINGCOMM_SECRET") or None,
+            encrypt=_int(env, "RINGCOMM_ENCRYPT", 0) != 0,
+            socket_ifname=env.get("RINGCOMM_SOCKET_IFNAME") or None,
         )
 
     def stall_limit(self, timeout: float) -> float:

@@ -7,7 +7,8 @@ Usage::
     ringcomm-run -n 4 python bench/collectives.py all_reduce   # any command
 
 Each rank gets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` (as
-torchrun sets them) and the ``RINGCOMM_*`` equivalents, and a fresh ``RINGCOMM_JOB_ID``; its
+torchrun sets them) and the ``RINGCOMM_*`` equivalents, a fresh ``RINGCOMM_JOB_ID`` and a
+job secret ``RINGCOMM_SECRET`` (unless one is set: see :mod:`ringcomm.security`); its
 lines come out prefixed with ``[rank]``. Fail-fast: when one rank exits non-zero or is
 killed, the others are stopped, the failed rank's last error lines are repeated, and the
 launcher exits with its code. When the job ends, shared-memory segments its ranks left in
@@ -20,6 +21,7 @@ import argparse
 import collections
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -115,6 +117,12 @@ def _run_job(
     procs: list[subprocess.Popen[bytes]] = []
     tails: list[collections.deque[str]] = []
     pumps: list[threading.Thread] = []
+    # Only this job's ranks may connect to its sockets (ringcomm.security).
+    secret = (
+        (extra_env or {}).get("RINGCOMM_SECRET")
+        or os.environ.get("RINGCOMM_SECRET")
+        or secrets.token_hex(16)
+    )
     for rank in range(nprocs):
         env = dict(os.environ)
         env.update(extra_env or {})
@@ -130,6 +138,7 @@ def _run_job(
             RINGCOMM_MASTER_ADDR=master_addr,
             RINGCOMM_MASTER_PORT=str(port),
             RINGCOMM_JOB_ID=job,
+            RINGCOMM_SECRET=secret,
             PYTHONUNBUFFERED="1",
         )
         proc = subprocess.Popen(

@@ -145,7 +145,37 @@ def soak(comm: ringcomm.Communicator) -> dict:
     return grown
 
 
-MODES = {"rebuild": rebuild, "stall": stall, "timeline": timeline, "soak": soak}
+def hosts(comm: ringcomm.Communicator) -> dict:
+    """Ranks on several "hosts" (network namespaces, test_hosts.py): every collective,
+    checked."""
+    from shm_ranks import check_ops
+
+    check_ops(comm)
+    return {"transport": comm.transport}
+
+
+def link_cut(comm: ringcomm.Communicator) -> dict:
+    """All-reduces until one host's link is cut (by the test); report what each rank saw
+    and when (wall-clock time, to compare with the moment of the cut)."""
+    buf = np.ones(1 << 18, np.float32)
+    print("STARTED", flush=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            comm.all_reduce(buf, timeout=30)
+        except ringcomm.RingcommError as e:
+            return {"error": f"{type(e).__name__}: {e}", "at": time.time()}
+    raise AssertionError("no error within 60 s of all-reduces")
+
+
+MODES = {
+    "rebuild": rebuild,
+    "stall": stall,
+    "timeline": timeline,
+    "soak": soak,
+    "hosts": hosts,
+    "link_cut": link_cut,
+}
 
 
 def main() -> None:

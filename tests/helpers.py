@@ -295,6 +295,7 @@ def run_script_ranks(
     env: dict[str, str] | None = None,
     wrap: dict[int, list[str]] | None = None,
     timeout: float = 120,
+    master_addr: str = "127.0.0.1",
 ) -> tuple[dict[int, dict], dict[int, int | None], str]:
     """Start ``n`` ranks of ``python script mode`` directly (no launcher: survivors of a
     killed rank keep running), each with a hard ``timeout``; return their results (from
@@ -310,7 +311,7 @@ def run_script_ranks(
         rank_env.update(
             RINGCOMM_RANK=str(r),
             RINGCOMM_SIZE=str(n),
-            RINGCOMM_MASTER_ADDR="127.0.0.1",
+            RINGCOMM_MASTER_ADDR=master_addr,
             RINGCOMM_MASTER_PORT=str(port),
             RINGCOMM_JOB_ID=job,
             PYTHONUNBUFFERED="1",

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zmq
 
 import ringcomm
 from ringcomm.config import world_from
@@ -166,3 +169,69 @@ def test_log_records_carry_the_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for r in range(2):
         assert f"[{r}] ringcomm[rank {r}] DEBUG ringcomm: rank {r} of 2 joined" in res.stderr
         assert f"[{r}] seen ['{r}']" in res.stdout, res.stdout
+
+
+# -- choosing the interface (RINGCOMM_SOCKET_IFNAME) -------------------------------------------
+IFACES = [
+    ("lo", "127.0.0.1"),
+    ("docker0", "172.17.0.1"),
+    ("eth0", "10.0.0.5"),
+    ("eth1", "10.1.0.5"),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ("eth", "10.0.0.5"),  # a prefix: the first match
+        ("eth1", "10.1.0.5"),
+        ("=eth1", "10.1.0.5"),  # an exact name
+        ("ib,eth1", "10.1.0.5"),  # a list
+        ("^lo,docker", "10.0.0.5"),  # an exclusion list
+        ("lo", "127.0.0.1"),
+    ],
+)
+def test_socket_ifname_reads_like_nccl_socket_ifname(monkeypatch, spec: str, want: str) -> None:
+    from ringcomm.transport import zmq as zmq_transport
+
+    monkeypatch.setattr(zmq_transport, "interface_addresses", lambda: IFACES)
+    assert zmq_transport.address_of_interface(spec) == want
+
+
+def test_socket_ifname_that_matches_nothing_is_a_clear_error(monkeypatch) -> None:
+    from ringcomm.transport import zmq as zmq_transport
+
+    monkeypatch.setattr(zmq_transport, "interface_addresses", lambda: IFACES)
+    with pytest.raises(ringcomm.TransportError, match=r"selects no interface.*eth0 10\.0\.0\.5"):
+        zmq_transport.address_of_interface("=eth")
+    with pytest.raises(ringcomm.TransportError, match="selects no interface"):
+        zmq_transport.address_of_interface("^lo,docker,eth")
+
+
+def test_ranks_bind_to_the_chosen_interface() -> None:
+    from ringcomm.transport.zmq import interface_addresses
+
+    assert ("lo", "127.0.0.1") in interface_addresses()
+    config = ringcomm.Config(socket_ifname="=lo", zmq_protocol="tcp", timeout_seconds=20)
+
+    def body(comm: ringcomm.Communicator) -> str:
+        x = np.ones(10)
+        comm.all_reduce(x)
+        assert (x == comm.size).all()
+        return comm._transport._pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    port = free_port()
+    results: dict[int, str] = {}
+
+    def rank(r: int) -> None:
+        with ringcomm.init(
+            rank=r, size=2, master_port=port, transport="zmq", config=config
+        ) as comm:
+            results[r] = body(comm)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(url.startswith("tcp://127.0.0.1:") for url in results.values()), results

@@ -11,6 +11,7 @@ endpoints swap their addresses with an MPI allgather.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from ringcomm.config import Config, WorldSpec
 from ringcomm.errors import RendezvousError
 from ringcomm.rendezvous.store import LocalStore, Store, StoreClient, StoreServer, resolve_host
+from ringcomm.security import Security
 from ringcomm.transport.base import Endpoint, Transport
 
 # Makes this rank's endpoint for the world and every split; None where the transport splits
@@ -45,17 +47,21 @@ def _socket_endpoints(transport: str, bind_host: str, config: Config) -> Callabl
 def _bind_host_under_mpi(config: Config) -> str:
     """The interface that routes to another host of the job (loopback if there is none)."""
     from ringcomm.transport import mpi
-    from ringcomm.transport.zmq import host_identity, local_address_towards
+    from ringcomm.transport.zmq import address_of_interface, host_identity, local_address_towards
 
     mine = host_identity()
     hosts = mpi.world_hosts(config, json.dumps([mine, socket.gethostname()]))
     others = [name for identity, name in map(json.loads, hosts) if identity != mine]
+    if config.socket_ifname:
+        return address_of_interface(config.socket_ifname)
     return local_address_towards(others[0]) if others else "127.0.0.1"
 
 
 def _form_world_over_mpi(spec: WorldSpec, config: Config) -> tuple[Transport, EndpointFactory]:
     from ringcomm.transport import mpi
 
+    if config.secret is None:  # MPI launched us: rank 0 makes this job's secret
+        config = dataclasses.replace(config, secret=mpi.job_secret(config))
     factory = _socket_endpoints(spec.transport, _bind_host_under_mpi(config), config)
     endpoint = factory()
     try:
@@ -81,8 +87,9 @@ def _open_store(spec: WorldSpec, config: Config) -> tuple[Store, Callable[[], No
 
         return store, release
     host = resolve_host(spec.master_addr)
-    server = StoreServer(host, spec.master_port) if spec.rank == 0 else None
-    client = StoreClient(host, spec.master_port, spec.rank, config.timeout_seconds)
+    security = Security(config.secret, config.encrypt)
+    server = StoreServer(host, spec.master_port, security) if spec.rank == 0 else None
+    client = StoreClient(host, spec.master_port, spec.rank, config.timeout_seconds, security)
 
     def close() -> None:
         client.close()
@@ -123,9 +130,9 @@ def form_world(
 
         factory: EndpointFactory = lambda: LocalEndpoint(config.zero_copy_bytes)  # noqa: E731
     else:
-        from ringcomm.transport.zmq import local_address_towards
+        from ringcomm.transport.zmq import bind_address
 
-        factory = _socket_endpoints(spec.transport, local_address_towards(spec.master_addr), config)
+        factory = _socket_endpoints(spec.transport, bind_address(spec.master_addr, config), config)
     endpoint = factory()
     assert endpoint is not None
     if spec.size == 1:

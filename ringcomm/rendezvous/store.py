@@ -18,6 +18,7 @@ import zmq
 
 from ringcomm.errors import RendezvousError
 from ringcomm.logs import get_logger
+from ringcomm.security import Security
 
 log = get_logger(__name__)
 
@@ -44,10 +45,12 @@ class Store(abc.ABC):
 class StoreServer:
     """Serves the store on ``tcp://host:port`` from a daemon thread until :meth:`close`."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, security: Security | None = None) -> None:
         self.url = f"tcp://{host}:{port}"
         self._sock = zmq.Context.instance().socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if security is not None:
+            security.serve(self._sock)
         try:
             self._sock.bind(self.url)
         except zmq.ZMQError as e:
@@ -98,12 +101,16 @@ class StoreServer:
 class StoreClient(Store):
     """Talks to a :class:`StoreServer`; every request is bounded by a timeout."""
 
-    def __init__(self, host: str, port: int, rank: int, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, rank: int, timeout: float, security: Security | None = None
+    ) -> None:
         self.url = f"tcp://{host}:{port}"
         self._rank = rank
         self._timeout = timeout
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if security is not None:
+            security.join(self._sock)
         self._sock.connect(self.url)  # never fails: ZeroMQ retries until the server is up
         self._ids = itertools.count()
         self._lock = threading.Lock()

@@ -21,6 +21,7 @@ receiving what their peers sent them for that reason.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import threading
 import time
@@ -363,6 +364,12 @@ def exchange_addresses(spec: WorldSpec, address: bytes, config: Config) -> tuple
     addresses = world.allgather(address)
     comm_id = world.bcast(int.from_bytes(os.urandom(8), "little"), root=0)
     return addresses, comm_id
+
+
+def job_secret(config: Config) -> str:
+    """A fresh job secret made by rank 0 and broadcast (see :mod:`ringcomm.security`)."""
+    world = load_mpi(config).COMM_WORLD
+    return world.bcast(secrets.token_hex(16) if world.Get_rank() == 0 else None, root=0)
 
 
 def barrier(config: Config) -> None:

@@ -10,9 +10,11 @@ Received payloads are ZeroMQ frames; the algorithms reduce straight out of them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -28,6 +30,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ringcomm.config import Config
 from ringcomm.errors import CommTimeoutError, PeerLostError, TransportError
 from ringcomm.logs import get_logger
+from ringcomm.security import Security
 from ringcomm.transport.base import HEADER, WAKE_SECONDS, Endpoint, FramedTransport
 from ringcomm.transport.heap import tune_malloc
 
@@ -68,6 +71,52 @@ def host_identity() -> str:
     return f"{socket.gethostname()}/{boot}"
 
 
+def interface_addresses() -> list[tuple[str, str]]:
+    """(interface name, IPv4 address) of every interface that has one, in kernel order."""
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:  # SIOCGIFADDR
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # no IPv4 address
+            found.append((name, socket.inet_ntoa(packed[20:24])))
+    return found
+
+
+def address_of_interface(spec: str) -> str:
+    """The IPv4 address of the first interface ``spec`` selects, as NCCL_SOCKET_IFNAME and
+    GLOO_SOCKET_IFNAME read it: comma-separated name prefixes (``eth,ib``), ``=name`` for an
+    exact name, a leading ``^`` to exclude instead (``^lo,docker``).
+
+    Raises:
+        TransportError: no interface with an IPv4 address matches.
+    """
+    exclude = spec.startswith("^")
+    exact = spec.lstrip("^").startswith("=")
+    names = [n for n in spec.lstrip("^").lstrip("=").split(",") if n]
+
+    def matches(name: str) -> bool:
+        return any(name == n if exact else name.startswith(n) for n in names)
+
+    candidates = interface_addresses()
+    for name, address in candidates:
+        if matches(name) != exclude:
+            return address
+    have = ", ".join(f"{n} {a}" for n, a in candidates) or "none"
+    raise TransportError(
+        f"RINGCOMM_SOCKET_IFNAME={spec!r} selects no interface with an IPv4 address (have: {have})"
+    )
+
+
+def bind_address(master_addr: str, config: Config) -> str:
+    """Where this rank's sockets bind: ``config.socket_ifname``'s interface if set, else
+    the one that routes to ``master_addr``. Never all interfaces."""
+    if config.socket_ifname:
+        return address_of_interface(config.socket_ifname)
+    return local_address_towards(master_addr)
+
+
 def local_address_towards(master_addr: str) -> str:
     """The IP address of the interface that routes to ``master_addr`` (no packet is sent)."""
     try:
@@ -93,6 +142,8 @@ class ZmqEndpoint(Endpoint):
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, 0)  # never drop: flow control is the algorithm's
         self._pull.setsockopt(zmq.LINGER, 0)
+        self._security = Security(config.secret, config.encrypt)
+        self._security.serve(self._pull)  # only members of the job may connect
         self._ipc_path: str | None = None
         addr: dict[str, str] = {"host": host_identity()}
         if config.zmq_protocol in ("auto", "tcp"):
@@ -132,6 +183,7 @@ class ZmqEndpoint(Endpoint):
                 # after HEARTBEAT_TIMEOUT, and the monitor below reports it.
                 push.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
                 push.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
+                self._security.join(push)
                 push.connect(url)
                 pushes[peer] = push
         except BaseException:
