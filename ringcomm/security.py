@@ -12,18 +12,17 @@ store's and the data sockets alike, runs a ZAP-checked handshake:
   secret has to travel: a process that does not know it can neither complete a handshake
   nor read the traffic.
 
-A refused handshake never reaches ringcomm's code; ZeroMQ drops the connection, and the
-refusal is logged at WARNING under ``ringcomm.security``. Without a secret nothing is
-checked (as before). Shared memory is not a socket: its segments are created 0600, so only
-processes of the same user can map them, and they are unlinked as soon as all ranks have
-mapped them.
+A refused handshake never reaches ringcomm's code: ZeroMQ drops the connection, and the
+data socket's monitor has it logged at WARNING (``ringcomm.transport.zmq``). Without a
+secret nothing is checked (as before). Shared memory is not a socket: its segments are
+created 0600, so only processes of the same user can map them, and they are unlinked as
+soon as all ranks have mapped them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -101,38 +100,12 @@ class Security:
             sock.setsockopt(zmq.PLAIN_PASSWORD, self.secret.encode())
 
 
-class _Log:
-    """pyzmq's authenticator logs refusals at DEBUG; ringcomm says them at WARNING."""
-
-    def _say(self, level: int, msg: str, *args: Any) -> None:
-        text = msg % args if args else msg
-        if "DENIED" in text:
-            level = max(level, 30)
-            text = f"refused a connection without this job's secret: {text}"
-        log.log(level, "%s", text)
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self._say(10, msg, *args)
-
-    def info(self, msg: str, *args: Any) -> None:
-        self._say(10, msg, *args)
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self._say(30, msg, *args)
-
-    def error(self, msg: str, *args: Any) -> None:
-        self._say(40, msg, *args)
-
-    def exception(self, msg: str, *args: Any) -> None:
-        self._say(40, msg, *args)
-
-
 class _Admission:
     """One ZAP handler per ZeroMQ context, admitting every secret this process joined
     with (a process may hold communicators of two jobs)."""
 
     def __init__(self, ctx: zmq.Context) -> None:
-        self._auth = ThreadAuthenticator(ctx, log=_Log())
+        self._auth = ThreadAuthenticator(ctx, log=log)
         self._auth.start()
         self._passwords: dict[str, str] = {}
         self._client_keys: set[bytes] = set()

@@ -44,6 +44,12 @@ _context_lock = threading.Lock()
 _HEARTBEAT_IVL_MS = 1000
 _HEARTBEAT_TIMEOUT_MS = 3000
 _LOST_GRACE_SECONDS = 0.2
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "another security mechanism, or a malformed handshake",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "wrong credentials",
+}
+_HANDSHAKE_FAILED = sum(_HANDSHAKE_FAILURES)
 
 
 def context(io_threads: int = 1) -> zmq.Context:
@@ -144,6 +150,11 @@ class ZmqEndpoint(Endpoint):
         self._pull.setsockopt(zmq.LINGER, 0)
         self._security = Security(config.secret, config.encrypt)
         self._security.serve(self._pull)  # only members of the job may connect
+        # Refused handshakes (no secret, a wrong one, another mechanism) end inside
+        # ZeroMQ; its monitor tells us, and report_refusals() logs them.
+        self._refusals: zmq.Socket | None = None
+        if self._security.mechanism != "none":
+            self._refusals = self._pull.get_monitor_socket(_HANDSHAKE_FAILED)
         self._ipc_path: str | None = None
         addr: dict[str, str] = {"host": host_identity()}
         if config.zmq_protocol in ("auto", "tcp"):
@@ -193,7 +204,23 @@ class ZmqEndpoint(Endpoint):
             raise
         return ZmqTransport(rank, len(addresses), comm_id, self._config, self, pushes)
 
+    def report_refusals(self) -> None:
+        """Log (WARNING) every connection refused for want of this job's secret so far."""
+        while self._refusals is not None and self._refusals.poll(0):
+            event = recv_monitor_message(self._refusals)
+            why = _HANDSHAKE_FAILURES.get(event["event"], "handshake failed")
+            log.warning(
+                "refused a connection to %s without this job's secret (%s)",
+                event["endpoint"].decode(errors="replace"),
+                why,
+            )
+
     def close(self) -> None:
+        if self._refusals is not None:
+            self.report_refusals()
+            self._pull.disable_monitor()
+            self._refusals.close(linger=0)
+            self._refusals = None
         self._pull.close(linger=0)
         if self._ipc_path is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -279,6 +306,10 @@ class ZmqTransport(FramedTransport):
         return None
 
     def _check_peer(self, src: int) -> None:
+        self._endpoint.report_refusals()
+        self._check_lost(src)
+
+    def _check_lost(self, src: int) -> None:
         """Raise :class:`PeerLostError` when our connection to ``src`` dropped (its
         process ended, or its heartbeats stopped) and nothing came from it for
         ``_LOST_GRACE_SECONDS`` since: what it sent before it closed has arrived by then."""
