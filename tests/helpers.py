@@ -137,12 +137,14 @@ def run_threads(
     timeout: float = 60.0,
     config: ringcomm.Config | None = None,
     op_timeout: float = 20.0,
+    transport: str = "local",
 ) -> list[Any]:
-    """Run ``fn(comm)`` on ``size`` thread ranks (local transport); return results by rank.
+    """Run ``fn(comm)`` on ``size`` thread ranks (by default over the local transport;
+    ``transport="zmq"`` for real sockets); return results by rank.
 
     Raises AssertionError naming each rank that raised (with its traceback) or hung.
     """
-    port = next(_ports)
+    port = next(_ports) if transport == "local" else free_port()
     results: list[Any] = [None] * size
     errors: dict[int, str] = {}
 
@@ -151,7 +153,7 @@ def run_threads(
             comm = ringcomm.init(
                 rank=rank,
                 size=size,
-                transport="local",
+                transport=transport,
                 master_port=port,
                 timeout=op_timeout,
                 config=config,

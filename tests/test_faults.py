@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from hypothesis import strategies as st
 
 import ringcomm
 from helpers import assert_passed, run_script_ranks, run_threads
-from ringcomm.run import free_port
 from ringcomm.transport.base import HEADER, KIND_COLLECTIVE, MAGIC, VERSION
 
 SCRIPT = str(Path(__file__).resolve().parent / "fault_ranks.py")
@@ -169,33 +167,6 @@ def test_debug_lets_agreeing_ranks_through() -> None:
 
 
 # -- malformed messages ----------------------------------------------------------------------
-def _zmq_world(size: int, fn) -> list:
-    """Run ``fn(comm)`` on ``size`` rank threads over real ZeroMQ sockets."""
-    port = free_port()
-    results: list = [None] * size
-    errors: dict[int, BaseException] = {}
-
-    def body(rank: int) -> None:
-        try:
-            comm = ringcomm.init(
-                rank=rank, size=size, master_port=port, transport="zmq", timeout=20
-            )
-            try:
-                results[rank] = fn(comm)
-            finally:
-                comm.close()
-        except BaseException as e:
-            errors[rank] = e
-
-    threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors and not any(t.is_alive() for t in threads), errors
-    return results
-
-
 def _header(comm_id: int, seq: int, nbytes: int, src: int = 1, magic: int = MAGIC) -> bytes:
     return HEADER.pack(magic, VERSION, KIND_COLLECTIVE, comm_id, seq, 0, 0, nbytes, src)
 
@@ -258,7 +229,7 @@ def _inject_and_check(batches, make=None) -> None:
         comm.all_reduce(x)
         return bool((x == comm.size * (comm.size + 1) / 2).all())
 
-    assert _zmq_world(2, body) == [True, True]
+    assert run_threads(2, body, transport="zmq") == [True, True]
 
 
 # -- the timeline ----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import zmq
 
 import ringcomm
+from helpers import run_threads
 from ringcomm.errors import RendezvousError
 from ringcomm.rendezvous.store import StoreClient, StoreServer
 from ringcomm.run import free_port
@@ -23,29 +23,7 @@ from ringcomm.transport.base import HEADER, KIND_COLLECTIVE, MAGIC, VERSION
 
 def _zmq_pair(config: ringcomm.Config, fn) -> list:
     """``fn(comm)`` on two rank threads over ZeroMQ sockets with ``config``."""
-    port = free_port()
-    results: list = [None, None]
-    errors: dict[int, BaseException] = {}
-
-    def body(rank: int) -> None:
-        try:
-            comm = ringcomm.init(
-                rank=rank, size=2, master_port=port, transport="zmq", config=config, timeout=20
-            )
-            try:
-                results[rank] = fn(comm)
-            finally:
-                comm.close()
-        except BaseException as e:
-            errors[rank] = e
-
-    threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors and not any(t.is_alive() for t in threads), errors
-    return results
+    return run_threads(2, fn, config=config, transport="zmq", timeout=60)
 
 
 def _intrude(comm: ringcomm.Communicator, credentials: Security | None) -> bool:
