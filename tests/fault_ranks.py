@@ -140,6 +140,11 @@ def soak(comm: ringcomm.Communicator) -> dict:
     fds0, rss0 = fds(), rss_kib()
     checked += round_of_work(3000, 100)
     comm.barrier()
+    # ZeroMQ closes sockets on its I/O thread: give the last sub-communicators' a moment
+    # (a leak would not go away; 100 of them would leave hundreds of descriptors).
+    settle = time.monotonic() + 3
+    while fds() > fds0 and time.monotonic() < settle:
+        time.sleep(0.1)
     grown = {"fds": fds() - fds0, "rss_kib": rss_kib() - rss0, "checked": checked}
     half.close()
     return grown

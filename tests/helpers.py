@@ -144,6 +144,25 @@ def run_threads(
 
     Raises AssertionError naming each rank that raised (with its traceback) or hung.
     """
+    for attempt in range(3):
+        try:
+            return _run_threads_once(size, fn, timeout, config, op_timeout, transport)
+        except AssertionError as e:
+            # Over sockets, the free port we picked can be taken before rank 0 binds it
+            # (another test's connection): start over on another port.
+            if attempt == 2 or "Address already in use" not in str(e):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _run_threads_once(
+    size: int,
+    fn: Callable[[ringcomm.Communicator], Any],
+    timeout: float,
+    config: ringcomm.Config | None,
+    op_timeout: float,
+    transport: str,
+) -> list[Any]:
     port = next(_ports) if transport == "local" else free_port()
     results: list[Any] = [None] * size
     errors: dict[int, str] = {}
