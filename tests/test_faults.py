@@ -216,6 +216,7 @@ def _inject_and_check(batches, make=None) -> None:
             ctx = zmq.Context.instance()
             intruder = ctx.socket(zmq.PUSH)
             intruder.setsockopt(zmq.LINGER, 1000)
+            intruder.setsockopt(zmq.SNDTIMEO, 5000)  # never block the rank for good
             intruder.connect(endpoint)
             for frames in messages:
                 intruder.send_multipart(frames)

@@ -3,6 +3,7 @@ refused and cannot inject data; the launcher makes a secret per job."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -33,7 +34,9 @@ def _intrude(comm: ringcomm.Communicator, credentials: Security | None) -> bool:
     if comm.rank == 0:
         endpoint = comm._transport._pull.getsockopt(zmq.LAST_ENDPOINT).decode()
         intruder = zmq.Context.instance().socket(zmq.PUSH)
-        intruder.setsockopt(zmq.LINGER, 0)
+        intruder.setsockopt(zmq.LINGER, 2000)  # close() delivers what is queued
+        # A refused PUSH may have no connection to queue on: its send would block for ever.
+        intruder.setsockopt(zmq.SNDTIMEO, 1000)
         if credentials is not None:
             credentials.join(intruder)
         intruder.connect(endpoint)
@@ -41,10 +44,13 @@ def _intrude(comm: ringcomm.Communicator, credentials: Security | None) -> bool:
             header = HEADER.pack(
                 MAGIC, VERSION, KIND_COLLECTIVE, comm._transport.comm_id, 3, step, 0, 4000, 1
             )
-            intruder.send(header + np.full(1000, 1e6, np.float32).tobytes())
-        time.sleep(0.3)
-        intruder.close()
-    comm.barrier()  # operation #2: rank 0 reads its socket meanwhile
+            with contextlib.suppress(zmq.Again):  # not even queued: refused
+                intruder.send(header + np.full(1000, 1e6, np.float32).tobytes())
+        time.sleep(0.5)
+        intruder.close()  # waits up to 2 s for the messages to leave (or the refusal)
+    comm.barrier()  # operation #2
+    if comm.rank == 1:
+        time.sleep(0.5)  # rank 0 waits on #3 first: whatever reached its socket is taken
     x = np.full(1000, comm.rank + 1.0, np.float32)
     comm.all_reduce(x)  # operation #3, the one the intruder aimed at
     return bool((x == 3.0).all())
