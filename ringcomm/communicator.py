@@ -86,14 +86,6 @@ def _nbytes(buffers: tuple[Any, ...]) -> int:
     return n
 
 
-def _fixed_record(text: str, nbytes: int) -> np.ndarray:
-    """``text`` as a zero-padded array of ``nbytes`` (cut if longer)."""
-    raw = text.encode()[:nbytes]
-    record = np.zeros(nbytes, np.uint8)
-    record[: len(raw)] = np.frombuffer(raw, np.uint8)
-    return record
-
-
 def _by_call(calls: dict[int, str]) -> str:
     """``{rank: call}`` as "ranks [0, 2]: all_reduce(...); ranks [1]: broadcast(...)"."""
     ranks_of: dict[str, list[int]] = collections.defaultdict(list)
@@ -268,7 +260,8 @@ class Communicator:
                     raise error from e
                 finally:
                     if timeline is not None:
-                        args = {"seq": item.seq, "bytes": _nbytes(item.buffers)}
+                        nbytes = record.nbytes if record is not None else _nbytes(item.buffers)
+                        args = {"seq": item.seq, "bytes": nbytes}
                         timeline.add(item.name, started, args, self._track)
                 if record is not None:
                     recorder.finish(record)
@@ -289,7 +282,7 @@ class Communicator:
         mine = _describe(item)
         calls = {self.rank: mine}
         try:
-            record = _fixed_record(mine, _AGREEMENT_RECORD_BYTES)
+            record = ring.text_record(mine[:_AGREEMENT_RECORD_BYTES], _AGREEMENT_RECORD_BYTES)
             for r in others:
                 ctx.send(r, _PRESENCE_STEP, 0, record, copy=True)
             grace_end = time.monotonic() + min(_PRESENCE_GRACE_SECONDS, 0.2 * timeout)
@@ -302,7 +295,7 @@ class Communicator:
                     ctx.recv_into(r, _PRESENCE_STEP, 0, theirs)
                 except (CommTimeoutError, TransportError):
                     continue
-                calls[r] = bytes(theirs).rstrip(b"\0").decode(errors="replace")
+                calls[r] = ring.record_text(theirs)
         except Exception as e:  # the transport itself failed: keep the first error
             log.debug("rank %d: presence check failed: %s", self.rank, e)
             return error
@@ -336,11 +329,8 @@ class Communicator:
     def _check_agreement(self, ctx: OpContext, item: _Op) -> None:
         """RINGCOMM_DEBUG: every rank publishes what it is about to run; any difference is
         an error on every rank, naming who called what."""
-        record = _fixed_record(_describe(item), _AGREEMENT_RECORD_BYTES)
-        everyone = np.empty(record.size * self.size, np.uint8)
-        ring.allgather(ctx, everyone, record)
-        rows = everyone.reshape(self.size, -1)
-        calls = {r: bytes(rows[r]).rstrip(b"\0").decode(errors="replace") for r in range(self.size)}
+        mine = _describe(item)[:_AGREEMENT_RECORD_BYTES]
+        calls = dict(enumerate(ring.allgather_text(ctx, mine, _AGREEMENT_RECORD_BYTES)))
         if len(set(calls.values())) > 1:
             raise ValueError(
                 f"RINGCOMM_DEBUG: ranks disagree on operation #{item.seq}: {_by_call(calls)}"
@@ -746,26 +736,15 @@ class Communicator:
         endpoint = self._endpoints() if color is not None else None
         record = json.dumps(
             {"color": color, "key": key, "addr": endpoint.address.decode() if endpoint else ""}
-        ).encode()
-        if len(record) > _SPLIT_RECORD_BYTES:
-            raise ValueError(f"split: endpoint address too long ({len(record)} bytes)")
-        mine = np.zeros(_SPLIT_RECORD_BYTES, np.uint8)
-        mine[: len(record)] = np.frombuffer(record, np.uint8)
-        everyone = np.empty(_SPLIT_RECORD_BYTES * self.size, np.uint8)
+        )
         try:
-            ring.allgather(ctx, everyone, mine)
+            if len(record.encode()) > _SPLIT_RECORD_BYTES:
+                raise ValueError(f"split: endpoint address too long ({len(record)} bytes)")
+            records = [json.loads(t) for t in ring.allgather_text(ctx, record, _SPLIT_RECORD_BYTES)]
         except BaseException:
             if endpoint is not None:
                 endpoint.close()
             raise
-        records = [
-            json.loads(
-                bytes(everyone[r * _SPLIT_RECORD_BYTES : (r + 1) * _SPLIT_RECORD_BYTES]).rstrip(
-                    b"\0"
-                )
-            )
-            for r in range(self.size)
-        ]
         members = sorted((rec["key"], r) for r, rec in enumerate(records) if rec["color"] == color)
         new_rank = [r for _, r in members].index(self.rank) if color is not None else -1
         digest = hashlib.blake2b(

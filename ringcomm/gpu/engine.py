@@ -231,15 +231,8 @@ class DeviceEngine:
     def _choose_path(self, ctx: OpContext, device_id: int) -> None:
         nccl = _nccl_module()
         bus = self.cupy.cuda.Device(device_id).pci_bus_id
-        mine = f"{int(nccl is not None)}|{_boot_id()}|{bus}".encode()[:_RECORD_BYTES]
-        record = np.zeros(_RECORD_BYTES, np.uint8)
-        record[: len(mine)] = np.frombuffer(mine, np.uint8)
-        everyone = np.empty(_RECORD_BYTES * self.size, np.uint8)
-        ring.allgather(ctx, everyone, record)
-        rows = [
-            bytes(everyone[r * _RECORD_BYTES : (r + 1) * _RECORD_BYTES]).rstrip(b"\0").decode()
-            for r in range(self.size)
-        ]
+        mine = f"{int(nccl is not None)}|{_boot_id()}|{bus}"[:_RECORD_BYTES]
+        rows = ring.allgather_text(ctx, mine, _RECORD_BYTES)
         have_nccl = [row.split("|", 1)[0] == "1" for row in rows]
         gpus = [row.split("|", 1)[1] for row in rows]
         shared = sorted({g for g in gpus if gpus.count(g) > 1})
