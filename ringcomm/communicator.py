@@ -49,8 +49,9 @@ _BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain
 _SPLIT_RECORD_BYTES = 512
 _AGREEMENT_RECORD_BYTES = 256
 # After a collective times out, ranks still in it tell each other so with a message on
-# this step (no algorithm uses it) and wait this long for the others' (at most a fifth of
-# the timeout): whoever is not heard from did not join.
+# this step (no algorithm uses it) and wait this long for the others': whoever is not heard
+# from did not join. It must cover how much later than us the others started (and so time
+# out); 0.6 s was seen to be too short under load.
 _PRESENCE_STEP = 0x7FFFFFF0
 _PRESENCE_GRACE_SECONDS = 2.0
 # OpContext methods the timeline records as steps.
@@ -285,7 +286,7 @@ class Communicator:
             record = ring.text_record(mine[:_AGREEMENT_RECORD_BYTES], _AGREEMENT_RECORD_BYTES)
             for r in others:
                 ctx.send(r, _PRESENCE_STEP, 0, record, copy=True)
-            grace_end = time.monotonic() + min(_PRESENCE_GRACE_SECONDS, 0.2 * timeout)
+            grace_end = time.monotonic() + _PRESENCE_GRACE_SECONDS
             theirs = np.empty_like(record)
             for r in others:
                 # Each peer gets a moment even after the grace: its message may be in

@@ -73,7 +73,7 @@ def test_a_stalled_rank_is_warned_about_then_named_at_the_timeout(transport: str
     results, _, text = run_ranks("stall", n, env=env)
     assert_passed("stall", n, results, text)
     for r in range(n - 1):
-        assert 2.9 < results[r]["seconds"] < 4.5, results[r]
+        assert 2.9 < results[r]["seconds"] < 6.0, results[r]
         assert "Ranks [2] did not join all_reduce #2 (ranks [0, 1] did)" in results[r]["error"]
     # Rank 0 waits for rank 2 (its left neighbour in the ring) and says so, in the warning,
     # the error and its flight recorder.
