@@ -24,17 +24,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ringcomm import algorithms, diagnostics, logs
-from ringcomm.algorithms import linear, recursive_doubling, ring, star, tree
+from ringcomm import diagnostics, logs
+from ringcomm.algorithms import choice, linear, records, recursive_doubling, ring, star, tree
 from ringcomm.algorithms.context import OpContext
 from ringcomm.buffers import Buffer, as_buffer
 from ringcomm.config import Config
+from ringcomm.diagnostics import OpRecord, protocol
 from ringcomm.errors import CommClosedError, CommTimeoutError, TransportError
 from ringcomm.gpu import DeviceBuffer
 from ringcomm.gpu.engine import DeviceEngine, NcclBody
 from ringcomm.logs import get_logger
-from ringcomm.rendezvous import EndpointFactory
-from ringcomm.transport.base import KIND_COLLECTIVE, KIND_P2P, Transport
+from ringcomm.transport.base import KIND_COLLECTIVE, KIND_P2P, EndpointFactory, Transport
 from ringcomm.types import ReduceOp
 from ringcomm.work import Work
 
@@ -47,13 +47,6 @@ _ALLREDUCE = {
 }
 _BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain}
 _SPLIT_RECORD_BYTES = 512
-_AGREEMENT_RECORD_BYTES = 256
-# After a collective times out, ranks still in it tell each other so with a message on
-# this step (no algorithm uses it) and wait this long for the others': whoever is not heard
-# from did not join. It must cover how much later than us the others started (and so time
-# out); 0.6 s was seen to be too short under load.
-_PRESENCE_STEP = 0x7FFFFFF0
-_PRESENCE_GRACE_SECONDS = 2.0
 # OpContext methods the timeline records as steps.
 _TRACED_STEPS = ("send", "recv", "recv_into", "recv_reduce", "reduce", "flush")
 
@@ -87,23 +80,9 @@ def _nbytes(buffers: tuple[Any, ...]) -> int:
     return n
 
 
-def _by_call(calls: dict[int, str]) -> str:
-    """``{rank: call}`` as "ranks [0, 2]: all_reduce(...); ranks [1]: broadcast(...)"."""
-    ranks_of: dict[str, list[int]] = collections.defaultdict(list)
-    for r, call in sorted(calls.items()):
-        ranks_of[call].append(r)
-    return "; ".join(f"ranks {ranks}: {call}" for call, ranks in ranks_of.items())
-
-
 def _describe(item: _Op) -> str:
-    """What this rank thinks operation ``item`` is, for RINGCOMM_DEBUG's agreement check."""
-    shapes = ", ".join(f"{b.count} x {b.dtype_name}" for b in item.buffers if b is not None)
-    text = f"{item.name}({shapes}"
-    if item.name in ("all_reduce", "reduce", "reduce_scatter"):
-        text += f", {ReduceOp(item.reduce_op).name}"
-    if item.root >= 0:
-        text += f", root {item.root}"
-    return text + ")"
+    """What this rank thinks operation ``item`` is (for the diagnosis protocol)."""
+    return protocol.describe(item.name, item.buffers, item.reduce_op, item.root)
 
 
 def _reduce_op(op: Any, buf: Buffer, name: str) -> ReduceOp:
@@ -223,94 +202,73 @@ class Communicator:
                         f"{item.name} #{item.seq}: the communicator is unusable after an "
                         f"earlier error ({self._broken}); close it and build a new one"
                     )
-                timeout = item.timeout if item.timeout is not None else self._config.timeout_seconds
-                deadline = time.monotonic() + timeout
-                ctx = self._context(
-                    self._transport,
-                    item.seq,
-                    deadline,
-                    self._config.segment_bytes,
-                    int(item.reduce_op),  # a plain int: IntEnum hashes in Python
-                    item.bfloat16,
-                    item.kind,
-                )
-                self._transport.op = (item.name, item.seq)
-                self._transport.waiting_for = None
-                recorder, timeline = self._recorder, self._timeline
-                record = None
-                if recorder.enabled:
-                    record = recorder.start(item.seq, item.name, _nbytes(item.buffers), deadline)
-                started = 0.0
-                if timeline is not None:
-                    started = timeline.now_us()
-                    ctx.timeline = timeline  # type: ignore[attr-defined]
-                try:
-                    if self._config.debug and item.kind == KIND_COLLECTIVE:
-                        self._check_agreement(ctx, item)
-                    result = item.body(ctx)
-                except BaseException as e:
-                    # Ranks may now disagree on where they are: this communicator is done.
-                    error = e
-                    if isinstance(e, CommTimeoutError) and item.kind == KIND_COLLECTIVE:
-                        error = self._name_absent_ranks(ctx, item, e, timeout)
-                    self._broken = error
-                    recorder.finish(record, error)
-                    self._report_failure(item, error)
-                    if error is e:
-                        raise
-                    raise error from e
-                finally:
-                    if timeline is not None:
-                        nbytes = record.nbytes if record is not None else _nbytes(item.buffers)
-                        args = {"seq": item.seq, "bytes": nbytes}
-                        timeline.add(item.name, started, args, self._track)
-                if record is not None:
-                    recorder.finish(record)
-                return result
+                return self._run_recorded(item)
             finally:
                 with self._lock:
                     self._outstanding -= 1
 
-    def _name_absent_ranks(
-        self, ctx: OpContext, item: _Op, error: CommTimeoutError, timeout: float
-    ) -> CommTimeoutError:
-        """After a timeout: find which ranks never joined this collective (Horovod's stall
-        inspector, without a coordinator) or joined another one under the same number, and
-        say so in the error."""
-        if self.size == 1:
-            return error
-        others = [r for r in range(self.size) if r != self.rank]
-        mine = _describe(item)
-        calls = {self.rank: mine}
+    def _run_recorded(self, item: _Op) -> Any:
+        """Run ``item``'s body in a fresh context, in the flight recorder and the timeline."""
+        timeout = item.timeout if item.timeout is not None else self._config.timeout_seconds
+        deadline = time.monotonic() + timeout
+        ctx = self._context(
+            self._transport,
+            item.seq,
+            deadline,
+            self._config.segment_bytes,
+            int(item.reduce_op),  # a plain int: IntEnum hashes in Python
+            item.bfloat16,
+            item.kind,
+        )
+        self._transport.op = (item.name, item.seq)
+        self._transport.waiting_for = None
+        recorder, timeline = self._recorder, self._timeline
+        record = None
+        if recorder.enabled:
+            record = recorder.start(item.seq, item.name, _nbytes(item.buffers), deadline)
+        started = 0.0
+        if timeline is not None:
+            started = timeline.now_us()
+            ctx.timeline = timeline  # type: ignore[attr-defined]
         try:
-            record = ring.text_record(mine[:_AGREEMENT_RECORD_BYTES], _AGREEMENT_RECORD_BYTES)
-            for r in others:
-                ctx.send(r, _PRESENCE_STEP, 0, record, copy=True)
-            grace_end = time.monotonic() + _PRESENCE_GRACE_SECONDS
-            theirs = np.empty_like(record)
-            for r in others:
-                # Each peer gets a moment even after the grace: its message may be in
-                # flight behind an absent peer's wait.
-                ctx.deadline = max(grace_end, time.monotonic() + 0.05)
-                try:
-                    ctx.recv_into(r, _PRESENCE_STEP, 0, theirs)
-                except (CommTimeoutError, TransportError):
-                    continue
-                calls[r] = ring.record_text(theirs)
-        except Exception as e:  # the transport itself failed: keep the first error
-            log.debug("rank %d: presence check failed: %s", self.rank, e)
-            return error
-        absent = [r for r in others if r not in calls]
-        notes = []
-        if absent:
-            notes.append(
-                f"Ranks {absent} did not join {item.name} #{item.seq} (ranks {sorted(calls)} did)"
-            )
-        if len(set(calls.values())) > 1:
-            notes.append(f"Ranks disagree on operation #{item.seq}: {_by_call(calls)}")
-        if not notes:
-            return error
-        return CommTimeoutError(f"{error}. " + "; ".join(notes))
+            if self._config.debug and item.kind == KIND_COLLECTIVE:
+                protocol.check_agreement(ctx, _describe(item))
+            result = item.body(ctx)
+        except BaseException as e:
+            error = self._failed(ctx, item, record, e)
+            if error is e:
+                raise
+            raise error from e
+        finally:
+            if timeline is not None:
+                nbytes = record.nbytes if record is not None else _nbytes(item.buffers)
+                timeline.add(item.name, started, {"seq": item.seq, "bytes": nbytes}, self._track)
+        if record is not None:
+            recorder.finish(record)
+        return result
+
+    def _failed(
+        self, ctx: OpContext, item: _Op, record: OpRecord | None, e: BaseException
+    ) -> BaseException:
+        """Break the communicator after ``e`` (ranks may now disagree on where they are),
+        record and report it; return the error to raise: ``e``, or after a collective's
+        timeout one that names the ranks that never joined."""
+        error = e
+        if isinstance(e, CommTimeoutError) and item.kind == KIND_COLLECTIVE:
+            error = protocol.name_absent_ranks(ctx, _describe(item), item.name, e)
+        self._broken = error
+        self._recorder.finish(record, error)
+        self._report_failure(item, error)
+        return error
+
+    def stall_report(self, now: float) -> str | None:
+        """The stall watchdog's question: a warning if the running operation has run past
+        its stall limit (once per operation), else None."""
+        record = self._recorder.current
+        if record is None:
+            return None
+        limit = self._config.stall_limit(record.deadline - record.started)
+        return protocol.stall_report(self.rank, record, limit, self._transport.waiting_for, now)
 
     def _report_failure(self, item: _Op, error: BaseException) -> None:
         """Log a failed operation: with the flight recorder when a peer is to blame."""
@@ -326,34 +284,6 @@ class Communicator:
             )
         else:
             log.debug("rank %d: %s #%d failed: %s", self.rank, item.name, item.seq, error)
-
-    def _check_agreement(self, ctx: OpContext, item: _Op) -> None:
-        """RINGCOMM_DEBUG: every rank publishes what it is about to run; any difference is
-        an error on every rank, naming who called what."""
-        mine = _describe(item)[:_AGREEMENT_RECORD_BYTES]
-        calls = dict(enumerate(ring.allgather_text(ctx, mine, _AGREEMENT_RECORD_BYTES)))
-        if len(set(calls.values())) > 1:
-            raise ValueError(
-                f"RINGCOMM_DEBUG: ranks disagree on operation #{item.seq}: {_by_call(calls)}"
-            )
-
-    def stall_report(self, now: float) -> str | None:
-        """The stall watchdog's question: a warning if the running operation has run past
-        its stall limit (once per operation), else None."""
-        record = self._recorder.current
-        if record is None or record.warned or record.ended:
-            return None
-        if now - record.started < self._config.stall_limit(record.deadline - record.started):
-            return None
-        record.warned = True
-        peer = self._transport.waiting_for
-        waiting = f", waiting for rank {peer}" if peer is not None else ""
-        return (
-            f"rank {self.rank}: {record.name} #{record.seq} ({record.nbytes} B) has run for "
-            f"{now - record.started:.0f} s{waiting}; it fails at its timeout in "
-            f"{max(0.0, record.deadline - now):.0f} s. Is a rank stuck, dead, or calling "
-            "another operation?"
-        )
 
     def _submit(
         self,
@@ -463,7 +393,7 @@ class Communicator:
         """
         b = as_buffer(buf, "all_reduce buf", writable=True)
         rop = _reduce_op(op, b, "all_reduce")
-        name = algorithms.choose_allreduce(b.nbytes, self.size, self._config, algorithm)
+        name = choice.choose_allreduce(b.nbytes, self.size, self._config, algorithm)
         run = _ALLREDUCE[name]
         return self._submit(
             "all_reduce",
@@ -534,7 +464,7 @@ class Communicator:
         """Copy ``buf`` from ``root`` to every rank (``algorithm``: binomial or chain)."""
         self._check_rank(root, "broadcast root")
         b = as_buffer(buf, "broadcast buf", writable=self.rank != root, read=self.rank == root)
-        run = _BROADCAST[algorithms.choose_broadcast(b.nbytes, self.size, self._config, algorithm)]
+        run = _BROADCAST[choice.choose_broadcast(b.nbytes, self.size, self._config, algorithm)]
         return self._submit(
             "broadcast",
             lambda ctx: run(ctx, b.array, root),
@@ -741,12 +671,12 @@ class Communicator:
         try:
             if len(record.encode()) > _SPLIT_RECORD_BYTES:
                 raise ValueError(f"split: endpoint address too long ({len(record)} bytes)")
-            records = [json.loads(t) for t in ring.allgather_text(ctx, record, _SPLIT_RECORD_BYTES)]
+            rows = [json.loads(t) for t in records.allgather_text(ctx, record, _SPLIT_RECORD_BYTES)]
         except BaseException:
             if endpoint is not None:
                 endpoint.close()
             raise
-        members = sorted((rec["key"], r) for r, rec in enumerate(records) if rec["color"] == color)
+        members = sorted((rec["key"], r) for r, rec in enumerate(rows) if rec["color"] == color)
         new_rank = [r for _, r in members].index(self.rank) if color is not None else -1
         digest = hashlib.blake2b(
             f"{self._transport.comm_id}/{ctx.seq}/{color}".encode(), digest_size=8
@@ -755,7 +685,7 @@ class Communicator:
             color,
             key,
             new_rank,
-            [records[r]["addr"].encode() for _, r in members],
+            [rows[r]["addr"].encode() for _, r in members],
             int.from_bytes(digest, "little"),
             endpoint,
         )

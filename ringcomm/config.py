@@ -1,14 +1,20 @@
-"""Runtime options: the only place that reads ``RINGCOMM_*`` (and the launcher's) environment.
+"""Every setting of ringcomm, declared once, and the one reader of ``RINGCOMM_*`` variables.
 
-Every knob is one environment variable with its unit in the name, read once when a
-communicator is made; ``init(config=Config(...))`` overrides them in code.
+Each setting is one :func:`setting` field of :class:`Config` (or, for where a process sits
+in the world, one entry of :data:`WORLD_SETTINGS`): its variable, type, default, unit,
+meaning and bounds. Everything else is derived from that declaration: reading the
+environment (:meth:`Config.from_env`), validation, :class:`Config`'s docstring, and the
+table in ``docs/configuration.md`` (``python -m ringcomm configuration > docs/configuration.md``;
+a test fails when the page is stale). Variables are read once per ``init``;
+``init(config=Config(...))`` sets the same knobs in code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 ALLREDUCE_ALGORITHMS = ("ring", "recursive_doubling", "star")
 BROADCAST_ALGORITHMS = ("binomial", "chain")
@@ -20,6 +26,7 @@ ZMQ_PROTOCOLS = ("auto", "tcp", "ipc")
 # How collectives on GPU buffers run (ringcomm.gpu.engine): auto picks nccl when every rank
 # has NCCL and its own GPU, else staging through pinned host memory.
 GPU_PATHS = ("auto", "nccl", "staging")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # (rank, size) variables that MPI launchers set in every process they start:
 # MPICH / Intel MPI / MVAPICH2 hydra, Open MPI.
 MPI_LAUNCHER_VARIABLES = (
@@ -30,195 +37,329 @@ MPI_LAUNCHER_VARIABLES = (
 MAX_SEGMENT_BYTES = 1 << 30
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting: where it comes from, what it means, and what values it takes.
+
+    ``kind`` is ``int``, ``float``, ``bool`` (written 1 or 0) or ``str``; ``default_text``
+    is how the documentation shows a default that is computed or set by someone else.
+    """
+
+    variable: str
+    kind: type
+    default: Any
+    meaning: str
+    unit: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    multiple_of: int | None = None
+    default_text: str = ""
+    # "auto" in the environment means "choose for me": the field's None (or its default).
+    auto_is_none: bool = False
+    normalize: Callable[[str], str] | None = None  # applied to a str value as read
+    name: str = ""  # the Config field (set by Config)
+
+    def parse(self, raw: str) -> Any:
+        """The value of ``raw`` (as found in the environment), checked."""
+        if self.auto_is_none and raw == "auto":
+            return None
+        if self.kind in (int, bool):
+            try:
+                value: Any = int(raw)
+            except ValueError:
+                raise ValueError(f"{self.variable}={raw!r} is not an integer") from None
+            return value != 0 if self.kind is bool else value
+        if self.kind is float:
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError(f"{self.variable}={raw!r} is not a number") from None
+        return self.normalize(raw) if self.normalize is not None else raw
+
+    def check(self, value: Any, label: str) -> None:
+        """Raise ValueError when ``value`` is out of bounds (None always passes)."""
+        if value is None or self.kind is bool:
+            return
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{label}={value!r}: expected one of {', '.join(self.choices)}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"{label} must be at least {self.minimum:g}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{label} must be at most {self.maximum:g}, got {value}")
+        if self.multiple_of and value % self.multiple_of:
+            raise ValueError(f"{label} must be a multiple of {self.multiple_of}, got {value}")
+
+    def read(self, env: Mapping[str, str]) -> tuple[bool, Any]:
+        """``(found, value)`` of this setting in ``env`` (an empty variable is unset)."""
+        raw = env.get(self.variable)
+        if raw is None or raw == "":
+            return False, None
+        value = self.parse(raw)
+        self.check(value, self.variable)
+        return True, value
+
+    @property
+    def shown_default(self) -> str:
+        if self.default_text:
+            return self.default_text
+        if self.kind is bool:
+            return str(int(self.default))
+        if self.default is None:
+            return "unset"
+        return str(self.default)
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
+def setting(default: Any, variable: str, kind: type, meaning: str, **more: Any) -> Any:
+    """A :class:`Config` field declared with its :class:`Setting`."""
+    decl = Setting(variable, kind, default, meaning, **more)
+    return dataclasses.field(
+        default=default,
+        metadata={"setting": decl},
+        repr=kind is not str or "SECRET" not in variable,
+    )
 
 
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
-    raw = env.get(name)
-    if raw is None or raw == "" or (raw == "auto" and "auto" not in choices):
-        return None
-    if raw not in choices:
-        raise ValueError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
-    return raw
+_AUTO = "unset or `auto`: chosen by size"
+
+
+def _job_id(raw: str) -> str:
+    return "".join(c for c in raw if c.isalnum())[:32] or "0"
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Tuning and safety knobs of one communicator (and the sub-communicators split from it).
 
-    Attributes:
-        timeout_seconds: limit of every blocking operation (``RINGCOMM_TIMEOUT_SECONDS``).
-        segment_bytes: bytes per segment on the wire (``RINGCOMM_SEGMENT_BYTES``): the unit of
-            pipelining. Tests set it small to exercise the many-segment path.
-        zero_copy_bytes: segments at least this large are sent from the user's memory without
-            a copy (``RINGCOMM_ZERO_COPY_BYTES``); smaller ones are copied, which is cheaper
-            than tracking them.
-        small_message_bytes: all_reduce below this size uses recursive doubling, from it up
-            the ring (``RINGCOMM_SMALL_MESSAGE_BYTES``; measured crossover: see
-            :mod:`ringcomm.algorithms`).
-        allreduce_algorithm: force one of ``ring``, ``recursive_doubling``, ``star``
-            (``RINGCOMM_ALLREDUCE_ALGORITHM``; unset or ``auto`` chooses by size).
-        broadcast_algorithm: force ``binomial`` or ``chain`` (``RINGCOMM_BROADCAST_ALGORITHM``).
-        zmq_protocol: ``auto`` (ipc:// between ranks of one host, tcp:// otherwise), ``tcp``
-            or ``ipc`` (``RINGCOMM_ZMQ_PROTOCOL``).
-        zmq_io_threads: ZeroMQ I/O threads per process (``RINGCOMM_ZMQ_IO_THREADS``).
-        linger_seconds: how long close() lets unsent messages drain (``RINGCOMM_LINGER_SECONDS``).
-        tune_malloc: fix glibc's malloc thresholds so received segments reuse heap memory
-            instead of page-faulting fresh mmaps (``RINGCOMM_TUNE_MALLOC``, 1 or 0); see
-            :func:`ringcomm.transport.heap.tune_malloc`.
-        shm_slots: slots per shared-memory inbox (``RINGCOMM_SHM_SLOTS``): how far a sender
-            may run ahead of its receiver.
-        shm_slot_bytes: bytes per slot (``RINGCOMM_SHM_SLOT_BYTES``), the unit in which a
-            receiver reduces while the sender writes the next one. Each rank's segment
-            holds ``shm_slots * shm_slot_bytes`` per peer on its host.
-        shm_by_address_bytes: on shared memory, segments at least this large are not copied
-            through the slots: the receiver reads them from the sender's memory in one copy
-            (``process_vm_readv``) where the OS allows it (``RINGCOMM_SHM_BY_ADDRESS_BYTES``;
-            0 turns it off).
-        mpi_abort_on_error: under an MPI launch, an exception that ends the main thread
-            calls ``MPI_Abort`` so no rank is left waiting (``RINGCOMM_MPI_ABORT_ON_ERROR``,
-            1 or 0).
-        gpu_path: ``auto``, ``nccl`` or ``staging``: how collectives on GPU buffers run
-            (``RINGCOMM_GPU_PATH``; see :mod:`ringcomm.gpu.engine`).
-        gpu_chunk_bytes: staged all_reduce/broadcast/reduce copy between GPU and host in
-            chunks of this many bytes, overlapping the copies with the transfers
-            (``RINGCOMM_GPU_CHUNK_BYTES``).
-        stall_warning_seconds: log a warning when an operation has run this long (0: never;
-            default a fifth of its timeout, at most 60 s) (``RINGCOMM_STALL_WARNING_SECONDS``).
-        flight_recorder_ops: operations each communicator remembers for the log when one
-            fails (``RINGCOMM_FLIGHT_RECORDER_OPS``; 0 turns it off).
-        debug: before every collective, check that all ranks call the same operation with
-            the same count, dtype, op and root (one small allgather more per operation)
-            (``RINGCOMM_DEBUG``, 1 or 0).
-        timeline: write a Chrome trace of every operation and step to
-            ``<timeline>.rank<R>.json`` (``RINGCOMM_TIMELINE``; unset: none).
-        secret: the job secret every ZeroMQ connection must present (``RINGCOMM_SECRET``;
-            ringcomm-run and MPI launches make one; None: no check). See
-            :mod:`ringcomm.security`.
-        encrypt: encrypt and authenticate all socket traffic with CurveZMQ, keys derived
-            from the secret (``RINGCOMM_ENCRYPT``, 1 or 0).
-        socket_ifname: the interface data sockets bind to, as NCCL_SOCKET_IFNAME reads it
-            (``eth0``, ``eth,ib``, ``=eth0``, ``^lo,docker``) (``RINGCOMM_SOCKET_IFNAME``;
-            unset: the interface that routes to the master, or under MPI to another host).
+    Each field is one ``RINGCOMM_*`` variable; the attribute list below is generated from
+    the declarations (see :mod:`ringcomm.config`).
     """
 
-    timeout_seconds: float = 300.0
-    segment_bytes: int = 1 << 20
-    zero_copy_bytes: int = 64 << 10
-    small_message_bytes: int = 2 << 20
-    allreduce_algorithm: str | None = None
-    broadcast_algorithm: str | None = None
-    zmq_protocol: str = "auto"
-    zmq_io_threads: int = 1
-    linger_seconds: float = 2.0
-    tune_malloc: bool = True
-    shm_slots: int = 4
-    shm_slot_bytes: int = 1 << 20
-    shm_by_address_bytes: int = 256 << 10
-    mpi_abort_on_error: bool = True
-    gpu_path: str = "auto"
-    gpu_chunk_bytes: int = 4 << 20
-    stall_warning_seconds: float | None = None
-    flight_recorder_ops: int = 32
-    debug: bool = False
-    timeline: str | None = None
-    secret: str | None = dataclasses.field(default=None, repr=False)
-    encrypt: bool = False
-    socket_ifname: str | None = None
+    timeout_seconds: float = setting(
+        300.0,
+        "RINGCOMM_TIMEOUT_SECONDS",
+        float,
+        "limit of every blocking operation and of the rendezvous",
+        unit="s",
+        minimum=1e-9,
+        default_text="300",
+    )
+    segment_bytes: int = setting(
+        1 << 20,
+        "RINGCOMM_SEGMENT_BYTES",
+        int,
+        "bytes per segment on the wire, the unit of pipelining (at most 1 GiB, so one MPI "
+        "message's count is an int; tests set it small to exercise the many-segment path)",
+        unit="bytes",
+        minimum=64,
+        maximum=MAX_SEGMENT_BYTES,
+    )
+    zero_copy_bytes: int = setting(
+        64 << 10,
+        "RINGCOMM_ZERO_COPY_BYTES",
+        int,
+        "segments this large leave from the caller's memory without a copy; smaller ones "
+        "are copied, which is cheaper than tracking them",
+        unit="bytes",
+        minimum=0,
+    )
+    small_message_bytes: int = setting(
+        2 << 20,
+        "RINGCOMM_SMALL_MESSAGE_BYTES",
+        int,
+        "all_reduce below this uses recursive doubling, from it up the ring (measured "
+        "crossover: see ringcomm.algorithms.choice)",
+        unit="bytes",
+        minimum=0,
+    )
+    allreduce_algorithm: str | None = setting(
+        None,
+        "RINGCOMM_ALLREDUCE_ALGORITHM",
+        str,
+        "force an all_reduce algorithm: `ring`, `recursive_doubling` or `star`",
+        choices=ALLREDUCE_ALGORITHMS,
+        auto_is_none=True,
+        default_text=_AUTO,
+    )
+    broadcast_algorithm: str | None = setting(
+        None,
+        "RINGCOMM_BROADCAST_ALGORITHM",
+        str,
+        "force a broadcast algorithm: `binomial` or `chain`",
+        choices=BROADCAST_ALGORITHMS,
+        auto_is_none=True,
+        default_text=_AUTO,
+    )
+    zmq_protocol: str = setting(
+        "auto",
+        "RINGCOMM_ZMQ_PROTOCOL",
+        str,
+        "`auto` (ipc:// between ranks of one host, tcp:// across hosts), `tcp` or `ipc`",
+        choices=ZMQ_PROTOCOLS,
+    )
+    zmq_io_threads: int = setting(
+        1, "RINGCOMM_ZMQ_IO_THREADS", int, "ZeroMQ I/O threads per process", minimum=1
+    )
+    linger_seconds: float = setting(
+        2.0,
+        "RINGCOMM_LINGER_SECONDS",
+        float,
+        "how long `close()` lets unsent messages drain",
+        unit="s",
+        minimum=0,
+        default_text="2",
+    )
+    tune_malloc: bool = setting(
+        True,
+        "RINGCOMM_TUNE_MALLOC",
+        bool,
+        "fix glibc's malloc thresholds so received segments reuse heap memory instead of "
+        "page-faulting fresh mmaps (see ringcomm.transport.heap)",
+    )
+    shm_slots: int = setting(
+        4,
+        "RINGCOMM_SHM_SLOTS",
+        int,
+        "slots per shared-memory inbox: how far a sender may run ahead of its receiver",
+        minimum=2,
+    )
+    shm_slot_bytes: int = setting(
+        1 << 20,
+        "RINGCOMM_SHM_SLOT_BYTES",
+        int,
+        "bytes per slot, the unit in which a receiver reduces while the sender writes the "
+        "next; each rank allocates slots x slot bytes per peer on its host in /dev/shm "
+        "(smaller slots are used, with a warning, where /dev/shm is short)",
+        unit="bytes",
+        minimum=64,
+        multiple_of=64,
+    )
+    shm_by_address_bytes: int = setting(
+        256 << 10,
+        "RINGCOMM_SHM_BY_ADDRESS_BYTES",
+        int,
+        "on shared memory, segments this large are read by the receiver from the sender's "
+        "memory in one copy (`process_vm_readv`) where the OS allows it; 0 turns it off",
+        unit="bytes",
+        minimum=0,
+    )
+    job_id: str = setting(
+        "0",
+        "RINGCOMM_JOB_ID",
+        str,
+        "prefixes this job's /dev/shm names, so the launcher can remove what a killed rank "
+        "left (letters and digits, at most 32)",
+        default_text="set by `ringcomm-run`; else 0",
+        normalize=_job_id,
+    )
+    mpi_abort_on_error: bool = setting(
+        True,
+        "RINGCOMM_MPI_ABORT_ON_ERROR",
+        bool,
+        "under an MPI launch, an exception that ends the main thread calls `MPI_Abort`, so "
+        "no rank is left waiting",
+    )
+    gpu_path: str = setting(
+        "auto",
+        "RINGCOMM_GPU_PATH",
+        str,
+        "collectives on GPU buffers: `auto` (NCCL when every rank has it and its own GPU, "
+        "else staging), `nccl`, `staging` (see docs/gpu.md)",
+        choices=GPU_PATHS,
+    )
+    gpu_chunk_bytes: int = setting(
+        4 << 20,
+        "RINGCOMM_GPU_CHUNK_BYTES",
+        int,
+        "staged all_reduce/broadcast/reduce move between GPU and host in chunks of this size, "
+        "overlapping the copies with the transfers",
+        unit="bytes",
+        minimum=64,
+    )
+    stall_warning_seconds: float | None = setting(
+        None,
+        "RINGCOMM_STALL_WARNING_SECONDS",
+        float,
+        "log a WARNING when an operation has run this long, naming the rank it waits for; 0: never",
+        unit="s",
+        minimum=0,
+        default_text="a fifth of the timeout, at most 60",
+    )
+    flight_recorder_ops: int = setting(
+        32,
+        "RINGCOMM_FLIGHT_RECORDER_OPS",
+        int,
+        "operations each communicator remembers and logs when one fails on a timeout, a lost "
+        "peer or a transport error; 0: off (it costs about 0.7 us per operation)",
+        minimum=0,
+    )
+    debug: bool = setting(
+        False,
+        "RINGCOMM_DEBUG",
+        bool,
+        "1: before every collective, check that all ranks call the same operation with the "
+        "same count, dtype, op and root (one small allgather more per operation)",
+    )
+    timeline: str | None = setting(
+        None,
+        "RINGCOMM_TIMELINE",
+        str,
+        "a path prefix: each rank writes a Chrome trace `<prefix>.rank<R>.json` of every "
+        "operation and its steps",
+    )
+    secret: str | None = setting(
+        None,
+        "RINGCOMM_SECRET",
+        str,
+        "the job secret every ZeroMQ connection (rendezvous store and data) must present; "
+        "unset: no check (see docs/security.md)",
+        default_text="made by `ringcomm-run` and by MPI launches; else unset",
+    )
+    encrypt: bool = setting(
+        False,
+        "RINGCOMM_ENCRYPT",
+        bool,
+        "1: encrypt and authenticate all socket traffic with CurveZMQ, keys derived from the "
+        "secret",
+    )
+    socket_ifname: str | None = setting(
+        None,
+        "RINGCOMM_SOCKET_IFNAME",
+        str,
+        "the interface data sockets bind to, as NCCL_SOCKET_IFNAME reads it: `eth0`, `eth,ib` "
+        "(prefixes), `=eth0` (exact), `^lo,docker` (all but these); unset: the one that "
+        "routes to the master (under MPI, to another host of the job)",
+    )
+    log_level: str | None = setting(
+        None,
+        "RINGCOMM_LOG_LEVEL",
+        str,
+        "e.g. `DEBUG`: print the `ringcomm` logger's records to stderr at that level, each "
+        "with its rank (`ringcomm[rank 3] WARNING ...`), from `init` on. Every record also "
+        "carries `record.rank` (`%(rank)s`) for your own handlers",
+        choices=LOG_LEVELS,
+        normalize=str.upper,
+    )
 
     def __post_init__(self) -> None:
-        if self.timeout_seconds <= 0:
-            raise ValueError(f"timeout_seconds must be positive, got {self.timeout_seconds}")
-        if not 64 <= self.segment_bytes <= MAX_SEGMENT_BYTES:
-            raise ValueError(
-                f"segment_bytes must be in 64..{MAX_SEGMENT_BYTES}, got {self.segment_bytes}"
-            )
-        for value, choices, name in (
-            (self.allreduce_algorithm, ALLREDUCE_ALGORITHMS, "allreduce_algorithm"),
-            (self.broadcast_algorithm, BROADCAST_ALGORITHMS, "broadcast_algorithm"),
-        ):
-            if value is not None and value not in choices:
-                raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
-        if self.shm_slots < 2:
-            raise ValueError(f"shm_slots must be at least 2, got {self.shm_slots}")
-        if self.shm_slot_bytes < 64 or self.shm_slot_bytes % 64:
-            raise ValueError(
-                f"shm_slot_bytes must be a positive multiple of 64, got {self.shm_slot_bytes}"
-            )
-        if self.shm_by_address_bytes < 0:
-            raise ValueError(
-                f"shm_by_address_bytes must be >= 0 (0: off), got {self.shm_by_address_bytes}"
-            )
-        if self.gpu_path not in GPU_PATHS:
-            raise ValueError(f"gpu_path={self.gpu_path!r}: expected one of {GPU_PATHS}")
-        if self.stall_warning_seconds is not None and self.stall_warning_seconds < 0:
-            raise ValueError(
-                f"stall_warning_seconds must be >= 0 (0: never), got {self.stall_warning_seconds}"
-            )
-        if self.flight_recorder_ops < 0:
-            raise ValueError(f"flight_recorder_ops must be >= 0, got {self.flight_recorder_ops}")
+        for decl in settings():
+            decl.check(getattr(self, decl.name), decl.name)
         if self.encrypt and not self.secret:
             raise ValueError(
                 "RINGCOMM_ENCRYPT=1 needs a job secret: set RINGCOMM_SECRET (ringcomm-run and "
                 "MPI launches make one)"
             )
-        if self.gpu_chunk_bytes < 64:
-            raise ValueError(f"gpu_chunk_bytes must be at least 64, got {self.gpu_chunk_bytes}")
-        if self.zmq_protocol not in ZMQ_PROTOCOLS:
-            raise ValueError(f"zmq_protocol={self.zmq_protocol!r}: expected one of {ZMQ_PROTOCOLS}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """Build a Config from ``RINGCOMM_*`` variables (defaults where unset)."""
         env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            timeout_seconds=_float(env, "RINGCOMM_TIMEOUT_SECONDS", d.timeout_seconds),
-            segment_bytes=_int(env, "RINGCOMM_SEGMENT_BYTES", d.segment_bytes),
-            zero_copy_bytes=_int(env, "RINGCOMM_ZERO_COPY_BYTES", d.zero_copy_bytes),
-            small_message_bytes=_int(env, "RINGCOMM_SMALL_MESSAGE_BYTES", d.small_message_bytes),
-            allreduce_algorithm=_choice(env, "RINGCOMM_ALLREDUCE_ALGORITHM", ALLREDUCE_ALGORITHMS),
-            broadcast_algorithm=_choice(env, "RINGCOMM_BROADCAST_ALGORITHM", BROADCAST_ALGORITHMS),
-            zmq_protocol=_choice(env, "RINGCOMM_ZMQ_PROTOCOL", ZMQ_PROTOCOLS) or "auto",
-            zmq_io_threads=_int(env, "RINGCOMM_ZMQ_IO_THREADS", d.zmq_io_threads),
-            linger_seconds=_float(env, "RINGCOMM_LINGER_SECONDS", d.linger_seconds),
-            tune_malloc=_int(env, "RINGCOMM_TUNE_MALLOC", int(d.tune_malloc)) != 0,
-            shm_slots=_int(env, "RINGCOMM_SHM_SLOTS", d.shm_slots),
-            shm_slot_bytes=_int(env, "RINGCOMM_SHM_SLOT_BYTES", d.shm_slot_bytes),
-            shm_by_address_bytes=_int(env, "RINGCOMM_SHM_BY_ADDRESS_BYTES", d.shm_by_address_bytes),
-            mpi_abort_on_error=_int(env, "RINGCOMM_MPI_ABORT_ON_ERROR", int(d.mpi_abort_on_error))
-            != 0,
-            gpu_path=_choice(env, "RINGCOMM_GPU_PATH", GPU_PATHS) or "auto",
-            gpu_chunk_bytes=_int(env, "RINGCOMM_GPU_CHUNK_BYTES", d.gpu_chunk_bytes),
-            stall_warning_seconds=(
-                _float(env, "RINGCOMM_STALL_WARNING_SECONDS", 0.0)
-                if env.get("RINGCOMM_STALL_WARNING_SECONDS")
-                else None
-            ),
-            flight_recorder_ops=_int(env, "RINGCOMM_FLIGHT_RECORDER_OPS", d.flight_recorder_ops),
-            debug=_int(env, "RINGCOMM_DEBUG", 0) != 0,
-            timeline=env.get("RINGCOMM_TIMELINE") or None,
-            secret=env.get("RINGCOMM_SECRET") or None,
-            encrypt=_int(env, "RINGCOMM_ENCRYPT", 0) != 0,
-            socket_ifname=env.get("RINGCOMM_SOCKET_IFNAME") or None,
-        )
+        values = {}
+        for decl in settings():
+            found, value = decl.read(env)
+            if found:
+                values[decl.name] = value
+        return cls(**values)
 
     def stall_limit(self, timeout: float) -> float:
         """Seconds after which a running operation with ``timeout`` is reported stalled
@@ -226,6 +367,89 @@ class Config:
         if self.stall_warning_seconds is None:
             return min(60.0, timeout / 5)
         return self.stall_warning_seconds or float("inf")
+
+
+def settings() -> Iterator[Setting]:
+    """Every :class:`Config` setting, in declaration order."""
+    return iter(_SETTINGS)
+
+
+def _declared() -> list[Setting]:
+    found = []
+    for f in dataclasses.fields(Config):
+        decl = f.metadata["setting"]
+        object.__setattr__(decl, "name", f.name)
+        found.append(decl)
+    return found
+
+
+_SETTINGS = _declared()
+Config.__doc__ = (
+    (Config.__doc__ or "")
+    + "\n    Attributes:\n"
+    + "".join(f"        {d.name}: {d.meaning} (``{d.variable}``).\n" for d in _SETTINGS)
+)
+
+
+# Where this process sits in the world. Not Config fields: :func:`world_from` resolves them
+# together with their torchrun and MPI equivalents (arguments first).
+WORLD_SETTINGS = (
+    Setting(
+        "RINGCOMM_RANK",
+        int,
+        0,
+        "this rank",
+        name="rank",
+        default_text="torchrun's `RANK`; an MPI launcher's rank; else 0",
+    ),
+    Setting(
+        "RINGCOMM_SIZE",
+        int,
+        1,
+        "the world size",
+        name="size",
+        default_text="torchrun's `WORLD_SIZE`; an MPI launcher's size; else 1",
+    ),
+    Setting(
+        "RINGCOMM_MASTER_ADDR",
+        str,
+        "127.0.0.1",
+        "host of rank 0, which hosts the rendezvous store during `init`",
+        name="master_addr",
+        default_text="`MASTER_ADDR`; else 127.0.0.1",
+    ),
+    Setting(
+        "RINGCOMM_MASTER_PORT",
+        int,
+        29500,
+        "port of the rendezvous store on rank 0",
+        name="master_port",
+        minimum=0,
+        maximum=65535,
+        default_text="`MASTER_PORT`; else 29500",
+    ),
+    Setting(
+        "RINGCOMM_TRANSPORT",
+        str,
+        "auto",
+        "`auto` (shared memory between ranks of one host, ZeroMQ sockets between hosts), "
+        "`shm` (shared memory only: an error for a rank on another host), `zmq` (sockets "
+        "only), `mpi`, or `local` (ranks are threads of one process, for tests)",
+        name="transport",
+        choices=TRANSPORTS,
+        default_text="`auto`; `mpi` under an MPI launch",
+    ),
+)
+_WORLD = {s.name: s for s in WORLD_SETTINGS}
+
+
+def env_value(variable: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The raw value of a declared ``RINGCOMM_*`` variable (None when unset or empty), for
+    the few readers that need it before a Config exists (the launcher)."""
+    if variable not in {s.variable for s in (*_SETTINGS, *WORLD_SETTINGS)}:
+        raise KeyError(f"{variable} is not a declared ringcomm setting")
+    env = os.environ if env is None else env
+    return env.get(variable) or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,11 +508,11 @@ def world_from(
                 return env[name], name
         return None, "default"
 
-    r, r_src = pick(rank, "RINGCOMM_RANK", "RANK")
-    s, s_src = pick(size, "RINGCOMM_SIZE", "WORLD_SIZE")
-    a, _ = pick(master_addr, "RINGCOMM_MASTER_ADDR", "MASTER_ADDR")
-    p, p_src = pick(master_port, "RINGCOMM_MASTER_PORT", "MASTER_PORT")
-    t, _ = pick(transport, "RINGCOMM_TRANSPORT")
+    r, r_src = pick(rank, _WORLD["rank"].variable, "RANK")
+    s, s_src = pick(size, _WORLD["size"].variable, "WORLD_SIZE")
+    a, _ = pick(master_addr, _WORLD["master_addr"].variable, "MASTER_ADDR")
+    p, p_src = pick(master_port, _WORLD["master_port"].variable, "MASTER_PORT")
+    t, _ = pick(transport, _WORLD["transport"].variable)
     launched = mpi_launch(env) if r is None and s is None else None
     if launched is not None:
         r, s, var = str(launched[0]), str(launched[1]), launched[2]
@@ -317,7 +541,30 @@ def world_from(
     )
 
 
-def log_level(env: Mapping[str, str] | None = None) -> str | None:
-    """``RINGCOMM_LOG_LEVEL`` (e.g. ``DEBUG``), or None to leave logging alone."""
-    env = os.environ if env is None else env
-    return env.get("RINGCOMM_LOG_LEVEL") or None
+def markdown() -> str:
+    """``docs/configuration.md``, generated from the declarations."""
+
+    def row(d: Setting) -> str:
+        unit = f" ({d.unit})" if d.unit else ""
+        choices = f" One of {', '.join(f'`{c}`' for c in d.choices)}." if d.choices else ""
+        return f"| `{d.variable}` | {d.shown_default}{unit} | {d.meaning}.{choices} |\n"
+
+    head = "| variable | default | meaning |\n|---|---|---|\n"
+    return (
+        "# Configuration\n\n"
+        "<!-- Generated by `python -m ringcomm configuration > docs/configuration.md` from the\n"
+        "     declarations in ringcomm/config.py; tests/test_docs.py fails when it is\n"
+        "     stale. -->\n\n"
+        "Every knob is one environment variable, read once per `ringcomm.init()` (and by\n"
+        "`ringcomm.torch`'s backend at group creation). `init(config=ringcomm.Config(...))`\n"
+        "sets the same knobs in code: each `RINGCOMM_X_Y` is the field `x_y` of `Config`.\n"
+        "A value out of bounds is a `ValueError` at `init` naming the variable. Booleans\n"
+        "are written 1 or 0.\n\n"
+        "## Where the process sits in the world\n\n"
+        "Arguments to `init()` come first, then these, then torchrun's and MPI's variables.\n\n"
+        + head
+        + "".join(row(d) for d in WORLD_SETTINGS)
+        + "\n## Tuning, safety and diagnostics\n\n"
+        + head
+        + "".join(row(d) for d in _SETTINGS)
+    )

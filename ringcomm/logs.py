@@ -1,6 +1,6 @@
 """The ``ringcomm`` logger: every record of it and its children carries this process's rank
-as ``record.rank`` (use ``%(rank)s`` in a format); ``RINGCOMM_LOG_LEVEL`` turns on a stderr
-handler that prints it.
+as ``record.rank`` (use ``%(rank)s`` in a format); ``RINGCOMM_LOG_LEVEL``, applied by ``init``,
+turns on a stderr handler that prints it.
 
 A library does not configure logging for its application, so by default the records go
 only to handlers the application sets up (and ringcomm's own NullHandler).
@@ -44,14 +44,25 @@ def process_rank() -> str:
     return _rank
 
 
+_stderr: logging.Handler | None = None  # the handler RINGCOMM_LOG_LEVEL installs
+
+
 def configure(level: str | None) -> None:
-    """Install the NullHandler, and with ``level`` (``RINGCOMM_LOG_LEVEL``) a stderr
-    handler at that level printing the rank in every line."""
+    """With ``level`` (``RINGCOMM_LOG_LEVEL``, applied by ``init``), print ringcomm's
+    records to stderr at that level with the rank in every line; a later ``init`` with
+    another level changes it, one without leaves it as it is."""
+    global _stderr
+    if not level:
+        return
     logger = get_logger(ROOT)
-    logger.addHandler(logging.NullHandler())
-    if level:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(FORMAT))
-        handler.addFilter(_FILTER)  # records of child loggers pass here too
-        logger.addHandler(handler)
-        logger.setLevel(level.upper())
+    if _stderr is None:
+        _stderr = logging.StreamHandler()
+        _stderr.setFormatter(logging.Formatter(FORMAT))
+        _stderr.addFilter(_FILTER)  # records of child loggers pass here too
+        logger.addHandler(_stderr)
+    logger.setLevel(level.upper())
+
+
+# A library does not configure logging for its application: without a handler of the
+# application's, ringcomm's records go nowhere (not to logging's last-resort stderr).
+get_logger(ROOT).addHandler(logging.NullHandler())

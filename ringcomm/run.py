@@ -31,7 +31,8 @@ import time
 import uuid
 from typing import IO
 
-from ringcomm.transport.shm_names import remove_job_segments
+from ringcomm.config import env_value
+from ringcomm.transport.shm.segment import remove_job_segments
 
 _TAIL_LINES = 40
 _GRACE_SECONDS = 3.0
@@ -119,8 +120,8 @@ def _run_job(
     pumps: list[threading.Thread] = []
     # Only this job's ranks may connect to its sockets (ringcomm.security).
     secret = (
-        (extra_env or {}).get("RINGCOMM_SECRET")
-        or os.environ.get("RINGCOMM_SECRET")
+        env_value("RINGCOMM_SECRET", extra_env or {})
+        or env_value("RINGCOMM_SECRET")
         or secrets.token_hex(16)
     )
     for rank in range(nprocs):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers import RankPool
+from runners import RankPool
 
 _pools: dict[tuple[int, str], RankPool] = {}
 

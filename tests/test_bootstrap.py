@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import zmq
 import ringcomm
 from ringcomm.config import world_from
 from ringcomm.run import free_port
+from runners import run_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,24 +192,26 @@ IFACES = [
     ],
 )
 def test_socket_ifname_reads_like_nccl_socket_ifname(monkeypatch, spec: str, want: str) -> None:
-    from ringcomm.transport import zmq as zmq_transport
+    from ringcomm import hosts
 
-    monkeypatch.setattr(zmq_transport, "interface_addresses", lambda: IFACES)
-    assert zmq_transport.address_of_interface(spec) == want
+    monkeypatch.setattr(hosts, "interface_addresses", lambda: IFACES)
+    assert hosts.address_of_interface(spec) == want
 
 
 def test_socket_ifname_that_matches_nothing_is_a_clear_error(monkeypatch) -> None:
-    from ringcomm.transport import zmq as zmq_transport
+    from ringcomm import hosts
 
-    monkeypatch.setattr(zmq_transport, "interface_addresses", lambda: IFACES)
+    monkeypatch.setattr(hosts, "interface_addresses", lambda: IFACES)
     with pytest.raises(ringcomm.TransportError, match=r"selects no interface.*eth0 10\.0\.0\.5"):
-        zmq_transport.address_of_interface("=eth")
+        hosts.address_of_interface("=eth")
     with pytest.raises(ringcomm.TransportError, match="selects no interface"):
-        zmq_transport.address_of_interface("^lo,docker,eth")
+        hosts.address_of_interface("^lo,docker,eth")
 
 
 def test_ranks_bind_to_the_chosen_interface() -> None:
-    from ringcomm.transport.zmq import interface_addresses
+    """RINGCOMM_SOCKET_IFNAME=\"=lo\" binds every rank's data socket to lo's address. The
+    ranks run through run_threads, which fails on any rank that raised or hung."""
+    from ringcomm.hosts import interface_addresses
 
     assert ("lo", "127.0.0.1") in interface_addresses()
     config = ringcomm.Config(socket_ifname="=lo", zmq_protocol="tcp", timeout_seconds=20)
@@ -220,18 +222,5 @@ def test_ranks_bind_to_the_chosen_interface() -> None:
         assert (x == comm.size).all()
         return comm._transport._pull.getsockopt(zmq.LAST_ENDPOINT).decode()
 
-    port = free_port()
-    results: dict[int, str] = {}
-
-    def rank(r: int) -> None:
-        with ringcomm.init(
-            rank=r, size=2, master_port=port, transport="zmq", config=config
-        ) as comm:
-            results[r] = body(comm)
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert all(url.startswith("tcp://127.0.0.1:") for url in results.values()), results
+    urls = run_threads(2, body, config=config, transport="zmq", timeout=30)
+    assert len(urls) == 2 and all(url.startswith("tcp://127.0.0.1:") for url in urls), urls

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import rankfns
 import ringcomm
 from conftest import get_pool
-from helpers import DTYPES, OPS, RankPool, assert_reduced, make_input, op_applies, reference
+from data import DTYPES, OPS, assert_reduced, make_input, op_applies, reference
+from ranks import collectives
+from runners import RankPool
 
 SIZES = [1, 2, 3, 4, 5]
 # "auto" puts every rank of these pools on shared memory (one host).
@@ -28,7 +29,7 @@ def test_all_reduce_matrix(size: int, transport: str) -> None:
     counts = (0, 1, 3, 13, 4099)
     cases = pool.run(
         functools.partial(
-            rankfns.allreduce_matrix, algorithms=("ring", "recursive_doubling"), counts=counts
+            collectives.allreduce_matrix, algorithms=("ring", "recursive_doubling"), counts=counts
         ),
         timeout=240,
     )
@@ -41,7 +42,7 @@ def test_star_and_large_multi_segment_buffers(size: int, transport: str) -> None
     """4 MiB buffers: several 1 MiB segments per chunk, zero-copy sends, all algorithms."""
 
     pool = get_pool(size, transport)
-    out = pool.run(rankfns.all_ranks_get_identical_bits, "star")
+    out = pool.run(collectives.all_ranks_get_identical_bits, "star")
     for r in range(1, size):
         np.testing.assert_array_equal(out[0], out[r])
     results = pool.run(_big_allreduce)
@@ -65,32 +66,32 @@ def _big_allreduce(comm: ringcomm.Communicator) -> bool:
 @pytest.mark.parametrize("size", [2, 3, 4])
 def test_other_collectives(size: int, transport: str) -> None:
     get_pool(size, transport).run(
-        functools.partial(rankfns.other_collectives, counts=(0, 1, 7, 1000)), timeout=240
+        functools.partial(collectives.other_collectives, counts=(0, 1, 7, 1000)), timeout=240
     )
 
 
 @TRANSPORTS
 def test_p2p_size_mismatch_is_refused(transport: str) -> None:
-    get_pool(3, transport).run(rankfns.p2p_size_mismatch_is_refused)
+    get_pool(3, transport).run(collectives.p2p_size_mismatch_is_refused)
 
 
 @TRANSPORTS
 @pytest.mark.parametrize("size", [2, 4])
 def test_async_and_subcommunicators(size: int, transport: str) -> None:
     pool = get_pool(size, transport)
-    pool.run(rankfns.async_ops_in_flight)
+    pool.run(collectives.async_ops_in_flight)
     if size >= 4:
-        pool.run(rankfns.subcommunicators_concurrently)
+        pool.run(collectives.subcommunicators_concurrently)
 
 
 def test_torch_tensors() -> None:
     pytest.importorskip("torch", reason="torch is an optional extra: pip install 'ringcomm[torch]'")
-    get_pool(3).run(rankfns.torch_tensors)
+    get_pool(3).run(collectives.torch_tensors)
 
 
 @TRANSPORTS
 def test_idle_rank_does_not_burn_cpu(transport: str) -> None:
-    cpu_share = get_pool(2, transport).run(rankfns.idle_rank_burns_no_cpu)[0]
+    cpu_share = get_pool(2, transport).run(collectives.idle_rank_burns_no_cpu)[0]
     assert cpu_share < 0.2, f"a waiting rank used {cpu_share:.0%} of a core"
 
 
@@ -98,7 +99,7 @@ def test_idle_rank_does_not_burn_cpu(transport: str) -> None:
 def test_timeout_names_the_peer_and_breaks_the_communicator(transport: str) -> None:
     pool = RankPool(3, transport=transport)
     try:
-        msgs = pool.run(rankfns.timeout_names_the_peer, timeout=60)
+        msgs = pool.run(collectives.timeout_names_the_peer, timeout=60)
     finally:
         pool.close()
     assert "waiting for rank" in msgs[0]
@@ -108,7 +109,7 @@ def test_tcp_only() -> None:
     pool = RankPool(3, env={"RINGCOMM_ZMQ_PROTOCOL": "tcp"}, transport="zmq")
     try:
         pool.run(
-            functools.partial(rankfns.allreduce_matrix, algorithms=("ring",), counts=(5, 3000))
+            functools.partial(collectives.allreduce_matrix, algorithms=("ring",), counts=(5, 3000))
         )
         assert all(pool.run(_big_allreduce))
     finally:

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import rankfns
 import ringcomm
-from helpers import DTYPES, OPS, assert_reduced, make_input, op_applies, reference, run_threads
+from data import DTYPES, OPS, assert_reduced, make_input, op_applies, reference
+from ranks import collectives
+from runners import run_threads
 
 SIZES = [1, 2, 3, 4, 5]
 # Tiny segments (64 bytes) make every count above a few elements take many segments.
@@ -25,7 +26,7 @@ ALGORITHMS = ("ring", "recursive_doubling", "star")
 def test_all_reduce_every_op_dtype_count_algorithm(size: int) -> None:
     counts = run_threads(
         size,
-        functools.partial(rankfns.allreduce_matrix, algorithms=ALGORITHMS),
+        functools.partial(collectives.allreduce_matrix, algorithms=ALGORITHMS),
         config=SMALL_SEGMENTS,
         timeout=240,
     )
@@ -34,7 +35,7 @@ def test_all_reduce_every_op_dtype_count_algorithm(size: int) -> None:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_other_collectives(size: int) -> None:
-    run_threads(size, rankfns.other_collectives, config=SMALL_SEGMENTS, timeout=240)
+    run_threads(size, collectives.other_collectives, config=SMALL_SEGMENTS, timeout=240)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -42,7 +43,7 @@ def test_other_collectives(size: int) -> None:
 def test_every_rank_gets_the_same_bits(size: int, algorithm: str) -> None:
     out = run_threads(
         size,
-        functools.partial(rankfns.all_ranks_get_identical_bits, algorithm=algorithm),
+        functools.partial(collectives.all_ranks_get_identical_bits, algorithm=algorithm),
         config=SMALL_SEGMENTS,
     )
     for r in range(1, size):
@@ -55,25 +56,25 @@ def test_every_rank_gets_the_same_bits(size: int, algorithm: str) -> None:
 
 @pytest.mark.parametrize("size", [2, 3])
 def test_async_ops_in_flight(size: int) -> None:
-    run_threads(size, rankfns.async_ops_in_flight)
+    run_threads(size, collectives.async_ops_in_flight)
 
 
 @pytest.mark.parametrize("size", [4, 5])
 def test_subcommunicators(size: int) -> None:
-    run_threads(size, rankfns.subcommunicators_concurrently)
+    run_threads(size, collectives.subcommunicators_concurrently)
 
 
 def test_threads_share_a_communicator() -> None:
-    run_threads(3, rankfns.threads_share_a_communicator)
+    run_threads(3, collectives.threads_share_a_communicator)
 
 
 def test_torch_tensors() -> None:
     pytest.importorskip("torch", reason="torch is an optional extra: pip install 'ringcomm[torch]'")
-    run_threads(3, rankfns.torch_tensors)
+    run_threads(3, collectives.torch_tensors)
 
 
 def test_timeout_names_operation_and_peer() -> None:
-    msgs = run_threads(3, rankfns.timeout_names_the_peer)
+    msgs = run_threads(3, collectives.timeout_names_the_peer)
     assert "waiting for rank" in msgs[0]
 
 

@@ -20,14 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ringcomm
-from helpers import assert_passed, run_script_ranks, run_threads
+from ringcomm.run import free_port
 from ringcomm.transport.base import HEADER, KIND_COLLECTIVE, MAGIC, VERSION
+from runners import assert_passed, run_script_ranks, run_threads
 
-SCRIPT = str(Path(__file__).resolve().parent / "fault_ranks.py")
+SCRIPT = str(Path(__file__).resolve().parent / "ranks" / "faults.py")
 
 
 def run_ranks(mode: str, n: int, **kwargs) -> tuple[dict, dict, str]:
-    """Ranks of fault_ranks.py (see :func:`helpers.run_script_ranks`)."""
+    """Ranks of fault_ranks.py (see :func:`runners.run_script_ranks`)."""
     return run_script_ranks(SCRIPT, mode, n, **kwargs)
 
 
@@ -57,7 +58,8 @@ def test_abort_fails_the_running_and_the_queued_operations_at_once() -> None:
 @pytest.mark.parametrize("transport", ["auto", "zmq"])
 def test_survivors_abort_and_build_a_new_communicator(transport: str) -> None:
     n = 3
-    results, _, text = run_ranks("rebuild", n, env={"RINGCOMM_TRANSPORT": transport})
+    env = {"RINGCOMM_TRANSPORT": transport, "REBUILD_PORT": str(free_port())}
+    results, _, text = run_ranks("rebuild", n, env=env)
     assert_passed("rebuild", n, results, text, ranks=range(n - 1))
     for r in range(n - 1):
         assert f"rank {n - 1}" in results[r]["lost"], results[r]

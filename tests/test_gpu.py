@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import ringcomm
-from helpers import run_threads
+from runners import run_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "native" / "cuda_kernels.cu"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_passed, run_script_ranks
+from runners import assert_passed, run_script_ranks
 
-SCRIPT = str(Path(__file__).resolve().parent / "fault_ranks.py")
+SCRIPT = str(Path(__file__).resolve().parent / "ranks" / "faults.py")
 SUBNET = "10.77.{id}"
 
 

@@ -25,7 +25,7 @@ if MPIEXEC is None:
     pytest.skip("no mpiexec on PATH (ringcomm[mpi] brings one)", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
-RANKS_SCRIPT = ROOT / "tests" / "mpi_ranks.py"
+RANKS_SCRIPT = ROOT / "tests" / "ranks" / "mpi.py"
 
 
 def mpiexec(n: int, args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:

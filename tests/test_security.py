@@ -14,12 +14,12 @@ import pytest
 import zmq
 
 import ringcomm
-from helpers import run_threads
 from ringcomm.errors import RendezvousError
 from ringcomm.rendezvous.store import StoreClient, StoreServer
 from ringcomm.run import free_port
 from ringcomm.security import Security
 from ringcomm.transport.base import HEADER, KIND_COLLECTIVE, MAGIC, VERSION
+from runners import run_threads
 
 
 def _zmq_pair(config: ringcomm.Config, fn) -> list:

@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from helpers import assert_passed, run_script_ranks
-from ringcomm.transport.shm_names import NAME_PREFIX, SHM_DIR
+from ringcomm.hosts import SHM_DIR
+from ringcomm.transport.shm.segment import NAME_PREFIX
+from runners import assert_passed, run_script_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = str(ROOT / "tests" / "shm_ranks.py")
+SCRIPT = str(ROOT / "tests" / "ranks" / "shm.py")
 PRIVATE_SHM = 'mount -t tmpfs -o size={size} ringcomm-test /dev/shm && exec "$@"'
 # Another "host": ranks wrapped in this see the directory {dir} as their /dev/shm.
 OTHER_SHM = 'mount --bind {dir} /dev/shm && exec "$@"'

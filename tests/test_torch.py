@@ -18,7 +18,7 @@ pytest.importorskip("torch", reason="torch is an optional extra: pip install 'ri
 from ringcomm.run import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = str(ROOT / "tests" / "torch_ranks.py")
+SCRIPT = str(ROOT / "tests" / "ranks" / "pytorch.py")
 
 
 def launch(cmd: list[str], n: int, mode: str, timeout: float = 180) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ringcomm
-from helpers import run_threads
+from runners import run_threads
 
 
 @pytest.fixture

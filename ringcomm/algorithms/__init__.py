@@ -1,47 +1,11 @@
 """Algorithms: pure schedules plus thin drivers over a transport, and the choice between them.
 
-Choice by size, measured on this 2-core machine over ZeroMQ ipc:// with float32 (median of
-20-50 iterations, ``bench/collectives.py --algorithm ...``):
-
-- all_reduce below ``Config.small_message_bytes`` (2 MiB) uses recursive doubling, above it
-  the ring. Recursive doubling pays log2(n) message latencies where the ring pays 2(n-1),
-  and moves log2(n) whole buffers where the ring moves 2(n-1)/n of one. Measured, RD vs ring:
-  n=2: 16 KiB 179 vs 441 us, 1 MiB 826 vs 1926 us, 4 MiB 2.30 vs 2.38 ms, 16 MiB 11.7 vs
-  9.8 ms; n=4: 1 MiB 3.7 vs 4.9 ms, 4 MiB 10.1 vs 8.0 ms. The crossover lies between 1 and
-  4 MiB for n=2..4; larger worlds were not measured (RD's cost grows with log2 n).
-- broadcast below 64 KiB uses the binomial tree (log2 n rounds), above it the pipelined
-  chain (link speed once the pipeline is full). Measured at n=4, binomial vs chain: 64 KiB
-  701 vs 485 us, 1 MiB 1.20 vs 0.96 ms, 16 MiB 18.5 vs 16.4 ms.
-- star is never chosen automatically; it is there to be compared.
+- :mod:`~ringcomm.algorithms.schedule`: who sends which chunk at which step (pure).
+- :mod:`~ringcomm.algorithms.context`: :class:`OpContext`, what a driver sees of its
+  operation (tags, deadline, reduction).
+- drivers: :mod:`~ringcomm.algorithms.ring`, :mod:`~ringcomm.algorithms.recursive_doubling`,
+  :mod:`~ringcomm.algorithms.tree`, :mod:`~ringcomm.algorithms.star`,
+  :mod:`~ringcomm.algorithms.linear`.
+- :mod:`~ringcomm.algorithms.choice`: which one runs, by size (measured there).
+- :mod:`~ringcomm.algorithms.records`: text records gathered from every rank.
 """
-
-from __future__ import annotations
-
-from ringcomm.config import ALLREDUCE_ALGORITHMS, BROADCAST_ALGORITHMS, Config
-
-BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
-
-
-def _forced(
-    requested: str | None, configured: str | None, choices: tuple[str, ...], op: str
-) -> str | None:
-    name = requested or configured
-    if name is not None and name not in choices:
-        raise ValueError(f"unknown {op} algorithm {name!r}: expected one of {', '.join(choices)}")
-    return name
-
-
-def choose_allreduce(nbytes: int, size: int, config: Config, requested: str | None) -> str:
-    """Name of the all_reduce algorithm: ``requested``, else the config's, else by size."""
-    forced = _forced(requested, config.allreduce_algorithm, ALLREDUCE_ALGORITHMS, "all_reduce")
-    if forced is not None:
-        return forced
-    return "recursive_doubling" if nbytes < config.small_message_bytes else "ring"
-
-
-def choose_broadcast(nbytes: int, size: int, config: Config, requested: str | None) -> str:
-    """Name of the broadcast algorithm: ``requested``, else the config's, else by size."""
-    forced = _forced(requested, config.broadcast_algorithm, BROADCAST_ALGORITHMS, "broadcast")
-    if forced is not None:
-        return forced
-    return "binomial" if nbytes < BINOMIAL_BROADCAST_BELOW_BYTES or size <= 2 else "chain"

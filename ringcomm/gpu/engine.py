@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from ringcomm import native
-from ringcomm.algorithms import ring, tree
+from ringcomm import hosts, native
+from ringcomm.algorithms import records, tree
 from ringcomm.algorithms.context import OpContext
 from ringcomm.algorithms.schedule import segment_bounds
 from ringcomm.config import Config
 from ringcomm.errors import CommTimeoutError, TransportError
-from ringcomm.gpu import DeviceBuffer, cupy_module
+from ringcomm.gpu.intake import DeviceBuffer, cupy_module
 from ringcomm.logs import get_logger
 from ringcomm.native import cuda as kernels
 
@@ -59,14 +59,6 @@ def _nccl_module() -> Any | None:
     except ImportError:
         return None
     return nccl if getattr(nccl, "available", False) else None
-
-
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return os.uname().nodename
 
 
 class NcclComm:
@@ -231,8 +223,9 @@ class DeviceEngine:
     def _choose_path(self, ctx: OpContext, device_id: int) -> None:
         nccl = _nccl_module()
         bus = self.cupy.cuda.Device(device_id).pci_bus_id
-        mine = f"{int(nccl is not None)}|{_boot_id()}|{bus}"[:_RECORD_BYTES]
-        rows = ring.allgather_text(ctx, mine, _RECORD_BYTES)
+        machine = hosts.boot_id() or os.uname().nodename
+        mine = f"{int(nccl is not None)}|{machine}|{bus}"[:_RECORD_BYTES]
+        rows = records.allgather_text(ctx, mine, _RECORD_BYTES)
         have_nccl = [row.split("|", 1)[0] == "1" for row in rows]
         gpus = [row.split("|", 1)[1] for row in rows]
         shared = sorted({g for g in gpus if gpus.count(g) > 1})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
 from typing import Any
 
 import torch
@@ -68,7 +67,7 @@ def init_from_store(
     spec = _config.world_from(rank, size, None, None, None)
     launched = _config.mpi_launch()
     if spec.transport == "mpi" or (
-        launched is not None and not os.environ.get("RINGCOMM_TRANSPORT")
+        launched is not None and not _config.env_value("RINGCOMM_TRANSPORT")
     ):
         # The MPI transport is MPI_COMM_WORLD: right for a group that is the whole MPI
         # world in MPI's rank order, and for nothing else (then shared memory and sockets,

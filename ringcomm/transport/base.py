@@ -69,6 +69,11 @@ class Endpoint(abc.ABC):
         """Release the endpoint without connecting (e.g. a rank left out of a split)."""
 
 
+# Makes this rank's endpoint for the world and for every split; None where the transport
+# splits itself (MPI).
+EndpointFactory = Callable[[], Endpoint | None]
+
+
 class Transport(abc.ABC):
     """Moves tagged messages between the ranks of one communicator.
 

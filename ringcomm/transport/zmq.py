@@ -10,11 +10,8 @@ Received payloads are ZeroMQ frames; the algorithms reduce straight out of them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import socket
-import struct
 import sys
 import tempfile
 import threading
@@ -27,6 +24,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ringcomm import hosts
 from ringcomm.config import Config
 from ringcomm.errors import CommTimeoutError, PeerLostError, TransportError
 from ringcomm.logs import get_logger
@@ -67,76 +65,6 @@ def mpi_is_initialized() -> bool:
     return mpi is not None and bool(mpi.Is_initialized()) and not mpi.Is_finalized()
 
 
-def host_identity() -> str:
-    """Same string on every process of one machine (boot): decides ipc:// vs tcp://."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = ""
-    return f"{socket.gethostname()}/{boot}"
-
-
-def interface_addresses() -> list[tuple[str, str]]:
-    """(interface name, IPv4 address) of every interface that has one, in kernel order."""
-    found = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _, name in socket.if_nameindex():
-            try:  # SIOCGIFADDR
-                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
-            except OSError:
-                continue  # no IPv4 address
-            found.append((name, socket.inet_ntoa(packed[20:24])))
-    return found
-
-
-def address_of_interface(spec: str) -> str:
-    """The IPv4 address of the first interface ``spec`` selects, as NCCL_SOCKET_IFNAME and
-    GLOO_SOCKET_IFNAME read it: comma-separated name prefixes (``eth,ib``), ``=name`` for an
-    exact name, a leading ``^`` to exclude instead (``^lo,docker``).
-
-    Raises:
-        TransportError: no interface with an IPv4 address matches.
-    """
-    exclude = spec.startswith("^")
-    exact = spec.lstrip("^").startswith("=")
-    names = [n for n in spec.lstrip("^").lstrip("=").split(",") if n]
-
-    def matches(name: str) -> bool:
-        return any(name == n if exact else name.startswith(n) for n in names)
-
-    candidates = interface_addresses()
-    for name, address in candidates:
-        if matches(name) != exclude:
-            return address
-    have = ", ".join(f"{n} {a}" for n, a in candidates) or "none"
-    raise TransportError(
-        f"RINGCOMM_SOCKET_IFNAME={spec!r} selects no interface with an IPv4 address (have: {have})"
-    )
-
-
-def bind_address(master_addr: str, config: Config) -> str:
-    """Where this rank's sockets bind: ``config.socket_ifname``'s interface if set, else
-    the one that routes to ``master_addr``. Never all interfaces."""
-    if config.socket_ifname:
-        return address_of_interface(config.socket_ifname)
-    return local_address_towards(master_addr)
-
-
-def local_address_towards(master_addr: str) -> str:
-    """The IP address of the interface that routes to ``master_addr`` (no packet is sent)."""
-    try:
-        infos = socket.getaddrinfo(master_addr, None, socket.AF_INET)
-        target = infos[0][4][0]
-    except OSError as e:
-        raise TransportError(f"cannot resolve master address {master_addr!r}: {e}") from None
-    if target.startswith("127."):
-        return "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((target, 9))  # a UDP connect only picks the route
-        return s.getsockname()[0]
-
-
 class ZmqEndpoint(Endpoint):
     """A bound PULL socket, reachable over tcp:// at ``bind_host`` and, on one host, ipc://."""
 
@@ -156,7 +84,7 @@ class ZmqEndpoint(Endpoint):
         if self._security.mechanism != "none":
             self._refusals = self._pull.get_monitor_socket(_HANDSHAKE_FAILED)
         self._ipc_path: str | None = None
-        addr: dict[str, str] = {"host": host_identity()}
+        addr: dict[str, str] = {"host": hosts.host_identity()}
         if config.zmq_protocol in ("auto", "tcp"):
             port = self._pull.bind_to_random_port(f"tcp://{bind_host}")
             addr["tcp"] = f"tcp://{bind_host}:{port}"

@@ -1,4 +1,4 @@
-"""Run by every rank of ``ringcomm-run -n N python tests/torch_ranks.py MODE`` (test_torch.py).
+"""Run by every rank of ``ringcomm-run -n N python tests/ranks/pytorch.py MODE`` (test_torch.py).
 
 Data parallel: the classic ``Linear(1000,100) -> ReLU -> Linear(100,10)``, SGD, MSE, 20
 steps, each rank training on its slice of the global batch with DDP; every rank also trains

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 import ringcomm
-from helpers import DTYPES, OPS, assert_reduced, make_input, op_applies, reference
+from data import DTYPES, OPS, assert_reduced, make_input, op_applies, reference
 
 COUNTS = (0, 1, 2, 3, 7, 13, 1000, 4099)
 

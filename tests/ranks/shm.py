@@ -1,4 +1,4 @@
-"""Rank bodies for tests/test_shm.py: ``python shm_ranks.py MODE`` in every rank (started by
+"""Rank bodies for tests/test_shm.py: ``python tests/ranks/shm.py MODE`` in every rank (started by
 ringcomm-run or directly with RINGCOMM_* variables). A rank that passes prints
 ``PASS rank <r> MODE``; results go out as ``RESULT <json>``."""
 
@@ -11,15 +11,19 @@ import signal
 import sys
 import time
 
+# Run as a script: make tests/ importable (ranks.*, data, runners).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import numpy as np
 
 import ringcomm
-from ringcomm.transport.shm_names import NAME_PREFIX, SHM_DIR, job_id
+from ringcomm.config import Config
+from ringcomm.transport.shm import segment
 
 
 def job_segments() -> list[str]:
-    prefix = f"{NAME_PREFIX}{job_id()}-"
-    return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(prefix))
+    """This job's segment names still in /dev/shm."""
+    return segment.job_segments(Config.from_env().job_id)
 
 
 def check_ops(comm: ringcomm.Communicator) -> None:

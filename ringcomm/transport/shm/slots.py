@@ -1,4 +1,5 @@
-"""Shared-memory transport between ranks of one host, ZeroMQ sockets for every other pair.
+"""The slot protocol: how ranks of one host move messages through their segments
+(:mod:`~ringcomm.transport.shm.segment`), with ZeroMQ sockets for every other pair.
 
 Each rank of a communicator owns one segment under ``/dev/shm``: a control page and one
 inbox per peer on its host. An inbox is a ring of ``shm_slots`` slots of
@@ -37,17 +38,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import json
-import mmap
 import os
-import platform
-import select
-import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -61,294 +56,53 @@ from ringcomm.errors import (
 )
 from ringcomm.logs import get_logger
 from ringcomm.native import shm as native_shm
-from ringcomm.transport.base import Endpoint, Tag, Transport
-from ringcomm.transport.shm_names import SHM_DIR, job_id, segment_path
+from ringcomm.transport.base import Tag, Transport
+from ringcomm.transport.shm import syscalls
+from ringcomm.transport.shm.segment import (
+    ATTACHED,
+    ATTACHED_CMA,
+    BY_ADDRESS,
+    C_ATTACHED,
+    C_BELL,
+    C_CLOSED,
+    C_PID,
+    C_SLEEPING,
+    HEAD,
+    INLINE,
+    MESSAGE_BYTES_WORD,
+    RECORD,
+    TAG_WORDS,
+    TAIL,
+    Inbox,
+    Segment,
+    can_read,
+    create_segment,
+    open_segment,
+    segment_path,
+    wake_owner,
+)
 
 log = get_logger(__name__)
 
-_MAGIC = 0x52434D5348  # "RCMSH"
-_LAYOUT = 2
-_PAGE = 4096
-_LINE = 64  # one cache line: counters written by different processes never share one
-_RECORD_HEADER = 64
-# A record's header: kind, seq, step, segment (the tag), message bytes, offset of this
-# record in the message, bytes in this record, flags.
-_RECORD = struct.Struct("<8Q")
-# Control page (uint64 words): magic, layout version, pid, the address of this page in the
-# owner (to probe reading by address), the owner's slots and slot bytes, then the futex
-# word and the sleeping flag on their own lines, then one "attached" flag per rank.
-_C_MAGIC, _C_LAYOUT, _C_PID, _C_ADDRESS, _C_SLOTS, _C_SLOT_BYTES = 0, 1, 2, 3, 4, 5
-_C_CLOSED = 6  # the owner closed (or aborted) its communicator
 # A peer that closed is reported lost only after this long, so what it published just
 # before is taken first (a waiter looks at its inbox between checks).
-_CLOSED_GRACE_SECONDS = 0.2
-_C_BELL = _LINE // 8
-_C_SLEEPING = 2 * _LINE // 8
-_C_ATTACHED = 3 * _LINE // 8
-# What a peer writes into "attached": it mapped the segment; and it can also read this
-# process's memory directly (cross-memory attach, process_vm_readv).
-_ATTACHED, _ATTACHED_CMA = 1, 2
-# Record flags: the payload is in the slot, or the slot holds the address of the payload
-# in the sender's memory, which the receiver reads itself (one copy instead of two).
-_INLINE, _BY_ADDRESS = 0, 1
-# Borrowed sends of at least Config.shm_by_address_bytes go by address where the receiver
-# can read us. Measured with bench/collectives.py, 16 and 64 MiB at n=2 (MPICH's busbw = 1):
-# all_gather 0.24-0.70 through the slots, 0.81-0.99 by address; broadcast 0.63-0.93 and
-# 0.74-0.97; all_reduce 2.2-2.3 and 2.6-2.7. process_vm_readv alone copies 3.7-5.6 GB/s
-# here against 12 GB/s for memcpy, but one copy beats two.
-# Inbox counters (uint64 words from the inbox start).
-_HEAD = 0
-_TAIL = _LINE // 8
-
-_MIN_SLOT_BYTES = 64 << 10  # the smallest slots tried where /dev/shm is short
+CLOSED_GRACE_SECONDS = 0.2
 # Polls before the spin starts yielding the core (~0.2 us each: about 20 us).
-_POLLS = 100
+POLLS = 100
 # Spin before sleeping. Measured with bench/collectives.py all_reduce -b 4K -e 16M -f 16
-# on 2 cores: see the choice below and README "Shared memory".
+# on 2 cores: see docs/transports.md.
 SPIN_SECONDS = 0.002
-_CHECK_SECONDS = 0.1  # longest futex sleep: how often a waiter checks that peers live
-_TICK_SECONDS = 0.0005  # how often queued sends nobody waits for are pushed
+CHECK_SECONDS = 0.1  # longest futex sleep: how often a waiter checks that peers live
+TICK_SECONDS = 0.0005  # how often queued sends nobody waits for are pushed
 
 
-def shm_identity() -> str | None:
-    """Equal on two processes exactly when they can share a /dev/shm segment: same boot,
-    same /dev/shm mount, same user. None where there is no /dev/shm."""
-    try:
-        st = os.stat(SHM_DIR)
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-    except OSError:
-        return None
-    if not os.access(SHM_DIR, os.W_OK):
-        return None
-    return f"{boot}/{st.st_dev}/{st.st_ino}/{os.getuid()}"
-
-
-# -- futex: sleep until a peer rings ---------------------------------------------------------
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "ppc64le": 221, "s390x": 238}.get(platform.machine())
-_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared (not _PRIVATE): the word is in another process too
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _futex_wait(address: int, expected: int, seconds: float) -> None:
-    """Sleep while the 32-bit word at ``address`` equals ``expected`` (at most ``seconds``)."""
-    if _SYS_FUTEX is None:
-        time.sleep(min(seconds, 0.001))
-        return
-    ts = _Timespec(int(seconds), int((seconds % 1) * 1e9))
-    _libc.syscall(
-        _SYS_FUTEX,
-        ctypes.c_void_p(address),
-        _FUTEX_WAIT,
-        ctypes.c_uint32(expected),
-        ctypes.byref(ts),
-        None,
-        0,
-    )
-
-
-def _futex_wake(address: int) -> None:
-    if _SYS_FUTEX is not None:
-        _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(address), _FUTEX_WAKE, 0x7FFFFFFF, None, None, 0)
-
-
-# -- cross-memory attach: read another process's memory in one copy ---------------------------
-class _IoVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-_process_vm_readv = getattr(_libc, "process_vm_readv", None)
-if _process_vm_readv is not None:
-    _process_vm_readv.argtypes = [
-        ctypes.c_int,
-        ctypes.POINTER(_IoVec),
-        ctypes.c_ulong,
-        ctypes.POINTER(_IoVec),
-        ctypes.c_ulong,
-        ctypes.c_ulong,
-    ]
-    _process_vm_readv.restype = ctypes.c_ssize_t
-
-
-def _read_remote(pid: int, address: int, out: np.ndarray) -> None:
-    """Copy ``out.nbytes`` bytes at ``address`` in process ``pid`` into ``out`` (GIL free).
-
-    Raises OSError (ESRCH: the process is gone; EPERM/ENOSYS: not allowed here)."""
-    assert _process_vm_readv is not None
-    base, total, done = _address_of(out), out.nbytes, 0
-    while done < total:
-        local = _IoVec(base + done, total - done)
-        remote = _IoVec(address + done, total - done)
-        got = _process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-        if got <= 0:
-            err = ctypes.get_errno() if got < 0 else 0
-            raise OSError(err, f"process_vm_readv from pid {pid}: {os.strerror(err)}")
-        done += got
-
-
-def _can_read(pid: int, segment: _Segment) -> bool:
-    """Whether this process may read ``pid``'s memory (containers often forbid it)."""
-    if _process_vm_readv is None:
-        return False
-    probe = np.zeros(1, np.uint64)
-    try:
-        _read_remote(pid, int(segment.control[_C_ADDRESS]), probe.view(np.uint8))
-    except OSError:
-        return False
-    return int(probe[0]) == _MAGIC
-
-
-# -- segments --------------------------------------------------------------------------------
-class _Layout:
-    """Offsets in a segment with ``inboxes`` inboxes."""
-
-    def __init__(self, size: int, inboxes: int, slots: int, slot_bytes: int) -> None:
-        self.slots = slots
-        self.slot_bytes = slot_bytes
-        self.record_bytes = _RECORD_HEADER + slot_bytes
-        self.control_bytes = _round_up((_C_ATTACHED + size) * 8, _PAGE)
-        self.inbox_bytes = _round_up(2 * _LINE + slots * self.record_bytes, _PAGE)
-        self.total = self.control_bytes + inboxes * self.inbox_bytes
-
-    def inbox_offset(self, index: int) -> int:
-        return self.control_bytes + index * self.inbox_bytes
-
-
-def _round_up(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
-class _Segment:
-    """One mapped segment: its control words, and views of its inboxes."""
-
-    def __init__(self, path: str, mm: mmap.mmap, layout: _Layout) -> None:
-        self.path = path
-        self.mm = mm
-        self.layout = layout
-        self.control = np.frombuffer(mm, np.uint64, layout.control_bytes // 8)
-        self.bell_address = _address_of(self.control) + _C_BELL * 8
-
-    def inbox(self, index: int) -> _Inbox:
-        return _Inbox(self, index)
-
-    def close(self) -> None:
-        self.control = None  # type: ignore[assignment]
-        with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps it
-            self.mm.close()
-
-
-def _address_of(arr: np.ndarray) -> int:
-    return int(arr.__array_interface__["data"][0])
-
-
-class _Inbox:
-    """Views of one inbox: its two counters and its slots (headers and payloads)."""
-
-    def __init__(self, segment: _Segment, index: int) -> None:
-        lay = segment.layout
-        base = lay.inbox_offset(index)
-        mm = segment.mm
-        self.mm = mm
-        self.counters = np.frombuffer(mm, np.uint64, 2 * _LINE // 8, base)
-        # Record headers are packed and unpacked with struct, straight in the mapping: a
-        # third of the cost of going through a numpy view per message.
-        self.header_at = [base + 2 * _LINE + i * lay.record_bytes for i in range(lay.slots)]
-        self.payloads = [
-            np.frombuffer(
-                mm, np.uint8, lay.slot_bytes, base + 2 * _LINE + i * lay.record_bytes + 64
-            )
-            for i in range(lay.slots)
-        ]
-
-
-def _create_segment(path: str, size: int, inboxes: int, config: Config) -> _Segment:
-    """Make this rank's segment, all of its memory allocated now. Where /dev/shm is too
-    small for the configured slots, smaller slots (down to 64 KiB) are tried first: peers
-    read each segment's own layout from it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        slot_bytes = config.shm_slot_bytes
-        while True:
-            layout = _Layout(size, inboxes, config.shm_slots, slot_bytes)
-            try:
-                os.posix_fallocate(fd, 0, layout.total)
-                break
-            except OSError as e:
-                os.ftruncate(fd, 0)
-                if slot_bytes > _MIN_SLOT_BYTES:
-                    slot_bytes = max(_MIN_SLOT_BYTES, slot_bytes // 2)
-                    continue
-                os.unlink(path)
-                free = os.statvfs(SHM_DIR)
-                raise TransportError(
-                    f"shared memory: cannot allocate {layout.total >> 20} MiB in {SHM_DIR} "
-                    f"({e}; {free.f_bavail * free.f_frsize >> 20} MiB free). Give the "
-                    "container more (docker --shm-size), lower RINGCOMM_SHM_SLOTS, or use "
-                    "sockets: RINGCOMM_TRANSPORT=zmq"
-                ) from None
-        if slot_bytes != config.shm_slot_bytes:
-            log.warning(
-                "shared memory: %s too small for %d KiB slots, using %d KiB (slower); "
-                "give the container more (docker --shm-size)",
-                SHM_DIR,
-                config.shm_slot_bytes >> 10,
-                slot_bytes >> 10,
-            )
-        mm = mmap.mmap(fd, layout.total)
-    finally:
-        os.close(fd)
-    seg = _Segment(path, mm, layout)
-    seg.control[_C_LAYOUT] = _LAYOUT
-    seg.control[_C_PID] = os.getpid()
-    seg.control[_C_ADDRESS] = _address_of(seg.control)  # a peer probes reading it by address
-    seg.control[_C_SLOTS] = layout.slots
-    seg.control[_C_SLOT_BYTES] = layout.slot_bytes
-    native_shm.store_release(seg.control, _C_MAGIC, _MAGIC)  # last: the segment is ready
-    return seg
-
-
-def _open_segment(path: str, size: int, inboxes: int) -> _Segment | None:
-    """The peer's segment (its layout read from it), or None while it is not made yet."""
-    control_bytes = _Layout(size, inboxes, 2, 64).control_bytes
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    try:
-        if os.fstat(fd).st_size < control_bytes:
-            return None
-        head = mmap.mmap(fd, control_bytes)
-        control = np.frombuffer(head, np.uint64)
-        ready = native_shm.load_acquire(control, _C_MAGIC) == _MAGIC
-        version, slots, slot_bytes = (int(control[w]) for w in (_C_LAYOUT, _C_SLOTS, _C_SLOT_BYTES))
-        del control
-        head.close()
-        if not ready:
-            return None
-        if version != _LAYOUT:
-            raise TransportError(
-                f"shared memory: {path} has another layout (ringcomm versions differ)"
-            )
-        layout = _Layout(size, inboxes, slots, slot_bytes)
-        if os.fstat(fd).st_size != layout.total:
-            raise TransportError(f"shared memory: {path} is not the size its layout says")
-        mm = mmap.mmap(fd, layout.total)
-    finally:
-        os.close(fd)
-    return _Segment(path, mm, layout)
-
-
-class _Peer:
+class Peer:
     """A rank on this host: its segment, our inbox in it (we send) and its inbox in ours."""
 
-    def __init__(self, rank: int, segment: _Segment, outbox: _Inbox, inbox: _Inbox) -> None:
+    def __init__(self, rank: int, segment: Segment, outbox: Inbox, inbox: Inbox) -> None:
         self.rank = rank
         self.segment = segment
-        self.pid = int(segment.control[_C_PID])
+        self.pid = int(segment.control[C_PID])
         self.outbox = outbox
         self.inbox = inbox
         self.head = 0  # records we published into outbox
@@ -358,25 +112,14 @@ class _Peer:
         self.lent_until = 0  # the peer reads our memory until it frees this many records
         self.by_address = False  # the peer can read our memory (set once it attached)
         self.closed_since = 0.0  # when we first saw the peer's closed flag
-        self.queue: collections.deque[_Queued] = collections.deque()
-        try:
-            self.pidfd: int | None = os.pidfd_open(self.pid)
-        except (AttributeError, OSError):
-            self.pidfd = None
+        self.queue: collections.deque[Queued] = collections.deque()
+        self.pidfd = syscalls.open_pidfd(self.pid)
 
     def alive(self) -> bool:
-        if self.pidfd is not None:
-            return not select.select([self.pidfd], [], [], 0)[0]
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
+        return syscalls.process_alive(self.pid, self.pidfd)
 
 
-class _Queued:
+class Queued:
     """A message (or what is left of it) waiting for free slots."""
 
     __slots__ = ("borrowed", "by_address", "data", "offset", "tag")
@@ -389,71 +132,6 @@ class _Queued:
         self.offset = offset  # bytes written so far
         self.borrowed = borrowed  # reads the caller's memory: flush() waits for it
         self.by_address = by_address  # goes as one record the receiver reads us by
-
-
-# -- the transport ---------------------------------------------------------------------------
-class ShmEndpoint(Endpoint):
-    """A ZeroMQ endpoint plus what peers need to tell whether they share /dev/shm with us.
-
-    ``mode``: ``auto`` (shared memory with peers on this host, sockets with the rest) or
-    ``shm`` (shared memory with every peer, an error where that is impossible).
-    """
-
-    def __init__(self, bind_host: str, config: Config, mode: str) -> None:
-        from ringcomm.transport.zmq import ZmqEndpoint
-
-        self._config = config
-        self._mode = mode
-        self._zmq: ZmqEndpoint | None = ZmqEndpoint(bind_host, config)
-        self._identity = shm_identity()
-        self._address = json.dumps(
-            {"zmq": self._zmq.address.decode(), "shm": self._identity}
-        ).encode()
-
-    @property
-    def address(self) -> bytes:
-        return self._address
-
-    def connect(self, rank: int, addresses: Sequence[bytes], comm_id: int) -> Transport:
-        records = [json.loads(a) for a in addresses]
-        local = [
-            r
-            for r, rec in enumerate(records)
-            if self._identity is not None and rec["shm"] == self._identity
-        ]
-        if self._mode == "shm" and len(local) != len(records):
-            far = sorted(set(range(len(records))) - set(local))
-            self.close()
-            raise TransportError(
-                f"RINGCOMM_TRANSPORT=shm: rank {rank} shares no /dev/shm with rank(s) {far} "
-                "(another host, container or user); use the default (auto) to reach them "
-                "over sockets"
-            )
-        assert self._zmq is not None
-        if len(local) <= 1:  # nobody to share memory with
-            zmq_endpoint, self._zmq = self._zmq, None
-            return zmq_endpoint.connect(rank, [r["zmq"].encode() for r in records], comm_id)
-        sockets = None
-        try:
-            if len(local) < len(records):
-                far_addresses = [
-                    b"" if r in local else rec["zmq"].encode() for r, rec in enumerate(records)
-                ]
-                zmq_endpoint, self._zmq = self._zmq, None
-                sockets = zmq_endpoint.connect(rank, far_addresses, comm_id)
-            else:
-                self.close()
-            return ShmTransport(rank, len(records), comm_id, self._config, local, sockets)
-        except BaseException:
-            if sockets is not None:
-                sockets.close()
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self._zmq is not None:
-            self._zmq.close()
-            self._zmq = None
 
 
 class ShmTransport(Transport):
@@ -485,10 +163,10 @@ class ShmTransport(Transport):
         self._scratch: np.ndarray | None = None  # where data read by address is reduced from
         self._detached = 0  # queued copied sends
         others = [r for r in local if r != rank]
-        self._path = segment_path(job_id(), comm_id, rank)
-        self._segment: _Segment | None = _create_segment(self._path, size, len(others), config)
+        self._path = segment_path(config.job_id, comm_id, rank)
+        self._segment: Segment | None = create_segment(self._path, size, len(others), config)
         self._layout = self._segment.layout  # of our inboxes; a peer's may differ
-        self._peers: dict[int, _Peer] = {}
+        self._peers: dict[int, Peer] = {}
         try:
             self._attach(others, time.monotonic() + config.timeout_seconds)
         except BaseException:
@@ -501,36 +179,36 @@ class ShmTransport(Transport):
         has attached to ours, then unlink ours: from here on nothing can leak."""
         assert self._segment is not None
         index = {r: i for i, r in enumerate(others)}  # our inbox from rank r
-        job = job_id()
+        job = self._config.job_id
         waiting = set(others)
         while waiting:
             for r in sorted(waiting):
-                seg = _open_segment(segment_path(job, self.comm_id, r), self.size, len(others))
+                seg = open_segment(segment_path(job, self.comm_id, r), self.size, len(others))
                 if seg is None:
                     continue
                 # In r's segment, our inbox index is our position among r's peers.
                 ours_there = sorted([*others, self.rank])
                 ours_there.remove(r)
                 outbox = seg.inbox(ours_there.index(self.rank))
-                self._peers[r] = _Peer(r, seg, outbox, self._segment.inbox(index[r]))
+                self._peers[r] = Peer(r, seg, outbox, self._segment.inbox(index[r]))
                 peer = self._peers[r]
-                readable = _can_read(peer.pid, seg)
-                mark = _ATTACHED_CMA if readable else _ATTACHED
-                native_shm.store_release(seg.control, _C_ATTACHED + self.rank, mark)
+                readable = can_read(peer.pid, seg)
+                mark = ATTACHED_CMA if readable else ATTACHED
+                native_shm.store_release(seg.control, C_ATTACHED + self.rank, mark)
                 waiting.discard(r)
             if waiting:
                 self._check_time(deadline, f"rank(s) {sorted(waiting)} to create their segment")
                 time.sleep(0.001)
         control = self._segment.control
-        while not all(native_shm.load_acquire(control, _C_ATTACHED + r) for r in others):
-            late = [r for r in others if not control[_C_ATTACHED + r]]
+        while not all(native_shm.load_acquire(control, C_ATTACHED + r) for r in others):
+            late = [r for r in others if not control[C_ATTACHED + r]]
             self._check_time(deadline, f"rank(s) {late} to open this rank's segment")
             self._check_peers()
             time.sleep(0.001)
         os.unlink(self._path)
         self._path = ""
         for r, peer in self._peers.items():
-            peer.by_address = int(control[_C_ATTACHED + r]) == _ATTACHED_CMA
+            peer.by_address = int(control[C_ATTACHED + r]) == ATTACHED_CMA
 
     def _check_time(self, deadline: float, what: str) -> None:
         if time.monotonic() > deadline:
@@ -565,6 +243,11 @@ class ShmTransport(Transport):
                 self._sockets.send(dst, tag, payload, copy=copy)
             return
         data = (payload if payload.ndim == 1 else payload.reshape(-1)).view(np.uint8)
+        # Borrowed sends of at least Config.shm_by_address_bytes go by address where the receiver
+        # can read us. Measured with bench/collectives.py, 16 and 64 MiB at n=2 (MPICH's busbw = 1):
+        # all_gather 0.24-0.70 through the slots, 0.81-0.99 by address; broadcast 0.63-0.93 and
+        # 0.74-0.97; all_reduce 2.2-2.3 and 2.6-2.7. process_vm_readv alone copies 3.7-5.6 GB/s
+        # here against 12 GB/s for memcpy, but one copy beats two.
         by_address = (
             not copy and not one_way and peer.by_address and data.nbytes >= self._by_address_bytes
         )
@@ -574,7 +257,7 @@ class ShmTransport(Transport):
                 offset = self._push(peer, tag, data, 0, by_address)
                 if offset is None:
                     return
-            item = _Queued(tag, data.copy() if copy else data, offset, not copy, by_address)
+            item = Queued(tag, data.copy() if copy else data, offset, not copy, by_address)
             if copy:
                 self._detached += 1
                 _ticker.watch(self)
@@ -583,7 +266,7 @@ class ShmTransport(Transport):
             peer.queue.append(item)
 
     def _push(
-        self, peer: _Peer, tag: Tag, data: np.ndarray, offset: int, by_address: bool
+        self, peer: Peer, tag: Tag, data: np.ndarray, offset: int, by_address: bool
     ) -> int | None:
         """Write records of ``data[offset:]`` into free slots of the peer's inbox; return
         None once the whole message is written, else the offset to go on from. Caller
@@ -595,28 +278,28 @@ class ShmTransport(Transport):
         wrote = False
         while done is not None:
             if peer.head - peer.tail_seen >= lay.slots:
-                peer.tail_seen = native_shm.load_acquire(outbox.counters, _TAIL)
+                peer.tail_seen = native_shm.load_acquire(outbox.counters, TAIL)
                 if peer.head - peer.tail_seen >= lay.slots:
                     break
             i = peer.head % lay.slots
             if by_address:  # one record for the whole message: where the peer reads it
                 n = total
-                outbox.payloads[i][:8].view(np.uint64)[0] = _address_of(data)
-                flags = _BY_ADDRESS
+                outbox.payloads[i][:8].view(np.uint64)[0] = syscalls.address_of(data)
+                flags = BY_ADDRESS
             else:
                 n = min(lay.slot_bytes, total - offset)
                 if n:
                     outbox.payloads[i][:n] = data if n == total else data[offset : offset + n]
-                flags = _INLINE
-            _RECORD.pack_into(outbox.mm, outbox.header_at[i], *tag, total, offset, n, flags)
+                flags = INLINE
+            RECORD.pack_into(outbox.mm, outbox.header_at[i], *tag, total, offset, n, flags)
             peer.head += 1
-            native_shm.store_fenced(outbox.counters, _HEAD, peer.head)
+            native_shm.store_fenced(outbox.counters, HEAD, peer.head)
             wrote = True
             self._records_out += 1
             offset += n
             done = None if offset >= total else offset
         if wrote:
-            _ring(peer.segment)
+            wake_owner(peer.segment)
             if by_address and done is None:
                 peer.lent_until = peer.head
         return done
@@ -630,7 +313,7 @@ class ShmTransport(Transport):
         """Whether a peer may still read our memory by address (for :meth:`flush`)."""
         for peer in self._peers.values():
             if peer.lent_until > peer.tail_seen:
-                peer.tail_seen = native_shm.load_acquire(peer.outbox.counters, _TAIL)
+                peer.tail_seen = native_shm.load_acquire(peer.outbox.counters, TAIL)
                 if peer.lent_until > peer.tail_seen:
                     return True
         return False
@@ -737,10 +420,10 @@ class ShmTransport(Transport):
             return
         while True:
             header = self._next_record(peer, tag, deadline)
-            total = header[4]
-            if header[:4] == tag:
+            total = header[MESSAGE_BYTES_WORD]
+            if header[:TAG_WORDS] == tag:
                 break
-            key = Tag(*header[:4])
+            key = Tag(*header[:TAG_WORDS])
             self._stash[(src, key)].append(self._take(peer, key, total, deadline, header))
         if total != nbytes:
             self._take(peer, tag, total, deadline, header)  # keep the inbox in step
@@ -748,7 +431,7 @@ class ShmTransport(Transport):
         self._consume(peer, tag, total, deadline, land, into, header)
 
     def _take(
-        self, peer: _Peer, tag: Tag, total: int, deadline: float, header: tuple[int, ...]
+        self, peer: Peer, tag: Tag, total: int, deadline: float, header: tuple[int, ...]
     ) -> np.ndarray:
         """Copy a whole message out of the inbox (one that is not wanted yet)."""
         data = np.empty(total, np.uint8)
@@ -761,7 +444,7 @@ class ShmTransport(Transport):
 
     def _consume(
         self,
-        peer: _Peer,
+        peer: Peer,
         tag: Tag,
         total: int,
         deadline: float,
@@ -774,9 +457,9 @@ class ShmTransport(Transport):
         done = 0
         while True:
             i = peer.tail % lay.slots
-            offset, n, flags = header[5], header[6], header[7]
-            inline = flags == _INLINE
-            if offset != done or header[4] != total or (inline and n > lay.slot_bytes):
+            _, _, _, _, message_bytes, offset, n, flags = header
+            inline = flags == INLINE
+            if offset != done or message_bytes != total or (inline and n > lay.slot_bytes):
                 raise TransportError(
                     f"{self.current_op}: rank {self.rank} got a malformed record from "
                     f"rank {peer.rank} (offset {offset}, expected {done})"
@@ -789,10 +472,10 @@ class ShmTransport(Transport):
                     self._land_remote(peer, address, offset, n, land, into)
             finally:
                 peer.tail += 1
-                native_shm.store_fenced(peer.inbox.counters, _TAIL, peer.tail)
+                native_shm.store_fenced(peer.inbox.counters, TAIL, peer.tail)
                 # The sender may sleep until a slot is free (or its memory is read).
-                if peer.segment.control.item(_C_SLEEPING):
-                    _ring(peer.segment)
+                if peer.segment.control.item(C_SLEEPING):
+                    wake_owner(peer.segment)
             if not inline and self._queued:
                 # Between two reads of the peer's memory, hand out the addresses of our own
                 # queued sends (cheap), so the peer is not left waiting for them.
@@ -804,7 +487,7 @@ class ShmTransport(Transport):
 
     def _land_remote(
         self,
-        peer: _Peer,
+        peer: Peer,
         address: int,
         offset: int,
         n: int,
@@ -815,14 +498,14 @@ class ShmTransport(Transport):
         else through a slot-sized scratch, piece by piece into ``land``."""
         try:
             if into is not None:
-                _read_remote(peer.pid, address, into[offset : offset + n])
+                syscalls.read_remote(peer.pid, address, into[offset : offset + n])
                 return
             if self._scratch is None:
                 self._scratch = np.empty(self._layout.slot_bytes, np.uint8)
             step = self._scratch.nbytes
             for k in range(0, n, step):
                 piece = self._scratch[: min(step, n - k)]
-                _read_remote(peer.pid, address + k, piece)
+                syscalls.read_remote(peer.pid, address + k, piece)
                 land(offset + k, piece)
         except OSError as e:
             if not peer.alive():
@@ -834,21 +517,21 @@ class ShmTransport(Transport):
                 f"{self.current_op}: rank {self.rank} cannot read rank {peer.rank}'s data: {e}"
             ) from None
 
-    def _next_record(self, peer: _Peer, tag: Tag, deadline: float) -> tuple[int, ...]:
+    def _next_record(self, peer: Peer, tag: Tag, deadline: float) -> tuple[int, ...]:
         """The header of the next record from ``peer`` (kind, seq, step, segment, message
         bytes, offset, bytes here, flags), once it is there."""
         if peer.head_seen <= peer.tail:
             counters = peer.inbox.counters
-            peer.head_seen = native_shm.load_acquire(counters, _HEAD)
+            peer.head_seen = native_shm.load_acquire(counters, HEAD)
             if peer.head_seen <= peer.tail:
 
                 def ready() -> bool:
-                    peer.head_seen = native_shm.load_acquire(counters, _HEAD)
+                    peer.head_seen = native_shm.load_acquire(counters, HEAD)
                     return peer.head_seen > peer.tail
 
                 self._wait(ready, deadline, lambda: self.timeout_error(peer.rank, tag))
         inbox = peer.inbox
-        return _RECORD.unpack_from(inbox.mm, inbox.header_at[peer.tail % self._layout.slots])
+        return RECORD.unpack_from(inbox.mm, inbox.header_at[peer.tail % self._layout.slots])
 
     def _recv_socket(
         self,
@@ -893,12 +576,12 @@ class ShmTransport(Transport):
         if not queued:
             # A peer a few microseconds behind: poll without giving the core away first (a
             # sched_yield costs 0.6 us and delays noticing the record by as much).
-            for _ in range(_POLLS):
+            for _ in range(POLLS):
                 if ready():
                     return
         now = time.monotonic()
         spin_until = now + SPIN_SECONDS
-        check_at = now + _CHECK_SECONDS
+        check_at = now + CHECK_SECONDS
         records_out = self._records_out
         while True:
             if queued:
@@ -912,7 +595,7 @@ class ShmTransport(Transport):
                 raise timeout_error()
             if now >= check_at:
                 self._check_peers()
-                check_at = now + _CHECK_SECONDS
+                check_at = now + CHECK_SECONDS
             if self._records_out != records_out:
                 # Our queued sends moved: the peer is draining them now, so keep spinning.
                 # (Sleeping between slots turned a 64 MiB broadcast into a futex ping-pong
@@ -923,17 +606,17 @@ class ShmTransport(Transport):
                 os.sched_yield()
                 continue
             queued = True  # sleeping from here on: look at every queue each time
-            bell = int(control[_C_BELL]) & 0xFFFFFFFF
-            native_shm.store_fenced(control, _C_SLEEPING, 1)
+            bell = int(control[C_BELL]) & 0xFFFFFFFF
+            native_shm.store_fenced(control, C_SLEEPING, 1)
             try:
                 # Look again with the flag up: a peer that published (or freed a slot)
                 # before it could see the flag is seen here; one after it rings the bell.
                 self._push_queued()
                 if ready():
                     return
-                _futex_wait(bell_address, bell, min(_CHECK_SECONDS, deadline - now))
+                syscalls.futex_wait(bell_address, bell, min(CHECK_SECONDS, deadline - now))
             finally:
-                native_shm.store_release(control, _C_SLEEPING, 0)
+                native_shm.store_release(control, C_SLEEPING, 0)
 
     def _check_peers(self) -> None:
         now = time.monotonic()
@@ -943,9 +626,9 @@ class ShmTransport(Transport):
                     f"{self.current_op}: rank {peer.rank} (pid {peer.pid}, same host) exited "
                     f"while rank {self.rank} was working with it"
                 )
-            if peer.rank == self.waiting_for and peer.segment.control[_C_CLOSED]:
+            if peer.rank == self.waiting_for and peer.segment.control[C_CLOSED]:
                 peer.closed_since = peer.closed_since or now
-                if now - peer.closed_since >= _CLOSED_GRACE_SECONDS:
+                if now - peer.closed_since >= CLOSED_GRACE_SECONDS:
                     raise PeerLostError(
                         f"{self.current_op}: rank {peer.rank} closed or aborted its "
                         f"communicator while rank {self.rank} was waiting for it"
@@ -980,7 +663,7 @@ class ShmTransport(Transport):
                 self._check_peers()
                 time.sleep(0.001)
         if self._segment is not None:  # tell peers still waiting for us
-            native_shm.store_release(self._segment.control, _C_CLOSED, 1)
+            native_shm.store_release(self._segment.control, C_CLOSED, 1)
         if self._sockets is not None:
             self._sockets.close()
         if self._path:
@@ -998,14 +681,6 @@ class ShmTransport(Transport):
         if self._segment is not None:
             self._segment.close()
             self._segment = None
-
-
-def _ring(segment: _Segment) -> None:
-    """Wake the owner of ``segment`` if it sleeps (after a fenced publish or free)."""
-    control = segment.control
-    if control.item(_C_SLEEPING):
-        control[_C_BELL] = (int(control[_C_BELL]) + 1) & 0xFFFFFFFF
-        _futex_wake(segment.bell_address)
 
 
 class _Ticker:
@@ -1040,7 +715,7 @@ class _Ticker:
                 if not t.tick():
                     with self._lock:
                         self._transports.discard(t)
-            time.sleep(_TICK_SECONDS)
+            time.sleep(TICK_SECONDS)
 
 
 _ticker = _Ticker()

@@ -1,4 +1,4 @@
-"""Run by every rank of ``mpiexec -n N python tests/mpi_ranks.py CHECK`` (see test_mpi.py).
+"""Run by every rank of ``mpiexec -n N python tests/ranks/mpi.py CHECK`` (see test_mpi.py).
 
 Each check prints ``PASS rank R CHECK`` on success; an uncaught error aborts the job through
 ringcomm's MPI abort hook, after the traceback (tagged with the rank by ``mpiexec -l``).
@@ -14,21 +14,23 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import rankfns
 import ringcomm
+from ranks import collectives
 
 
 def suite(comm: ringcomm.Communicator) -> None:
     """The collective test suite, as the process pools run it."""
-    rankfns.allreduce_matrix(comm, ("ring", "recursive_doubling", "star"), counts=(0, 1, 13, 4099))
-    rankfns.other_collectives(comm, counts=(0, 1, 7, 1000))
-    rankfns.async_ops_in_flight(comm)
-    rankfns.p2p_size_mismatch_is_refused(comm)
+    collectives.allreduce_matrix(
+        comm, ("ring", "recursive_doubling", "star"), counts=(0, 1, 13, 4099)
+    )
+    collectives.other_collectives(comm, counts=(0, 1, 7, 1000))
+    collectives.async_ops_in_flight(comm)
+    collectives.p2p_size_mismatch_is_refused(comm)
     if comm.size >= 2:
-        rankfns.subcommunicators_concurrently(comm)
-        share = rankfns.idle_rank_burns_no_cpu(comm)
+        collectives.subcommunicators_concurrently(comm)
+        share = collectives.idle_rank_burns_no_cpu(comm)
         assert share < 0.2, f"rank 0 used {share:.0%} of a core waiting for rank 1"
     # several segments per chunk, zero-copy sends, every algorithm
     for alg in ("ring", "recursive_doubling", "star"):
@@ -42,7 +44,7 @@ def suite(comm: ringcomm.Communicator) -> None:
     except ImportError:
         pass
     else:
-        rankfns.torch_tensors(comm)
+        collectives.torch_tensors(comm)
 
 
 def huge(comm: ringcomm.Communicator) -> None:

@@ -1,5 +1,5 @@
-"""Rank bodies for tests/test_faults.py: ``python fault_ranks.py MODE`` in every rank, started
-with RINGCOMM_* variables. A rank that passes prints ``PASS rank <r> MODE``; results go
+"""Rank bodies for tests/test_faults.py: ``python tests/ranks/faults.py MODE`` in every rank,
+started with RINGCOMM_* variables. A rank that passes prints ``PASS rank <r> MODE``; results go
 out as ``RESULT <json>``."""
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ import os
 import signal
 import sys
 import time
+
+# Run as a script: make tests/ importable (ranks.*, data, runners).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
@@ -39,7 +42,7 @@ def rebuild(comm: ringcomm.Communicator) -> dict:
         refused = str(e)
     else:
         raise AssertionError("an aborted communicator ran an operation")
-    port = int(os.environ["RINGCOMM_MASTER_PORT"]) + 1
+    port = int(os.environ["REBUILD_PORT"])  # free, from the test (not master port + 1)
     survivors = ringcomm.init(rank=r, size=n - 1, master_port=port, timeout=30)
     x = np.full(1000, r + 1.0, np.float32)
     survivors.all_reduce(x)
@@ -153,7 +156,7 @@ def soak(comm: ringcomm.Communicator) -> dict:
 def hosts(comm: ringcomm.Communicator) -> dict:
     """Ranks on several "hosts" (network namespaces, test_hosts.py): every collective,
     checked."""
-    from shm_ranks import check_ops
+    from ranks.shm import check_ops
 
     check_ops(comm)
     return {"transport": comm.transport}

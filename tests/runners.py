@@ -1,13 +1,15 @@
-"""Shared test helpers: deterministic inputs, numpy references, and rank runners.
+"""Rank runners: every way the tests start ranks, each with a hard timeout that names the rank
+that failed or hung.
 
-Two ways to run ranks, both with a hard timeout that names the rank that failed or hung:
+Two ways to run a function on every rank:
 - :func:`run_threads`: ranks as threads over the local transport (fast; algorithm logic);
 - :class:`RankPool`: ranks as processes over ZeroMQ, started once and reused across tests.
+
+And :func:`run_script_ranks`: one of the scripts in ``tests/ranks/`` on every rank.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import multiprocessing
@@ -24,96 +26,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-import numpy as np
-
 import ringcomm
 from ringcomm.run import free_port
-
-DTYPES = (
-    "bool",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-)
-OPS = tuple(ringcomm.ReduceOp)
-
-
-def op_applies(op: ringcomm.ReduceOp, dtype: str) -> bool:
-    """Whether ringcomm accepts ``op`` on ``dtype`` (the validation rules)."""
-    floating = dtype.startswith("float") or dtype == "bfloat16"
-    if op == ringcomm.AVG:
-        return floating
-    if op in (ringcomm.BAND, ringcomm.BOR, ringcomm.BXOR):
-        return not floating
-    return True
-
-
-def make_input(
-    dtype: str, op: ringcomm.ReduceOp, rank: int, count: int, seed: int = 0
-) -> np.ndarray:
-    """Rank ``rank``'s input: small integers, exact in every dtype and in any order of
-    reduction, so results can be compared bit for bit (AVG aside)."""
-    rng = np.random.default_rng(seed * 1000 + rank)
-    if dtype == "bool":
-        return rng.integers(0, 2, count).astype(bool)
-    if op == ringcomm.PROD:
-        lo, hi = (1, 3) if dtype.startswith("u") else (-1, 3)
-        vals = rng.integers(lo, hi, count)
-        vals[vals == 0] = 1
-    elif dtype.startswith("u") or op in (ringcomm.BAND, ringcomm.BOR, ringcomm.BXOR):
-        vals = rng.integers(0, 16, count)
-    else:
-        vals = rng.integers(-8, 9, count)
-    return vals.astype(dtype)
-
-
-_UFUNC = {
-    ringcomm.SUM: np.add,
-    ringcomm.AVG: np.add,
-    ringcomm.PROD: np.multiply,
-    ringcomm.MIN: np.minimum,
-    ringcomm.MAX: np.maximum,
-    ringcomm.BAND: np.bitwise_and,
-    ringcomm.BOR: np.bitwise_or,
-    ringcomm.BXOR: np.bitwise_xor,
-}
-
-
-def reference(op: ringcomm.ReduceOp, arrays: list[np.ndarray]) -> np.ndarray:
-    """The reduction of ``arrays`` by numpy, in the arrays' dtype (wrapping like C)."""
-    if arrays[0].dtype == bool:
-        bool_ufunc = {
-            ringcomm.SUM: np.logical_or,
-            ringcomm.MAX: np.logical_or,
-            ringcomm.PROD: np.logical_and,
-            ringcomm.MIN: np.logical_and,
-            ringcomm.BAND: np.logical_and,
-            ringcomm.BOR: np.logical_or,
-            ringcomm.BXOR: np.logical_xor,
-        }[op]
-        return functools.reduce(bool_ufunc, arrays)
-    out = functools.reduce(_UFUNC[op], arrays)
-    if op == ringcomm.AVG:
-        out = (out / out.dtype.type(len(arrays))).astype(arrays[0].dtype)
-    return out
-
-
-def assert_reduced(got: np.ndarray, want: np.ndarray, op: ringcomm.ReduceOp, what: str) -> None:
-    """Exact equality, except AVG on floats (one rounding may differ)."""
-    if op == ringcomm.AVG:
-        np.testing.assert_allclose(
-            got.astype(np.float64), want.astype(np.float64), rtol=1e-3, err_msg=what
-        )
-    else:
-        np.testing.assert_array_equal(got, want, err_msg=what)
 
 
 def rank_failure(
@@ -319,10 +233,13 @@ def run_script_ranks(
     master_addr: str = "127.0.0.1",
 ) -> tuple[dict[int, dict], dict[int, int | None], str]:
     """Start ``n`` ranks of ``python script mode`` directly (no launcher: survivors of a
-    killed rank keep running), each with a hard ``timeout``; return their results (from
-    ``RESULT <json>`` lines of ranks that printed ``PASS rank <r> <mode>``), exit codes
-    (None: hung, killed) and output. ``wrap[r]`` prefixes rank r's command (e.g. a mount
-    namespace)."""
+    killed rank keep running), each with a hard ``timeout``; return their results, exit
+    codes (None: hung) and output. ``wrap[r]`` prefixes rank r's command (e.g. a mount
+    namespace).
+
+    A rank passed when it printed ``PASS rank <r> <mode>`` *and* exited 0: one that crashes
+    or hangs after printing (in close, at exit) did not. Only ranks that passed are in the
+    results (their ``RESULT <json>`` line, or ``{}``)."""
     port = free_port()
     job = uuid.uuid4().hex[:12]
     procs = []
@@ -360,16 +277,16 @@ def run_script_ranks(
             codes[r] = None  # hung
     results = {}
     for r, out in outs.items():
+        if f"PASS rank {r} {mode}" not in out or codes[r] != 0:
+            continue
         found = re.search(r"RESULT (\{.*\})", out)
-        if found and f"PASS rank {r} {mode}" in out:
-            results[r] = json.loads(found.group(1))
-        elif f"PASS rank {r} {mode}" in out:
-            results[r] = {}
+        results[r] = json.loads(found.group(1)) if found else {}
     text = "\n".join(f"--- rank {r} (exit {codes[r]}):\n{outs[r][-3000:]}" for r in outs)
     return results, codes, text
 
 
 def assert_passed(mode: str, n: int, results: dict, text: str, ranks=None) -> None:
+    """Every rank of ``ranks`` (default: all ``n``) passed: printed PASS and exited 0."""
     want = set(range(n) if ranks is None else ranks)
     missing = sorted(want - set(results))
-    assert not missing, f"{mode}: ranks {missing} did not pass\n{text}"
+    assert not missing, f"{mode}: ranks {missing} did not pass (PASS and exit 0)\n{text}"
