@@ -81,6 +81,14 @@ def _reset_peak() -> None:
         pass
 
 
+def sentinel(dtype: np.dtype) -> Any:
+    """A value no expected result holds (they are small non-negative numbers): NaN for
+    floats, the largest value for integers."""
+    if np.issubdtype(dtype, np.floating):
+        return np.nan
+    return np.iinfo(dtype).max
+
+
 class Case:
     """Buffers and expected results of one op at one size on one rank."""
 
@@ -108,10 +116,12 @@ class Case:
             self.buf = np.zeros(small if op == "reduce_scatter" else count, dtype)
 
     def reset(self) -> None:
-        if self.op in ("all_reduce", "reduce"):
+        """Before the checked run: in-place buffers as at the start, every output filled with
+        a value no correct result holds, so a run that writes nothing counts as wrong."""
+        if self.op in ("all_reduce", "reduce") or (self.op == "broadcast" and self.rank == 0):
             self.buf[:] = self.send
-        elif self.op == "broadcast" and self.rank != 0:
-            self.buf[:] = 0
+        else:
+            self.buf[:] = sentinel(self.buf.dtype)
 
     def expected(self) -> np.ndarray:
         n, base = self.n, (np.arange(self.count) % 7).astype(np.float64)

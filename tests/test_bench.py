@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +89,20 @@ def test_bench_side_by_side_with_gloo(tmp_path: Path) -> None:
     ]
     assert len(rows) == 3
     assert all(line.split("|")[2].split()[2] == "0" for line in rows), "gloo #wrong"
+
+
+@pytest.mark.parametrize("op", ["all_gather", "reduce_scatter", "all_to_all", "broadcast"])
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+def test_a_checked_run_that_writes_nothing_counts_as_wrong(op: str, dtype: str) -> None:
+    """The checked run's outputs start from a sentinel, so results left over from the timed
+    runs cannot pass for a correct last run (of ringcomm or of any peer)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import collectives
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    case = collectives.Case(op, 4096, np.dtype(dtype), rank=1, n=2, redop="sum")
+    case.buf[:] = case.expected()  # what the timed runs left
+    assert case.wrong() == 0
+    case.reset()  # ... and then the checked run writes nothing
+    assert case.wrong() == case.buf.size
