@@ -71,31 +71,50 @@ class StoreServer:
             if not sock.poll(100):
                 continue
             frames = sock.recv_multipart()
-            if len(frames) != 5:
-                log.warning("store: dropped a malformed request (%d frames)", len(frames))
-                continue
-            ident, req_id, op, key, value = frames
-            if op == b"set":
-                self._data[key] = value
-                sock.send_multipart([ident, req_id, b"ok", b""])
-                for waiter, waiter_req in self._waiters.pop(key, []):
-                    sock.send_multipart([waiter, waiter_req, b"ok", value])
-            elif op == b"get":
-                if key in self._data:
-                    sock.send_multipart([ident, req_id, b"ok", self._data[key]])
-                else:
-                    self._waiters[key].append((ident, req_id))
-            elif op == b"add":
-                total = int(self._data.get(key, b"0")) + int(value)
-                self._data[key] = str(total).encode()
-                sock.send_multipart([ident, req_id, b"ok", self._data[key]])
-            else:
-                sock.send_multipart([ident, req_id, b"error", b"unknown op"])
+            try:
+                replies = self._handle(frames)
+            except Exception as e:  # any request, however malformed, gets an answer
+                log.warning("store: refused a malformed request: %s", e)
+                replies = [[frames[0], frames[1], b"error", f"malformed request: {e}".encode()]]
+            for reply in replies:
+                sock.send_multipart(reply)
         sock.close(linger=0)
+
+    def _handle(self, frames: list[bytes]) -> list[list[bytes]]:
+        """The replies to one request ``[ident, req_id, op, key, value]`` (a ``set`` also
+        answers the ``get`` requests that waited for its key). Raises ValueError for a
+        request that is not one of the store's."""
+        if len(frames) < 2:
+            return []  # not even an id to answer to
+        if len(frames) != 5:
+            raise ValueError(f"{len(frames) - 1} frames, expected 4")
+        ident, req_id, op, key, value = frames
+        if op == b"set":
+            self._data[key] = value
+            waiters = self._waiters.pop(key, [])
+            return [[ident, req_id, b"ok", b""]] + [[w, r, b"ok", value] for w, r in waiters]
+        if op == b"get":
+            if key in self._data:
+                return [[ident, req_id, b"ok", self._data[key]]]
+            self._waiters[key].append((ident, req_id))
+            return []
+        if op == b"add":
+            total = _counter(self._data.get(key, b"0"), key) + _counter(value, b"the amount")
+            self._data[key] = str(total).encode()
+            return [[ident, req_id, b"ok", self._data[key]]]
+        raise ValueError(f"unknown op {op[:16]!r}")
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _counter(raw: bytes, what: bytes) -> int:
+    """``raw`` as the integer an ``add`` works on."""
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{what[:32]!r} is not an integer: {raw[:32]!r}") from None
 
 
 class StoreClient(Store):
