@@ -107,6 +107,12 @@ def test_sends_never_wait_for_their_receiver() -> None:
     assert results[1]["recv_seconds"] < 2, results
 
 
+def test_a_send_the_ticker_fails_to_push_fails_the_next_operation() -> None:
+    results, _, text = run_ranks("ticker_error_reaches_the_next_operation", 2)
+    assert_passed("ticker_error_reaches_the_next_operation", 2, results, text)
+    assert "injected" in results[0]["raised"], results
+
+
 def test_launcher_removes_what_a_rank_killed_while_connecting_left(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "ringcomm.run", "-n", "2", sys.executable, SCRIPT]
     res = subprocess.run(

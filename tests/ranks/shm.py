@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 # Run as a script: make tests/ importable (ranks.*, data, runners).
@@ -98,6 +99,33 @@ def p2p_waits_for_nobody(comm: ringcomm.Communicator) -> dict:
     return {"recv_seconds": time.monotonic() - t0}
 
 
+def ticker_error_reaches_the_next_operation(comm: ringcomm.Communicator) -> dict:
+    """A queued send that the background ticker fails to push (here: a fault injected into
+    the push) is not dropped in silence: the next operation on the sender raises it."""
+    from ringcomm.transport.shm import slots
+
+    nbytes = 8 << 20  # more than the slots hold: the ticker must push the rest
+    if comm.rank == 0:
+        real_push = slots.ShmTransport._push
+
+        def failing_push(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if threading.current_thread().name == "ringcomm-shm-ticker":
+                raise OSError("injected: the peer's segment went away")
+            return real_push(self, *args, **kwargs)
+
+        slots.ShmTransport._push = failing_push  # type: ignore[method-assign]
+        comm.send(np.full(nbytes, 7, np.uint8), 1)  # returns; the rest is queued
+        time.sleep(1.0)  # the ticker tries, and fails
+        try:
+            comm.barrier(timeout=5)
+        except ringcomm.TransportError as e:
+            assert "injected" in str(e), e
+            return {"raised": str(e)}
+        raise AssertionError("the ticker's failure was dropped: the barrier ran")
+    time.sleep(3.0)  # the sender's barrier fails before it sends anything to us
+    return {}
+
+
 def peer_killed(comm: ringcomm.Communicator) -> dict:
     """The last rank is killed mid-run; the others fail naming it, without hanging."""
     buf = np.ones(4 << 20, np.float32)
@@ -126,6 +154,7 @@ MODES = {
     "mismatch": mismatch,
     "p2p_waits_for_nobody": p2p_waits_for_nobody,
     "peer_killed": peer_killed,
+    "ticker_error_reaches_the_next_operation": ticker_error_reaches_the_next_operation,
 }
 
 

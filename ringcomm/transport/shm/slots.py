@@ -162,6 +162,7 @@ class ShmTransport(Transport):
         self._records_out = 0  # records written so far: progress, for _wait
         self._scratch: np.ndarray | None = None  # where data read by address is reduced from
         self._detached = 0  # queued copied sends
+        self._ticker_error: TransportError | None = None  # see tick()
         others = [r for r in local if r != rank]
         self._path = segment_path(config.job_id, comm_id, rank)
         self._segment: Segment | None = create_segment(self._path, size, len(others), config)
@@ -234,6 +235,8 @@ class ShmTransport(Transport):
         speed of memcpy here)."""
         if self._closed:
             raise CommClosedError("the communicator is closed")
+        if self._ticker_error is not None:
+            self._check_ticker()
         peer = self._peers.get(dst)
         if peer is None:
             if dst == self.rank:
@@ -339,6 +342,8 @@ class ShmTransport(Transport):
         return empty
 
     def flush(self, deadline: float) -> None:
+        if self._ticker_error is not None:
+            self._check_ticker()
         if self._sockets is not None:
             self._sockets.flush(deadline)
         if self._borrowed or self._lent():
@@ -403,6 +408,8 @@ class ShmTransport(Transport):
         (uint8, the message's size) is given, let messages sent by address land there."""
         if self._closed:
             raise CommClosedError(f"{self.current_op}: the communicator was closed")
+        if self._ticker_error is not None:
+            self._check_ticker()
         stashed = self._stash.get((src, tag)) if self._stash else None
         if stashed:
             data = stashed.popleft()
@@ -595,6 +602,8 @@ class ShmTransport(Transport):
                 raise timeout_error()
             if now >= check_at:
                 self._check_peers()
+                if self._ticker_error is not None:
+                    self._check_ticker()
                 check_at = now + CHECK_SECONDS
             if self._records_out != records_out:
                 # Our queued sends moved: the peer is draining them now, so keep spinning.
@@ -641,9 +650,24 @@ class ShmTransport(Transport):
             return False
         try:
             self._push_queued()
-        except Exception:
+        except Exception as e:
+            # Nobody waits for these sends: keep the error for the next operation on this
+            # communicator, which raises it instead of running (see _check_ticker).
+            self._ticker_error = TransportError(
+                f"rank {self.rank}: pushing a queued send in the background failed: "
+                f"{type(e).__name__}: {e}"
+            )
+            self._ticker_error.__cause__ = e
+            log.error("%s", self._ticker_error)
             return False
         return self._detached > 0
+
+    def _check_ticker(self) -> None:
+        """Raise what the background ticker failed with, once, in the operation that comes
+        next (the sends it pushed belonged to operations that already returned)."""
+        error, self._ticker_error = self._ticker_error, None
+        if error is not None:
+            raise error
 
     def abort(self) -> None:
         """See :meth:`Transport.abort`; the socket transport to other hosts too."""
