@@ -30,7 +30,7 @@ from ringcomm.algorithms.context import OpContext
 from ringcomm.buffers import Buffer, as_buffer
 from ringcomm.config import Config
 from ringcomm.diagnostics import OpRecord, protocol
-from ringcomm.errors import CommClosedError, CommTimeoutError, TransportError
+from ringcomm.errors import CommClosedError, CommTimeoutError, RingcommError, TransportError
 from ringcomm.gpu import DeviceBuffer
 from ringcomm.gpu.engine import DeviceEngine, NcclBody
 from ringcomm.logs import get_logger
@@ -49,6 +49,9 @@ _BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain
 _SPLIT_RECORD_BYTES = 512
 # OpContext methods the timeline records as steps.
 _TRACED_STEPS = ("send", "recv", "recv_into", "recv_reduce", "reduce", "flush")
+
+# After close() or abort() failed what was pending, the progress thread ends this fast.
+_ABORTED_JOIN_SECONDS = 5.0
 
 _live: weakref.WeakSet[Communicator] = weakref.WeakSet()
 
@@ -303,6 +306,12 @@ class Communicator:
         does on NCCL when its buffers are on a GPU (None: staged through host memory)."""
         if timeout is not None and timeout <= 0:
             raise ValueError(f"{name}: timeout must be positive, got {timeout}")
+        if not async_op and threading.current_thread() is self._thread:
+            raise RingcommError(
+                f"{name} on rank {self.rank}: a blocking call from a completion callback of "
+                "this communicator would wait for its own progress thread; pass "
+                "async_op=True, or call it from another thread"
+            )
         for b in buffers:
             if type(b) is DeviceBuffer:
                 body = self._on_device(name, body, buffers, nccl)
@@ -332,7 +341,7 @@ class Communicator:
         if future is None:
             self._run(item)
             return None
-        work = Work(future, f"{name} #{seq}", buffers)
+        work = Work(future, f"{name} #{seq}", buffers, self._thread)
         if async_op:
             return work
         work.wait()
@@ -694,22 +703,49 @@ class Communicator:
         return Communicator(transport, self._config, self._endpoints)
 
     # -- lifetime ---------------------------------------------------------------------------
-    def close(self) -> None:
-        """Finish queued operations, then release threads and sockets. Idempotent."""
+    def close(self, timeout: float | None = None) -> None:
+        """Finish queued operations, then release threads and sockets. Idempotent.
+
+        Waits at most ``timeout`` seconds (default ``RINGCOMM_CLOSE_TIMEOUT_SECONDS``) for
+        queued and running operations; whatever is still running then fails with
+        :class:`CommClosedError`, as after :meth:`abort`, and close returns. The same bound
+        holds at interpreter exit, where ringcomm closes every communicator left open.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._queue.put(None)
+        limit = self._config.close_timeout_seconds if timeout is None else timeout
+        give_up = time.monotonic() + limit
         if threading.current_thread() is not self._thread:
-            self._thread.join()
-        with self._exec_lock:  # a blocking call may still run inline in another thread
+            self._thread.join(limit)
+            if self._thread.is_alive():
+                self._fail_pending(f"close() waited {limit:g} s for queued operations")
+                self._thread.join(_ABORTED_JOIN_SECONDS)
+        # A blocking call may still run inline in another thread: it holds the lock.
+        if not self._exec_lock.acquire(timeout=max(0.0, give_up - time.monotonic())):
+            self._fail_pending(f"close() waited {limit:g} s for a running operation")
+            self._exec_lock.acquire(timeout=_ABORTED_JOIN_SECONDS)
+        try:
             if self._gpu is not None:
                 self._gpu.close()
             self._transport.close()
+        finally:
+            self._exec_lock.release()
         if self._timeline is not None:
             self._timeline.write()
         _live.discard(self)
+
+    def _fail_pending(self, why: str) -> None:
+        """Fail the running operation (within 0.2 s) and everything queued, at once."""
+        log.warning("rank %d: %s; failing what is still pending", self.rank, why)
+        with self._lock:
+            if self._broken is None:
+                self._broken = CommClosedError(
+                    f"rank {self.rank}: the communicator was closed ({why})"
+                )
+        self._transport.abort(f"closed: {why}")
 
     @property
     def transport(self) -> str:
@@ -730,7 +766,7 @@ class Communicator:
                 self._broken = CommClosedError(
                     f"rank {self.rank}: the communicator was aborted ({reason})"
                 )
-        self._transport.abort()
+        self._transport.abort(reason)
         log.info("rank %d: communicator aborted (%s)", self.rank, reason)
         self.close()
 

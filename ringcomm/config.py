@@ -154,6 +154,16 @@ class Config:
         minimum=64,
         maximum=MAX_SEGMENT_BYTES,
     )
+    close_timeout_seconds: float = setting(
+        30.0,
+        "RINGCOMM_CLOSE_TIMEOUT_SECONDS",
+        float,
+        "how long `close()` (and the close of every communicator left open at interpreter "
+        "exit) waits for queued and running operations before it fails them and returns",
+        unit="s",
+        minimum=0,
+        default_text="30",
+    )
     zero_copy_bytes: int = setting(
         64 << 10,
         "RINGCOMM_ZERO_COPY_BYTES",

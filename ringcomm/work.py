@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from typing import Any
 
-from ringcomm.errors import CommTimeoutError
+from ringcomm.errors import CommTimeoutError, RingcommError
 
 
 class Work:
@@ -18,10 +19,17 @@ class Work:
         work.wait()
     """
 
-    def __init__(self, future: concurrent.futures.Future[Any], name: str, buffers: tuple[Any, ...]):
+    def __init__(
+        self,
+        future: concurrent.futures.Future[Any],
+        name: str,
+        buffers: tuple[Any, ...],
+        progress: threading.Thread | None = None,
+    ):
         self._future = future
         self._name = name
         self._buffers = buffers
+        self._progress = progress  # the thread that runs it: waiting there waits for good
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the operation is done; return True.
@@ -34,6 +42,12 @@ class Work:
             CommTimeoutError: ``timeout`` passed first (the operation keeps running).
             RingcommError: whatever made the operation fail.
         """
+        if threading.current_thread() is self._progress and not self._future.done():
+            raise RingcommError(
+                f"{self._name}: waiting for it in a completion callback of its own "
+                "communicator would wait forever (the callback runs on the thread that "
+                "runs the operation); chain it with get_future() instead"
+            )
         # Wait first, then fetch: the operation's own error may itself be a TimeoutError.
         concurrent.futures.wait([self._future], timeout)
         if not self._future.done():

@@ -100,15 +100,20 @@ class Transport(abc.ABC):
         # The peer the running operation last waited for (the stall warning names it).
         self.waiting_for: int | None = None
         self.aborted = False  # set by abort(): every wait raises CommClosedError
+        self.abort_reason = ""
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "") -> None:
         """Make every wait in progress or to come raise :class:`CommClosedError` at its next
-        wake-up (within 0.2 s), without releasing anything (:meth:`close` does that)."""
+        wake-up (within 0.2 s), without releasing anything (:meth:`close` does that).
+        ``reason`` goes into that error."""
+        self.abort_reason = reason
         self.aborted = True
 
     def closed_error(self) -> CommClosedError:
         """What a wait raises once the transport was closed or aborted."""
         how = "aborted" if self.aborted else "closed"
+        if self.aborted and self.abort_reason:
+            how += f" ({self.abort_reason})"
         return CommClosedError(f"{self.current_op} on rank {self.rank}: the communicator was {how}")
 
     @property

@@ -669,11 +669,11 @@ class ShmTransport(Transport):
         if error is not None:
             raise error
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "") -> None:
         """See :meth:`Transport.abort`; the socket transport to other hosts too."""
-        super().abort()
+        super().abort(reason)
         if self._sockets is not None:
-            self._sockets.abort()
+            self._sockets.abort(reason)
 
     def close(self) -> None:
         with self._lock:

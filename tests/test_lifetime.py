@@ -1,0 +1,101 @@
+"""A communicator's lifetime is bounded: close() and interpreter exit never wait longer than
+RINGCOMM_CLOSE_TIMEOUT_SECONDS for stuck operations, and a completion callback cannot
+deadlock its own progress thread."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+import ringcomm
+
+
+def _pair(timeout: float = 60) -> list[ringcomm.Communicator]:
+    """Two thread ranks of one world over the local transport."""
+    port = int(uuid.uuid4().int % 50000) + 10000  # a key of the in-process store, not a port
+    comms: list[ringcomm.Communicator | None] = [None, None]
+
+    def join(r: int) -> None:
+        comms[r] = ringcomm.init(
+            rank=r, size=2, transport="local", master_port=port, timeout=timeout
+        )
+
+    threads = [threading.Thread(target=join, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(c is not None for c in comms), "the thread world did not form"
+    return comms  # type: ignore[return-value]
+
+
+def test_close_fails_a_stuck_operation_and_returns_within_its_bound() -> None:
+    c0, c1 = _pair(timeout=60)
+    try:
+        work = c0.all_reduce(np.ones(10), async_op=True)  # rank 1 never joins
+        queued = c0.barrier(async_op=True)
+        t0 = time.monotonic()
+        c0.close(timeout=1.0)
+        took = time.monotonic() - t0
+        assert took < 5, f"close() took {took:.1f} s with a 1 s bound"
+        for w in (work, queued):
+            with pytest.raises(ringcomm.CommClosedError, match="close"):
+                w.wait(5)
+    finally:
+        c1.close(timeout=1.0)
+
+
+def test_interpreter_exit_is_bounded_by_the_close_timeout() -> None:
+    script = (
+        "import threading, numpy as np, ringcomm\n"
+        "comms = [None, None]\n"
+        "def join(r): comms[r] = ringcomm.init(rank=r, size=2, transport='local',"
+        " master_port=7, timeout=120)\n"
+        "ts = [threading.Thread(target=join, args=(r,)) for r in range(2)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "comms[0].all_reduce(np.ones(10), async_op=True)  # never completes\n"
+        "print('exiting', flush=True)\n"
+    )
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**__import__("os").environ, "RINGCOMM_CLOSE_TIMEOUT_SECONDS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    took = time.monotonic() - t0
+    assert "exiting" in res.stdout, res.stderr
+    assert took < 20, f"the process took {took:.0f} s to exit (operation timeout 120 s)"
+
+
+def test_a_blocking_call_in_a_completion_callback_is_a_clear_error() -> None:
+    with ringcomm.init(rank=0, size=1, transport="local", master_port=8) as comm:
+        seen: list[BaseException] = []
+        first = comm.barrier(async_op=True)
+
+        def callback(_: object) -> None:
+            try:
+                comm.all_reduce(np.ones(4))  # blocking, on the progress thread
+            except BaseException as e:
+                seen.append(e)
+            try:
+                later.wait()  # an operation queued behind this one: would wait forever
+            except BaseException as e:
+                seen.append(e)
+
+        later = comm.barrier(async_op=True)
+        first.get_future().add_done_callback(callback)
+        later.wait(10)
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(seen) == 2, seen
+        assert all(isinstance(e, ringcomm.RingcommError) for e in seen), seen
+        assert "callback" in str(seen[0]) and "callback" in str(seen[1])
