@@ -207,6 +207,17 @@ class Config:
         "`auto` (ipc:// between ranks of one host, tcp:// across hosts), `tcp` or `ipc`",
         choices=ZMQ_PROTOCOLS,
     )
+    socket_window_bytes: int = setting(
+        8 << 20,
+        "RINGCOMM_SOCKET_WINDOW_BYTES",
+        int,
+        "credit window per peer on ZeroMQ sockets: a sender has at most this many bytes of "
+        "collective messages in flight to a peer until the peer's algorithm takes them (at "
+        "least two segments), so a slow receiver holds at most about this much; 0: no flow "
+        "control (a slow receiver's frames pile up without limit)",
+        unit="bytes",
+        minimum=0,
+    )
     zmq_io_threads: int = setting(
         1, "RINGCOMM_ZMQ_IO_THREADS", int, "ZeroMQ I/O threads per process", minimum=1
     )

@@ -12,6 +12,16 @@ A framed message is ``[header, payload]``. The header is a fixed struct::
 the user tag as ``step``, so messages of different operations can never be confused. Messages
 that arrive before they are wanted wait in a stash keyed by ``(src, tag)``.
 
+Flow control (credits): a sender may have at most ``window_bytes`` of collective messages in
+flight to each peer, counted from the send until the receiver's algorithm has taken them;
+what does not fit waits in the sender's queue (as a reference to the caller's memory, or a
+copy for a copied send) and goes out as credits come back. The receiver returns credit in
+``KIND_CREDIT`` messages (the byte count in the ``seq`` field) once half a window has been
+taken, so a receiver holds at most about one window per peer whatever the message size, and
+credits cost one small message per half window. Point-to-point messages are not metered (a
+send never waits for its receiver), nor are copied control records of at most
+``UNMETERED_BYTES`` (the diagnosis protocol's records must get through a full window).
+
 The MPI transport matches with MPI's own (source, tag, communicator) instead and carries no
 header. A transport belongs to one communicator and is driven by whichever thread holds that
 communicator's execution lock, so nothing here is locked.
@@ -38,9 +48,13 @@ MAGIC = 0x52434D31  # "RCM1"
 VERSION = 1
 KIND_COLLECTIVE = 0
 KIND_P2P = 1
+KIND_CREDIT = 2  # flow control: the receiver took ``seq`` bytes of collective messages
+# Copied collective messages this small go out even through a full window (see above).
+UNMETERED_BYTES = 1024
 
 # While blocked on a receive, wake this often to notice close()/abort().
 WAKE_SECONDS = 0.2
+_NO_PAYLOAD = np.empty(0, np.uint8)
 
 
 class Tag(NamedTuple):
@@ -209,7 +223,14 @@ class Transport(abc.ABC):
 class FramedTransport(Transport):
     """A transport of whole messages with headers: matching by tag through a stash."""
 
-    def __init__(self, rank: int, size: int, comm_id: int, zero_copy_bytes: int) -> None:
+    def __init__(
+        self,
+        rank: int,
+        size: int,
+        comm_id: int,
+        zero_copy_bytes: int,
+        window_bytes: int | None = None,
+    ) -> None:
         super().__init__(rank, size, comm_id)
         self.zero_copy_bytes = zero_copy_bytes
         self._stash: dict[tuple[int, Tag], collections.deque[Any]] = collections.defaultdict(
@@ -217,6 +238,12 @@ class FramedTransport(Transport):
         )
         self._pending_sends: list[Any] = []
         self._closed = False
+        # Flow control (None: off): bytes in flight to each peer, sends waiting for credit,
+        # bytes taken from each peer since the last credit we returned.
+        self._window = window_bytes
+        self._in_flight = [0] * size
+        self._waiting: dict[int, collections.deque[tuple[bytes, np.ndarray, bool, int]]] = {}
+        self._taken = [0] * size
 
     # -- what a concrete transport provides -------------------------------------------------
     @abc.abstractmethod
@@ -272,12 +299,27 @@ class FramedTransport(Transport):
             self._stash[(dst, tag)].append(payload.tobytes())
             return
         copy = copy or nbytes < self.zero_copy_bytes
+        if (
+            self._window is not None
+            and tag.kind == KIND_COLLECTIVE
+            and not (copy and nbytes <= UNMETERED_BYTES)
+        ):
+            in_flight = self._in_flight[dst]
+            if dst in self._waiting or (in_flight and in_flight + nbytes > self._window):
+                kept = payload.copy() if copy else payload  # a copied send is never waited for
+                self._waiting.setdefault(dst, collections.deque()).append(
+                    (header, kept, copy, nbytes)
+                )
+                return
+            self._in_flight[dst] = in_flight + nbytes
         handle = self._send_frames(dst, header, payload, copy)
         if handle is not None:
             self._pending_sends.append(handle)
 
     def flush(self, deadline: float) -> None:
-        """See :meth:`Transport.flush`."""
+        """See :meth:`Transport.flush`: sends waiting for credit go out first."""
+        while self._waiting:
+            self._receive_one(deadline, min(self._waiting), self._credit_timeout)
         if self._pending_sends:
             handles, self._pending_sends = self._pending_sends, []
             self._wait_sent(handles, deadline)
@@ -287,16 +329,7 @@ class FramedTransport(Transport):
         key = (src, tag)
         queue = self._stash.get(key)
         while not queue:
-            if self._closed or self.aborted:
-                raise self.closed_error()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self.timeout_error(src, tag)
-            message = self._recv_frames(min(remaining, WAKE_SECONDS))
-            if message is not None:
-                self._file(*message)
-            else:  # nothing for a while: is the peer still there?
-                self._check_peer(src)
+            self._receive_one(deadline, src, lambda: self.timeout_error(src, tag))
             queue = self._stash.get(key)
         payload = queue.popleft()
         if not queue:
@@ -304,7 +337,63 @@ class FramedTransport(Transport):
         got = memoryview(payload).nbytes
         if got != nbytes:
             raise self.size_error(src, tag, nbytes, got)
+        if self._window is not None and tag.kind == KIND_COLLECTIVE and src != self.rank:
+            self._took(src, got)
         return payload
+
+    def _receive_one(
+        self, deadline: float, src: int, timeout_error: Callable[[], Exception]
+    ) -> None:
+        """Take one incoming message (waiting up to WAKE_SECONDS for it) and file it; raise
+        when closed, aborted, past ``deadline``, or when ``src`` is known to be lost."""
+        if self._closed or self.aborted:
+            raise self.closed_error()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise timeout_error()
+        message = self._recv_frames(min(remaining, WAKE_SECONDS))
+        if message is not None:
+            self._file(*message)
+        else:  # nothing for a while: is the peer still there?
+            self._check_peer(src)
+
+    def _took(self, src: int, nbytes: int) -> None:
+        """The algorithm took ``nbytes`` from ``src``: return credit every half window."""
+        assert self._window is not None
+        taken = self._taken[src] + nbytes
+        if taken >= self._window // 2:
+            header = HEADER.pack(
+                MAGIC, VERSION, KIND_CREDIT, self.comm_id, taken, 0, 0, 0, self.rank
+            )
+            self._send_frames(src, header, _NO_PAYLOAD, True)
+            taken = 0
+        self._taken[src] = taken
+
+    def _credit(self, src: int, nbytes: int) -> None:
+        """``src`` took ``nbytes`` of what we sent: send what now fits its window."""
+        assert self._window is not None
+        in_flight = max(0, self._in_flight[src] - nbytes)
+        waiting = self._waiting.get(src)
+        while waiting:
+            header, payload, copy, size = waiting[0]
+            if in_flight and in_flight + size > self._window:
+                break
+            waiting.popleft()
+            in_flight += size
+            handle = self._send_frames(src, header, payload, copy)
+            if handle is not None:
+                self._pending_sends.append(handle)
+        if waiting is not None and not waiting:
+            del self._waiting[src]
+        self._in_flight[src] = in_flight
+
+    def _credit_timeout(self) -> CommTimeoutError:
+        stuck = sorted(self._waiting)
+        return CommTimeoutError(
+            f"{self.current_op} timed out on rank {self.rank}: rank(s) {stuck} did not take "
+            "the data sent to them (is a peer stuck?); set the limit with timeout= or "
+            "RINGCOMM_TIMEOUT_SECONDS"
+        )
 
     def close(self) -> None:
         """See :meth:`Transport.close`."""
@@ -320,6 +409,10 @@ class FramedTransport(Transport):
             log.warning("rank %d: dropped a message with a %d-byte header", self.rank, len(header))
             return
         magic, version, kind, comm_id, seq, step, segment, nbytes, src = HEADER.unpack(header)
+        if kind == KIND_CREDIT and magic == MAGIC and comm_id == self.comm_id and src < self.size:
+            if self._window is not None:
+                self._credit(src, seq)
+            return
         if magic != MAGIC or version != VERSION:
             log.warning("rank %d: dropped a message with bad magic/version", self.rank)
         elif comm_id != self.comm_id:

@@ -179,7 +179,12 @@ class ZmqTransport(FramedTransport):
             # to stall zero-copy sends for good: the suite under mpiexec -n 3 hung in 3 of
             # 4 runs, in none of 10 with the hooks or zero-copy off. Copy every payload.
             zero_copy_bytes = sys.maxsize
-        super().__init__(rank, size, comm_id, zero_copy_bytes)
+        # Credits per peer (see FramedTransport); at least two segments, so that taking
+        # what is in flight always returns credit for the next one.
+        window = max(config.socket_window_bytes, 2 * config.segment_bytes)
+        super().__init__(
+            rank, size, comm_id, zero_copy_bytes, window if config.socket_window_bytes else None
+        )
         self._endpoint = endpoint
         self._pull = endpoint.pull
         self._pushes = pushes
