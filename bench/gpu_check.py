@@ -24,6 +24,23 @@ import numpy as np
 
 import ringcomm
 
+# A reduction streams 3 bytes per element where a copy streams 2: at memory speed it moves
+# as many bytes per second. 0.87-0.93x was measured on an H100; under 0.7x the kernel is
+# wasting bandwidth.
+MIN_REDUCE_VS_COPY = 0.7
+
+# The rows each step of gpu_check.sh must print (prefixes of their "check"), by step label.
+EXPECTED = {
+    "numba warm-up": [],
+    "kernels": ["kernels compile (NVRTC)", "kernels correct", "kernel bandwidth"],
+    "n=1, auto (NCCL)": ["collectives, n=1"],
+    "n=1, staging": ["collectives, n=1 [staging]"],
+    "n=2, auto (staging: one GPU)": ["collectives, n=2"],
+    "n=3, auto (staging: one GPU)": ["collectives, n=3"],
+    "n=4, auto (staging: one GPU)": ["collectives, n=4"],
+    "DDP, n=2": ["DDP on CUDA, n=2"],
+}
+
 
 def emit(**row: Any) -> None:
     print("GPUCHECK " + json.dumps(row), flush=True)
@@ -123,15 +140,22 @@ def check_kernels() -> int:
     t_red = timed(lambda: k.reduce_into(a, b, int(ringcomm.SUM)))
     a16, b16 = a.view(np.uint16), b.view(np.uint16)
     t_bf = timed(lambda: k.reduce_into(a16, b16, int(ringcomm.SUM), "bfloat16"))
+    reduce_vs_copy = (3 * nbytes / t_red) / (2 * nbytes / t_copy)
     emit(
         check="kernel bandwidth, 256 MiB",
-        ok=True,
+        ok=reduce_vs_copy >= MIN_REDUCE_VS_COPY,
+        failures=[]
+        if reduce_vs_copy >= MIN_REDUCE_VS_COPY
+        else [
+            f"reduce moves {reduce_vs_copy:.2f}x the bytes/s of a device copy, "
+            f"under {MIN_REDUCE_VS_COPY}"
+        ],
         copy_gbs=round(2 * nbytes / t_copy / 1e9, 1),
         reduce_f32_gbs=round(3 * nbytes / t_red / 1e9, 1),
         reduce_bf16_gbs=round(3 * nbytes / t_bf / 1e9, 1),
-        reduce_vs_copy=round((3 * nbytes / t_red) / (2 * nbytes / t_copy), 2),
+        reduce_vs_copy=round(reduce_vs_copy, 2),
     )
-    return 1 if failures else 0
+    return 1 if failures or reduce_vs_copy < MIN_REDUCE_VS_COPY else 0
 
 
 # -- collectives on device buffers ----------------------------------------------------------
@@ -474,12 +498,18 @@ def check_ddp(steps: int) -> int:
 
 
 def table(log: str) -> int:
-    """Print the GPUCHECK rows of ``log`` as one markdown table (rank 0's for multi-rank
-    checks, with the other ranks' failures merged in)."""
+    """Print the table of ``log``: every row the steps were expected to print (EXPECTED),
+    rank 0's for multi-rank checks with the other ranks' failures merged in. A row no rank
+    printed is a FAIL with its step's exit status and the end of its output; so is a step
+    that exited non-zero. Returns 1 when any row is FAIL."""
     rows: dict[str, dict[str, Any]] = {}
+    steps: list[dict[str, Any]] = []
     with open(log, errors="replace") as f:
         lines = f.readlines()
     for line in lines:
+        if line.startswith("GPUSTEP "):
+            steps.append(json.loads(line[8:]))
+            continue
         at = line.find("GPUCHECK ")
         if at < 0:
             continue
@@ -489,6 +519,20 @@ def table(log: str) -> int:
         if seen is not row:
             seen["ok"] = seen["ok"] and row["ok"]
             seen["failures"] = seen.get("failures", []) + row.get("failures", [])
+    ran = {s["label"]: s for s in steps}
+    for label, wanted in EXPECTED.items():
+        step = ran.get(label)
+        for prefix in wanted or [None]:
+            found = [k for k in rows if prefix is not None and _is_row(k, prefix)]
+            if prefix is not None and not found:
+                rows[prefix] = {"check": prefix, "ok": False, "failures": [_why_missing(step)]}
+            elif step is not None and step["rc"] != 0:  # printed rows, then died (or no rows)
+                key = found[0] if found else f"step: {label}"
+                row = rows.setdefault(key, {"check": key, "ok": False, "failures": []})
+                row["ok"] = False
+                row.setdefault("failures", []).append(_why_missing(step))
+            elif step is None and prefix is None:
+                rows[f"step: {label}"] = {"check": label, "ok": False, "failures": ["not run"]}
     print("| check | result | details |")
     print("|---|---|---|")
     bad = 0
@@ -501,6 +545,26 @@ def table(log: str) -> int:
         fails = "; ".join(sorted(failures))
         print(f"| {key} | {'PASS' if row['ok'] else 'FAIL'} | {details} {fails} |")
     return 1 if bad else 0
+
+
+def _is_row(key: str, name: str) -> bool:
+    """Whether table row ``key`` is the expected row ``name`` ("kernels correct" is
+    "kernels correct (reduce: ...)", but "collectives, n=1" is not "... [staging]")."""
+    return key == name or key.startswith((name + " (", name + ", "))
+
+
+def _why_missing(step: dict[str, Any] | None) -> str:
+    """A failed step, as a table cell: its exit status (124: timed out) and last lines."""
+    if step is None:
+        return "its step did not run"
+    tail = ""
+    try:
+        with open(step["log"], errors="replace") as f:
+            tail = " / ".join(line.strip() for line in f.readlines()[-4:] if line.strip())
+    except OSError:
+        pass
+    how = "timed out" if step["rc"] in (124, 137) else f"exited {step['rc']}"
+    return f"step '{step['label']}' {how} after {step['seconds']} s: {tail}"
 
 
 def main(argv: list[str] | None = None) -> int:

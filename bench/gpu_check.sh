@@ -3,6 +3,8 @@
 # torch CUDA tensors at n=1 (NCCL, and staging) and n=2..4 sharing one GPU (staging), and DDP
 # with CUDA gradients through ringcomm's hooks. Prints one table; the log and the table go to
 # $1 (default $OUT, else /tmp/gpu_check). Needs CuPy, torch with CUDA, and ringcomm installed.
+# Exits non-zero when any row of the table is FAIL; every expected row is in the table,
+# a step that crashed or timed out before printing its rows shows them as FAIL.
 #
 #   bash bench/gpu_check.sh [outdir]
 set -u
@@ -12,15 +14,22 @@ mkdir -p "$out"
 log=$out/gpu_check.log
 : >"$log"
 export PYTHONUNBUFFERED=1
-step() {  # step LABEL SECONDS command...: run it, keep its output in the log, show failures
+n_step=0
+step() {  # step LABEL SECONDS command...: run it, keep its output, record its exit status
     local label=$1 limit=$2
     shift 2
-    local t0=$SECONDS
+    n_step=$((n_step + 1))
+    local t0=$SECONDS steplog=$out/step$n_step.log
     echo "== $label" | tee -a "$log"
-    timeout -k 5 "$limit" "$@" >>"$log" 2>&1
+    timeout -k 5 "$limit" "$@" >"$steplog" 2>&1
     local rc=$?
+    cat "$steplog" >>"$log"
+    # The table expects this step's rows; a step that died before printing them is a FAIL
+    # with this exit status and the end of its output.
+    printf 'GPUSTEP {"label": "%s", "rc": %d, "seconds": %d, "log": "%s"}\n' \
+        "$label" $rc $((SECONDS - t0)) "$steplog" >>"$log"
     echo "   rc=$rc in $((SECONDS - t0)) s" | tee -a "$log"
-    [ $rc -eq 0 ] || grep -E "Error|error|FAIL|Traceback" "$log" | tail -15
+    [ $rc -eq 0 ] || grep -E "Error|error|FAIL|Traceback" "$steplog" | tail -15
 }
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -34,4 +43,7 @@ for n in 2 3 4; do
     step "n=$n, auto (staging: one GPU)" 75 env RINGCOMM_GPU_CHUNK_BYTES=1048576 python3 -m ringcomm.run -n $n python3 "$here/gpu_check.py" ranks
 done
 step "DDP, n=2" 80 python3 -m ringcomm.run -n 2 python3 "$here/gpu_check.py" ddp
-python3 "$here/gpu_check.py" table "$log" | tee "$out/gpu_check_table.md"
+python3 "$here/gpu_check.py" table "$log" >"$out/gpu_check_table.md"
+rc=$?
+cat "$out/gpu_check_table.md"
+exit $rc  # non-zero on any FAIL, a missing row included

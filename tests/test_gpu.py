@@ -11,6 +11,7 @@ memory. On a machine with a GPU, CuPy and torch, ``bench/gpu_check.sh`` runs for
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import subprocess
@@ -261,3 +262,130 @@ def test_gpu_check_script(tmp_path: Path) -> None:
     )
     table = (tmp_path / "gpu_check_table.md").read_text()
     assert "FAIL" not in table and out.returncode == 0, out.stdout[-4000:] + table
+
+
+def _gpu_check_module() -> Any:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return gpu_check
+
+
+def _table(tmp_path: Path, log_lines: list[str]) -> tuple[int, str]:
+    gpu_check = _gpu_check_module()
+    log = tmp_path / "gpu_check.log"
+    log.write_text("\n".join(log_lines) + "\n")
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = gpu_check.table(str(log))
+    return rc, out.getvalue()
+
+
+def _passing_log(tmp_path: Path) -> list[str]:
+    """A log in which every step ran and printed its rows, all ok."""
+    gpu_check = _gpu_check_module()
+    lines = []
+    for label, rows in gpu_check.EXPECTED.items():
+        for name in rows:
+            check, forced = (name[:-10], "staging") if name.endswith(" [staging]") else (name, "")
+            row = {"check": check, "ok": True}
+            if forced:
+                row["path_forced"] = forced
+            lines.append("GPUCHECK " + json.dumps(row))
+        steplog = tmp_path / f"{len(lines)}.log"
+        steplog.write_text("fine\n")
+        lines.append(
+            "GPUSTEP " + json.dumps({"label": label, "rc": 0, "seconds": 1, "log": str(steplog)})
+        )
+    return lines
+
+
+def test_gpu_check_table_passes_a_complete_run(tmp_path: Path) -> None:
+    rc, text = _table(tmp_path, _passing_log(tmp_path))
+    assert rc == 0 and "FAIL" not in text, text
+    assert text.count("PASS") == sum(len(r) for r in _gpu_check_module().EXPECTED.values())
+
+
+def test_gpu_check_table_fails_a_row_its_step_never_printed(tmp_path: Path) -> None:
+    """A step that crashed before printing: its row is still in the table, FAIL, with the
+    step's exit status and last lines (it used to be simply absent, and the table passed)."""
+    crashed = tmp_path / "ddp.log"
+    crashed.write_text("Traceback (most recent call last):\nRuntimeError: CUDA error\n")
+    step = {"label": "DDP, n=2", "rc": 1, "seconds": 3, "log": str(crashed)}
+    lines = [
+        line
+        for line in _passing_log(tmp_path)
+        if "DDP on CUDA" not in line and '"DDP, n=2"' not in line
+    ]
+    lines.append("GPUSTEP " + json.dumps(step))
+    rc, text = _table(tmp_path, lines)
+    assert rc == 1, text
+    row = next(line for line in text.splitlines() if line.startswith("| DDP on CUDA, n=2"))
+    assert "FAIL" in row and "exited 1" in row and "CUDA error" in row, row
+
+
+def test_gpu_check_table_fails_a_step_that_died_after_its_rows(tmp_path: Path) -> None:
+    lines = [
+        line.replace('"rc": 0', '"rc": 124') if '"label": "kernels"' in line else line
+        for line in _passing_log(tmp_path)
+    ]
+    rc, text = _table(tmp_path, lines)
+    assert rc == 1 and "timed out" in text, text
+
+
+@pytest.mark.skipif(_gpu_missing() is None, reason="a GPU is here: test_gpu_check_script runs")
+def test_gpu_check_script_fails_without_a_gpu(tmp_path: Path) -> None:
+    """On a machine without a GPU every step fails: the script must say FAIL for every
+    expected row and exit non-zero (it exited 0 with an empty table)."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    table = (tmp_path / "gpu_check_table.md").read_text()
+    assert out.returncode != 0, out.stdout[-2000:]
+    for rows in _gpu_check_module().EXPECTED.values():
+        for name in rows:
+            assert f"| {name} | FAIL |" in table, (name, table)
+
+
+def test_abort_reaches_a_device_wait(stand_in: Any) -> None:
+    """abort() (or a bounded close) fails an operation waiting on a GPU stream within a
+    moment; the wait used to go on until the operation's deadline."""
+    import threading
+    import time
+    import types
+
+    from ringcomm.gpu.engine import DeviceEngine
+
+    engine = DeviceEngine(0, 1, ringcomm.Config())
+    transport = types.SimpleNamespace(
+        aborted=False, closed_error=lambda: ringcomm.CommClosedError("the communicator was aborted")
+    )
+    ctx = types.SimpleNamespace(transport=transport, deadline=time.monotonic() + 5)
+    never = types.SimpleNamespace(done=False)  # a stream whose work never finishes
+    threading.Timer(0.3, lambda: setattr(transport, "aborted", True)).start()
+    t0 = time.monotonic()
+    with pytest.raises(ringcomm.CommClosedError, match="aborted"):
+        engine._wait(never, ctx, "staged all_reduce")
+    assert time.monotonic() - t0 < 2
+
+
+def test_forcing_nccl_without_it_is_a_ringcomm_error(stand_in: CopyCounter) -> None:
+    """RINGCOMM_GPU_PATH=nccl where a rank has no NCCL: a RingcommError naming the ranks (it
+    was a bare RuntimeError, outside ringcomm's family)."""
+    config = ringcomm.Config(gpu_path="nccl", timeout_seconds=20)
+
+    def body(comm: ringcomm.Communicator) -> str:
+        with pytest.raises(ringcomm.RingcommError, match=r"ranks \[0\] have no NCCL") as e:
+            comm.all_reduce(_dev(np.ones(4, np.float32)))
+        return type(e.value).__name__
+
+    assert run_threads(1, body, config=config) == ["RingcommError"]

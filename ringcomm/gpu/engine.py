@@ -39,7 +39,7 @@ from ringcomm.algorithms import records, tree
 from ringcomm.algorithms.context import OpContext
 from ringcomm.algorithms.schedule import segment_bounds
 from ringcomm.config import Config
-from ringcomm.errors import CommTimeoutError, TransportError
+from ringcomm.errors import CommTimeoutError, RingcommError, TransportError
 from ringcomm.gpu.intake import DeviceBuffer, cupy_module
 from ringcomm.logs import get_logger
 from ringcomm.native import cuda as kernels
@@ -233,10 +233,10 @@ class DeviceEngine:
         if wanted == "nccl":
             missing = [r for r, ok in enumerate(have_nccl) if not ok]
             if missing:
-                raise RuntimeError(f"RINGCOMM_GPU_PATH=nccl but ranks {missing} have no NCCL")
+                raise RingcommError(f"RINGCOMM_GPU_PATH=nccl but ranks {missing} have no NCCL")
             if shared:
                 ranks = [r for r, g in enumerate(gpus) if g in shared]
-                raise RuntimeError(
+                raise RingcommError(
                     f"RINGCOMM_GPU_PATH=nccl but ranks {ranks} share a GPU, which NCCL refuses; "
                     "use RINGCOMM_GPU_PATH=staging or one GPU per rank"
                 )
@@ -271,7 +271,10 @@ class DeviceEngine:
 
         t = threading.Thread(target=init, name=f"ringcomm-nccl-init-{self.rank}", daemon=True)
         t.start()
-        t.join(max(0.0, ctx.deadline - time.monotonic()))
+        while t.is_alive() and time.monotonic() < ctx.deadline and not ctx.transport.aborted:
+            t.join(min(0.2, max(0.0, ctx.deadline - time.monotonic())))
+        if ctx.transport.aborted and not made and not failed:
+            raise ctx.transport.closed_error()
         if failed:
             raise TransportError(f"rank {self.rank}: NCCL init failed: {failed[0]}")
         if not made:
@@ -374,7 +377,12 @@ class DeviceEngine:
         NCCL communicator, which frees the stream.
         """
         pause = 0.0
+        transport = ctx.transport
         while not what.done:
+            if transport.aborted:  # abort() or a bounded close(): free the stream and go
+                if nc is not None:
+                    nc.abort()
+                raise transport.closed_error()
             if nc is not None:
                 try:
                     nc.comm.check_async_error()
