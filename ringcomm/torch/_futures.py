@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._C._distributed_c10d import _create_work_from_future
 
 import ringcomm
 
@@ -42,8 +41,46 @@ def cuda_devices(*tensors: Any) -> list[torch.device]:
     return list({t.device: None for t in tensors if t is not None and t.is_cuda})
 
 
+class _RingcommWork(dist.Work):
+    """A ``torch.distributed`` Work over a torch future: ``wait()`` raises what the operation
+    raised. (torch's own ``_create_work_from_future`` returns True from ``wait()`` even when
+    its future failed, in torch 2.13: a timed-out collective would pass for done.)"""
+
+    def __init__(self, future: torch.futures.Future[Any]) -> None:
+        super().__init__()
+        self._future = future
+
+    def wait(self, timeout: Any = None) -> bool:
+        self._future.wait()  # raises the operation's error
+        return True
+
+    def get_future(self) -> torch.futures.Future[Any]:
+        return self._future
+
+    def is_completed(self) -> bool:
+        return self._future.done()
+
+    def is_success(self) -> bool:
+        if not self._future.done():
+            return False
+        try:
+            self._future.value()
+        except Exception:
+            return False
+        return True
+
+    def exception(self) -> BaseException | None:
+        if not self._future.done():
+            return None
+        try:
+            self._future.value()
+        except Exception as e:
+            return e
+        return None
+
+
 def c10d_work(
     work: ringcomm.Work, result: Callable[[], Any], devices: list[torch.device] | None = None
 ) -> dist.Work:
     """A ``torch.distributed`` Work whose ``wait()``/``get_future()`` follow ``work``."""
-    return _create_work_from_future(torch_future(work, result, devices))
+    return _RingcommWork(torch_future(work, result, devices))

@@ -104,6 +104,30 @@ def _reduce_op(op: Any) -> ringcomm.ReduceOp:
         raise ValueError(f"the ringcomm backend does not support {op}") from None
 
 
+def _timeout(opts: Any) -> float | None:
+    """The per-call timeout of torch's options in seconds, or None where it is unset (torch
+    leaves a negative one): ringcomm's then applies, which the group was made with."""
+    limit = getattr(opts, "timeout", None)
+    if limit is None or limit.total_seconds() <= 0:
+        return None
+    return limit.total_seconds()
+
+
+def _even_splits(name: str, tensor: torch.Tensor, splits: list[int], size: int) -> None:
+    """Refuse split sizes the backend cannot serve: anything but ``size`` equal splits that
+    cover ``tensor``'s rows (unequal splits are not supported yet)."""
+    if not splits:
+        return
+    rows = tensor.shape[0] if tensor.dim() else 1
+    even = [rows // size] * size
+    if rows % size or list(splits) != even:
+        raise ValueError(
+            f"all_to_all_single: the ringcomm backend needs {size} equal splits of the "
+            f"{name}'s {rows} rows ({even if rows % size == 0 else 'not divisible'}), got "
+            f"{list(splits)}"
+        )
+
+
 def _one(tensors: list[torch.Tensor], what: str) -> torch.Tensor:
     if len(tensors) != 1:
         raise ValueError(
@@ -126,31 +150,30 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> dist.Work:
         t = _one(tensors, "allreduce")
         op = _reduce_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        return c10d_work(
-            self.comm.all_reduce(t, op, async_op=True), lambda: tensors, cuda_devices(t)
-        )
+        work = self.comm.all_reduce(t, op, async_op=True, timeout=_timeout(opts))
+        return c10d_work(work, lambda: tensors, cuda_devices(t))
 
     def broadcast(self, tensors: list[torch.Tensor], opts: Any) -> dist.Work:
         t = _one(tensors, "broadcast")
-        work = self.comm.broadcast(t, opts.rootRank, async_op=True)
+        work = self.comm.broadcast(t, opts.rootRank, async_op=True, timeout=_timeout(opts))
         return c10d_work(work, lambda: tensors, cuda_devices(t))
 
     def reduce(self, tensors: list[torch.Tensor], opts: Any) -> dist.Work:
         t = _one(tensors, "reduce")
         op = _reduce_op(opts.reduceOp)
-        work = self.comm.reduce(t, opts.rootRank, op, async_op=True)
+        work = self.comm.reduce(t, opts.rootRank, op, async_op=True, timeout=_timeout(opts))
         return c10d_work(work, lambda: tensors, cuda_devices(t))
 
     def _allgather_base(
         self, output: torch.Tensor, input: torch.Tensor, opts: Any = None
     ) -> dist.Work:
-        work = self.comm.all_gather(output, input, async_op=True)
+        work = self.comm.all_gather(output, input, async_op=True, timeout=_timeout(opts))
         return c10d_work(work, lambda: [output], cuda_devices(output))
 
     def allgather_into_tensor_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
     ) -> dist.Work:
-        return self._allgather_base(_one(outputs, "all_gather"), _one(inputs, "all_gather"))
+        return self._allgather_base(_one(outputs, "all_gather"), _one(inputs, "all_gather"), opts)
 
     def allgather(
         self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None
@@ -166,15 +189,14 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
                 out.copy_(part)
             return output_lists
 
-        return c10d_work(
-            self.comm.all_gather(flat, src, async_op=True), scatter_out, cuda_devices(t)
-        )
+        work = self.comm.all_gather(flat, src, async_op=True, timeout=_timeout(opts))
+        return c10d_work(work, scatter_out, cuda_devices(t))
 
     def _reduce_scatter_base(
         self, output: torch.Tensor, input: torch.Tensor, opts: Any
     ) -> dist.Work:
         op = _reduce_op(opts.reduceOp)
-        work = self.comm.reduce_scatter(output, input, op, async_op=True)
+        work = self.comm.reduce_scatter(output, input, op, async_op=True, timeout=_timeout(opts))
         return c10d_work(work, lambda: [output], cuda_devices(output))
 
     def reduce_scatter_tensor_coalesced(
@@ -198,11 +220,9 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
         input_split_sizes: list[int],
         opts: Any = None,
     ) -> dist.Work:
-        if output_split_sizes or input_split_sizes:
-            sizes = set(output_split_sizes) | set(input_split_sizes)
-            if len(sizes) != 1:
-                raise ValueError("all_to_all_single: the ringcomm backend needs equal splits")
-        work = self.comm.all_to_all(output, input, async_op=True)
+        _even_splits("output", output, output_split_sizes, self.comm.size)
+        _even_splits("input", input, input_split_sizes, self.comm.size)
+        work = self.comm.all_to_all(output, input, async_op=True, timeout=_timeout(opts))
         return c10d_work(work, lambda: [output], cuda_devices(output))
 
     # torch 2.13 calls these names from Python (all_gather_into_tensor, ...); older ones and
@@ -212,7 +232,7 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
     all_to_all_single = alltoall_base
 
     def barrier(self, opts: Any = None) -> dist.Work:
-        return c10d_work(self.comm.barrier(async_op=True), lambda: [])
+        return c10d_work(self.comm.barrier(async_op=True, timeout=_timeout(opts)), lambda: [])
 
     # -- point to point ----------------------------------------------------------------------
     def send(self, tensors: list[torch.Tensor], dst: int, tag: int) -> dist.Work:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -206,12 +207,46 @@ def backend_ops(mode: str) -> dict[str, object]:
     return {"ok": True}
 
 
+def backend_refusals(mode: str) -> dict[str, object]:
+    """What the backend cannot serve is refused clearly, and a call's own timeout is kept:
+    all_to_all_single with splits that do not match the tensor, then a barrier with a 1 s
+    timeout that rank 1 never joins."""
+    import datetime
+
+    dist.init_process_group("ringcomm")
+    r, n = dist.get_rank(), dist.get_world_size()
+    out, inp = torch.empty(n * 3), torch.arange(n * 3, dtype=torch.float32)
+    for splits in ([1] * n, [3] * (n - 1) + [2]):  # equal but short; unequal
+        try:
+            dist.all_to_all_single(out, inp, output_split_sizes=splits, input_split_sizes=splits)
+        except ValueError as e:
+            assert "equal splits" in str(e), e
+        else:
+            raise AssertionError(f"all_to_all_single took splits {splits} of {n * 3} rows")
+    dist.barrier()
+    if r == 0:
+        t0 = time.monotonic()
+        try:
+            dist.barrier(timeout=datetime.timedelta(seconds=1))
+        except Exception as e:  # torch wraps ringcomm's CommTimeoutError
+            assert "timed out" in str(e), e
+        else:
+            raise AssertionError("a barrier rank 1 never joined returned")
+        took = time.monotonic() - t0
+        assert took < 15, f"the 1 s timeout took {took:.0f} s"
+    else:
+        time.sleep(4)  # not in the barrier: rank 0's must time out on its own limit
+    return {"ok": True}
+
+
 def main() -> None:
     mode = sys.argv[1]
     if mode == "pipeline":
         result = model_parallel(mode)
     elif mode == "ops":
         result = backend_ops(mode)
+    elif mode == "refusals":
+        result = backend_refusals(mode)
     else:
         result = data_parallel(mode)
     rank = int(os.environ["RANK"])
