@@ -130,9 +130,11 @@ class MpiTransport(Transport):
         self._tag_mask = _mask_below(tag_ub)
         self.max_tag = self._tag_mask
         self._pending: list[tuple[Any, np.ndarray]] = []  # (send request, memory it reads)
+        self._orphans: list[Any] = []  # requests of failed operations MPI could not cancel
         self._detached: list[tuple[Any, np.ndarray]] = []  # copied sends nobody waits for
         self._reap_at = _REAP_EVERY  # grows with what stays unsent: no quadratic rescans
         self._closed = False
+        self._scratch = np.empty(0, np.uint8)  # where recv_reduce lands segments
         if config.tune_malloc:
             tune_malloc(config.segment_bytes)
         _ticker.acquire(mpi)
@@ -165,11 +167,12 @@ class MpiTransport(Transport):
     def flush(self, deadline: float) -> None:
         self._reap()
         pending, self._pending = self._pending, []
-        for i, (request, _) in enumerate(pending):
+        for i, (request, data) in enumerate(pending):
             try:
-                self._wait(request, deadline, self._send_timeout)
+                self._wait(request, deadline, self._send_timeout, f"a send of {data.nbytes} bytes")
             except BaseException:
-                self._pending = pending[i:]
+                for later, memory in pending[i + 1 :]:  # none may read the caller's memory
+                    self._cancel(later, f"a send of {memory.nbytes} bytes")
                 raise
 
     def recv(self, src: int, tag: Tag, nbytes: int, deadline: float) -> Any:
@@ -179,6 +182,31 @@ class MpiTransport(Transport):
 
     def recv_into(self, src: int, tag: Tag, out: np.ndarray, deadline: float) -> None:
         self._recv(src, tag, _bytes(out), deadline)
+
+    def recv_reduce(
+        self,
+        src: int,
+        tag: Tag,
+        out: np.ndarray,
+        reduce: Callable[[np.ndarray, np.ndarray], None],
+        deadline: float,
+    ) -> None:
+        """Receive into one scratch buffer reused for every segment, then reduce: a fresh
+        buffer per segment would page-fault on every use (see transport.heap)."""
+        nbytes = out.nbytes
+        if self._scratch.nbytes < nbytes:
+            self._scratch = np.empty(nbytes, np.uint8)
+        landed = self._scratch[:nbytes]
+        self._recv(src, tag, landed, deadline)
+        reduce(out, landed.view(out.dtype))
+
+    def retract(self) -> None:
+        """See :meth:`Transport.retract`: pending sends are cancelled (see _cancel for what
+        MPI cannot cancel, which is logged)."""
+        pending, self._pending = self._pending, []
+        for request, data in pending:
+            if not request.Test():
+                self._cancel(request, f"a send of {data.nbytes} bytes")
 
     def split(
         self,
@@ -207,9 +235,11 @@ class MpiTransport(Transport):
             return
         # Let sends still in flight drain for up to linger_seconds, as ZeroMQ's linger does.
         deadline = time.monotonic() + self._config.linger_seconds
-        for request, _ in self._pending + self._detached:
+        requests = [r for r, _ in self._pending + self._detached] + self._orphans
+        for request in requests:
             while not request.Test() and time.monotonic() < deadline:
                 time.sleep(0.001)
+        self._orphans.clear()
         self._pending.clear()
         self._detached.clear()
         for comm in (self._p2p, self._coll):
@@ -230,7 +260,8 @@ class MpiTransport(Transport):
         request = comm.Irecv(out, src, mpi_tag)
         status = self._mpi.Status()
         try:
-            self._wait(request, deadline, lambda: self.timeout_error(src, tag), status)
+            what = f"a receive of {out.nbytes} bytes from rank {src}"
+            self._wait(request, deadline, lambda: self.timeout_error(src, tag), what, status)
         except self._mpi.Exception as e:
             if e.Get_error_class() == self._mpi.ERR_TRUNCATE:
                 raise TransportError(
@@ -254,9 +285,11 @@ class MpiTransport(Transport):
         request: Any,
         deadline: float,
         on_timeout: Callable[[], Exception],
+        what: str,
         status: Any = None,
     ) -> None:
-        """Test ``request`` until done; spin first, then sleep in growing pauses."""
+        """Test ``request`` until done; spin first, then sleep in growing pauses; past the
+        deadline (or once closed or aborted) cancel it (``what`` it is: see _cancel)."""
         if request.Test(status):
             return
         spin_until = time.monotonic() + SPIN_SECONDS
@@ -264,7 +297,7 @@ class MpiTransport(Transport):
         while not request.Test(status):
             now = time.monotonic()
             if self._closed or self.aborted or now >= deadline:
-                self._cancel(request)
+                self._cancel(request, what)
                 if self._closed or self.aborted:
                     raise self.closed_error()
                 raise on_timeout()
@@ -274,12 +307,39 @@ class MpiTransport(Transport):
                 pause = min(_MAX_PAUSE_SECONDS, pause * 2 or 50e-6)
                 time.sleep(pause)
 
-    def _cancel(self, request: Any) -> None:
-        """Cancel a request we stop waiting for, so MPI never writes into memory later."""
+    def _cancel(self, request: Any, what: str) -> None:
+        """Cancel ``request`` (``what``: "a receive of N bytes from rank S", ...), which
+        we stop waiting for.
+
+        A receive not yet matched, or a send not yet taken, is cancelled, and MPI touches
+        its memory no more. One already under way cannot be: it completes when its peer
+        gets to it, and until then MPI may still write (a receive) or read (a send) the
+        caller's memory. That is logged at WARNING, and close() waits for such requests
+        (up to linger_seconds) before it frees the communicators."""
         try:
             request.Cancel()
             give_up = time.monotonic() + _CANCEL_SECONDS
             while not request.Test() and time.monotonic() < give_up:
                 time.sleep(0.001)
-        except self._mpi.Exception as e:  # a send may not be cancellable: log and go on
-            log.debug("rank %d: cancelling an MPI request failed: %s", self.rank, e)
+        except self._mpi.Exception as e:
+            log.warning(
+                "rank %d: %s: cancelling %s failed (%s); MPI may still use its memory "
+                "after this operation failed",
+                self.rank,
+                self.current_op,
+                what,
+                e,
+            )
+            self._orphans.append(request)
+            return
+        if not request.Test():
+            log.warning(
+                "rank %d: %s failed while %s was under way: MPI could not cancel it and may "
+                "still %s that buffer until its peer completes it; do not reuse the buffer "
+                "before closing the communicator",
+                self.rank,
+                self.current_op,
+                what,
+                "write" if what.startswith("a receive") else "read",
+            )
+            self._orphans.append(request)
