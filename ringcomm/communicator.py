@@ -11,7 +11,6 @@ their own thread, so their operations run concurrently.
 from __future__ import annotations
 
 import atexit
-import collections
 import concurrent.futures
 import hashlib
 import json
@@ -154,8 +153,7 @@ class Communicator:
         self.rank = transport.rank
         self.size = transport.size
         self._seq = 0
-        self._p2p_sends: collections.Counter[tuple[int, int]] = collections.Counter()
-        self._p2p_recvs: collections.Counter[tuple[int, int]] = collections.Counter()
+        self._p2p_ops = 0  # numbers p2p operations for messages and the flight recorder
         self._lock = threading.Lock()  # guards numbering, queueing and _outstanding
         self._exec_lock = threading.RLock()  # held by whichever thread runs an operation
         self._outstanding = 0  # operations queued or running
@@ -216,7 +214,9 @@ class Communicator:
         deadline = time.monotonic() + timeout
         ctx = self._context(
             self._transport,
-            item.seq,
+            # p2p messages match first-in first-out per (peer, user tag): no per-pair
+            # counter to keep (and grow) for every tag ever used.
+            item.seq if item.kind == KIND_COLLECTIVE else 0,
             deadline,
             self._config.segment_bytes,
             int(item.reduce_op),  # a plain int: IntEnum hashes in Python
@@ -260,6 +260,7 @@ class Communicator:
         if isinstance(e, CommTimeoutError) and item.kind == KIND_COLLECTIVE:
             error = protocol.name_absent_ranks(ctx, _describe(item), item.name, e)
         self._broken = error
+        self._transport.retract()  # no send of it may read the caller's memory from now on
         self._recorder.finish(record, error)
         self._report_failure(item, error)
         return error
@@ -298,7 +299,7 @@ class Communicator:
         timeout: float | None,
         reduce_op: int = ReduceOp.SUM,
         bfloat16: bool = False,
-        p2p_key: tuple[collections.Counter[tuple[int, int]], tuple[int, int]] | None = None,
+        p2p: bool = False,
         nccl: NcclBody | None = None,
         root: int = -1,
     ) -> Work | None:
@@ -320,13 +321,12 @@ class Communicator:
             if self._closed:
                 how = "was aborted" if self._transport.aborted else "is closed"
                 raise CommClosedError(f"{name} on rank {self.rank}: the communicator {how}")
-            if p2p_key is None:
+            if not p2p:
                 self._seq += 1
                 seq, kind = self._seq, KIND_COLLECTIVE
             else:
-                counter, key = p2p_key
-                seq, kind = counter[key], KIND_P2P
-                counter[key] += 1
+                self._p2p_ops += 1
+                seq, kind = self._p2p_ops, KIND_P2P
             # A blocking call with nothing ahead of it runs right here: handing it to the
             # progress thread and back costs two thread wake-ups (~100 us on 2 cores).
             inline = not async_op and self._outstanding == 0
@@ -621,7 +621,7 @@ class Communicator:
             (b,),
             async_op=async_op,
             timeout=timeout,
-            p2p_key=(self._p2p_sends, (dst, tag)),
+            p2p=True,
         )
 
     def recv(
@@ -644,7 +644,7 @@ class Communicator:
             (b,),
             async_op=async_op,
             timeout=timeout,
-            p2p_key=(self._p2p_recvs, (src, tag)),
+            p2p=True,
         )
 
     # -- sub-communicators ------------------------------------------------------------------
@@ -735,6 +735,7 @@ class Communicator:
             self._exec_lock.release()
         if self._timeline is not None:
             self._timeline.write()
+        diagnostics.unwatch(self)
         _live.discard(self)
 
     def _fail_pending(self, why: str) -> None:

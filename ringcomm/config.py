@@ -218,6 +218,17 @@ class Config:
         unit="bytes",
         minimum=0,
     )
+    unmatched_bytes: int = setting(
+        1 << 30,
+        "RINGCOMM_UNMATCHED_BYTES",
+        int,
+        "bytes of messages a rank keeps that no receive has asked for yet (a peer ahead, a "
+        "send before its recv); past it the operation fails with a TransportError naming "
+        "the peer and tag that hold the most, instead of memory growing without bound; 0: "
+        "no limit",
+        unit="bytes",
+        minimum=0,
+    )
     zmq_io_threads: int = setting(
         1, "RINGCOMM_ZMQ_IO_THREADS", int, "ZeroMQ I/O threads per process", minimum=1
     )
@@ -231,11 +242,14 @@ class Config:
         default_text="2",
     )
     tune_malloc: bool = setting(
-        True,
+        False,
         "RINGCOMM_TUNE_MALLOC",
         bool,
-        "fix glibc's malloc thresholds so received segments reuse heap memory instead of "
-        "page-faulting fresh mmaps (see ringcomm.transport.heap)",
+        "1: fix glibc's malloc thresholds for the whole process, so received ZeroMQ frames "
+        "reuse heap memory instead of page-faulting fresh mmaps. Off by default: it lasts "
+        "past close() and slowed MPICH's 16 MiB allreduce in the same process 2.7x "
+        "(bench/side_effects.py); with flow control on the sockets it no longer measurably "
+        "helps ringcomm",
     )
     shm_slots: int = setting(
         4,

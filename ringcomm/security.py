@@ -120,6 +120,9 @@ class _Admission:
                 self._client_keys.add(security._client_public)
                 self._auth.configure_curve_callback(domain=DOMAIN, credentials_provider=self)
 
+    def stop(self) -> None:
+        self._auth.stop()
+
     def callback(self, domain: str, key: bytes) -> bool:
         """CURVE: admit clients holding a key derived from a secret we know."""
         return key in self._client_keys
@@ -127,6 +130,14 @@ class _Admission:
 
 _admissions: dict[int, _Admission] = {}
 _admissions_lock = threading.Lock()
+
+
+def forget(ctx: zmq.Context) -> None:
+    """Stop the authenticator of ``ctx`` (before the context is terminated)."""
+    with _admissions_lock:
+        admission = _admissions.pop(id(ctx), None)
+    if admission is not None:
+        admission.stop()
 
 
 def _authenticator(ctx: zmq.Context) -> _Admission:

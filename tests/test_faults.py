@@ -262,3 +262,15 @@ def test_soak_many_mixed_operations_leak_nothing(transport: str) -> None:
         assert res["checked"] > 3000, res
         assert res["fds"] <= 0, (r, res)
         assert res["rss_kib"] < 24 * 1024, (r, res)
+
+
+@pytest.mark.parametrize("transport", ["zmq", "auto"])
+def test_a_failed_sender_s_reused_buffer_never_reaches_its_peer(transport: str) -> None:
+    """After a send's operation failed, its peer gets the bytes as they were when it
+    started, or an error (the sender's unsent frames used to leave later with the new
+    bytes, and a reader by address read them)."""
+    results, _, text = run_ranks("retract", 2, env={"RINGCOMM_TRANSPORT": transport})
+    assert_passed("retract", 2, results, text)
+    assert results[1]["root"] in ("intact", "failed: PeerLostError", "failed: TransportError"), (
+        results
+    )

@@ -133,3 +133,28 @@ def test_the_launcher_gives_each_job_its_own_secret() -> None:
         assert len(found) == 1, out.stdout  # both ranks of a job share it
         secrets.append(found.pop())
     assert len(secrets[0]) == 32 and secrets[0] != secrets[1]
+
+
+@pytest.mark.parametrize("secret", [None, "s"])
+def test_a_world_across_hosts_without_a_secret_is_warned_about(
+    secret: str | None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One WARNING naming the risk and the fix when peers are on other hosts and there is no
+    secret; none with a secret (nor on one host: every other test here)."""
+    import json
+    import logging
+
+    from ringcomm.transport import zmq as zmq_transport
+
+    monkeypatch.setattr(zmq_transport, "_warned_without_secret", False)
+    config = ringcomm.Config(secret=secret, zmq_protocol="tcp", timeout_seconds=5)
+    endpoint = zmq_transport.ZmqEndpoint("127.0.0.1", config)
+    elsewhere = json.dumps({"host": "another-host/boot", "tcp": "tcp://127.0.0.1:9"}).encode()
+    with caplog.at_level(logging.WARNING, logger="ringcomm"):
+        transport = endpoint.connect(0, [endpoint.address, elsewhere], 1)
+    transport.close()
+    warned = [r.getMessage() for r in caplog.records if "no job secret" in r.getMessage()]
+    if secret is None:
+        assert len(warned) == 1 and "RINGCOMM_SECRET" in warned[0] and "[1]" in warned[0]
+    else:
+        assert not warned

@@ -9,6 +9,13 @@ something goes wrong.
 
 from __future__ import annotations
 
-from ringcomm.diagnostics.recorder import FlightRecorder, OpRecord, timeline, traced, watch
+from ringcomm.diagnostics.recorder import (
+    FlightRecorder,
+    OpRecord,
+    timeline,
+    traced,
+    unwatch,
+    watch,
+)
 
-__all__ = ["FlightRecorder", "OpRecord", "timeline", "traced", "watch"]
+__all__ = ["FlightRecorder", "OpRecord", "timeline", "traced", "unwatch", "watch"]

@@ -109,23 +109,41 @@ class FlightRecorder:
 _watched: weakref.WeakSet[Any] = weakref.WeakSet()
 _watchdog: threading.Thread | None = None
 _watchdog_lock = threading.Lock()
+_watchdog_wake = threading.Event()  # set when the last communicator closes
 WATCHDOG_PERIOD_SECONDS = 1.0
 
 
 def watch(comm: Any) -> None:
     """Have the watchdog call ``comm.stall_report(now)`` once a second and log what it
-    returns (a warning, or None)."""
+    returns (a warning, or None), until :func:`unwatch` (the thread ends with the last)."""
     global _watchdog
-    _watched.add(comm)
     with _watchdog_lock:
+        _watched.add(comm)
         if _watchdog is None:
             _watchdog = threading.Thread(target=_watch_loop, name="ringcomm-watchdog", daemon=True)
             _watchdog.start()
 
 
+def unwatch(comm: Any) -> None:
+    """Stop watching ``comm`` (it closed); the thread ends at once with the last one."""
+    with _watchdog_lock:
+        _watched.discard(comm)
+        thread = _watchdog if not _watched else None
+    if thread is not None:
+        _watchdog_wake.set()
+        if thread is not threading.current_thread():
+            thread.join(WATCHDOG_PERIOD_SECONDS + 1)
+
+
 def _watch_loop() -> None:
+    global _watchdog
     while True:
-        time.sleep(WATCHDOG_PERIOD_SECONDS)
+        if _watchdog_wake.wait(WATCHDOG_PERIOD_SECONDS):
+            _watchdog_wake.clear()
+        with _watchdog_lock:
+            if not _watched:  # every communicator closed: no thread of ours stays behind
+                _watchdog = None
+                return
         now = time.monotonic()
         for comm in list(_watched):
             try:

@@ -19,6 +19,7 @@ import zmq
 from ringcomm.errors import RendezvousError
 from ringcomm.logs import get_logger
 from ringcomm.security import Security
+from ringcomm.transport import zmq_context
 
 log = get_logger(__name__)
 
@@ -45,9 +46,12 @@ class Store(abc.ABC):
 class StoreServer:
     """Serves the store on ``tcp://host:port`` from a daemon thread until :meth:`close`."""
 
-    def __init__(self, host: str, port: int, security: Security | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, security: Security | None = None, io_threads: int = 1
+    ) -> None:
         self.url = f"tcp://{host}:{port}"
-        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._ctx = zmq_context.acquire(io_threads)
+        self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         if security is not None:
             security.serve(self._sock)
@@ -55,6 +59,7 @@ class StoreServer:
             self._sock.bind(self.url)
         except zmq.ZMQError as e:
             self._sock.close()
+            zmq_context.release(self._ctx)
             raise RendezvousError(
                 f"rank 0 could not host the rendezvous store at {self.url}: {e}; choose another "
                 "MASTER_PORT, or set MASTER_ADDR to an address of rank 0's host"
@@ -79,6 +84,7 @@ class StoreServer:
             for reply in replies:
                 sock.send_multipart(reply)
         sock.close(linger=0)
+        zmq_context.release(self._ctx)
 
     def _handle(self, frames: list[bytes]) -> list[list[bytes]]:
         """The replies to one request ``[ident, req_id, op, key, value]`` (a ``set`` also
@@ -106,7 +112,7 @@ class StoreServer:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=5)  # the thread closes the socket and releases the context
 
 
 def _counter(raw: bytes, what: bytes) -> int:
@@ -121,12 +127,19 @@ class StoreClient(Store):
     """Talks to a :class:`StoreServer`; every request is bounded by a timeout."""
 
     def __init__(
-        self, host: str, port: int, rank: int, timeout: float, security: Security | None = None
+        self,
+        host: str,
+        port: int,
+        rank: int,
+        timeout: float,
+        security: Security | None = None,
+        io_threads: int = 1,
     ) -> None:
         self.url = f"tcp://{host}:{port}"
         self._rank = rank
         self._timeout = timeout
-        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._ctx = zmq_context.acquire(io_threads)
+        self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         if security is not None:
             security.join(self._sock)
@@ -164,7 +177,9 @@ class StoreClient(Store):
         return int(self._request(b"add", key, str(amount).encode(), self._timeout))
 
     def close(self) -> None:
-        self._sock.close(linger=0)
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+            zmq_context.release(self._ctx)
 
 
 class LocalStore(Store):

@@ -52,8 +52,11 @@ def _open_store(spec: WorldSpec, config: Config) -> tuple[Store, Callable[[], No
         return store, release
     host = resolve_host(spec.master_addr)
     security = Security(config.secret, config.encrypt)
-    server = StoreServer(host, spec.master_port, security) if spec.rank == 0 else None
-    client = StoreClient(host, spec.master_port, spec.rank, config.timeout_seconds, security)
+    threads = config.zmq_io_threads
+    server = StoreServer(host, spec.master_port, security, threads) if spec.rank == 0 else None
+    client = StoreClient(
+        host, spec.master_port, spec.rank, config.timeout_seconds, security, threads
+    )
 
     def close() -> None:
         client.close()
@@ -96,7 +99,9 @@ def form_world(
     if spec.transport == "local":
         from ringcomm.transport.local import LocalEndpoint
 
-        factory: EndpointFactory = lambda: LocalEndpoint(config.zero_copy_bytes)  # noqa: E731
+        factory: EndpointFactory = lambda: LocalEndpoint(  # noqa: E731
+            config.zero_copy_bytes, config.unmatched_bytes
+        )
     else:
         bind_host = hosts.bind_address(spec.master_addr, config.socket_ifname)
         factory = _socket_endpoints(spec.transport, bind_host, config)

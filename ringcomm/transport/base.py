@@ -123,6 +123,12 @@ class Transport(abc.ABC):
         self.abort_reason = reason
         self.aborted = True
 
+    def retract(self) -> None:  # noqa: B027 (a transport whose sends all copy has nothing to do)
+        """After an operation failed, before its error reaches the caller: make sure no send
+        of it reads the caller's memory any more, so a peer receives a buffer's bytes as
+        they were when the operation started, or fails. The communicator is unusable
+        afterwards anyway."""
+
     def closed_error(self) -> CommClosedError:
         """What a wait raises once the transport was closed or aborted."""
         how = "aborted" if self.aborted else "closed"
@@ -220,6 +226,44 @@ class Transport(abc.ABC):
         )
 
 
+class Unmatched:
+    """Bytes of messages that arrived before any receive asked for them (a transport's
+    stash), held under a limit: past it, the operation that takes in one more message fails
+    with a :class:`TransportError` naming the peer and tag that hold the most, instead of
+    memory growing without bound (a receive that is never posted, or ranks that call
+    different operations). 0: no limit."""
+
+    __slots__ = ("limit", "nbytes")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.nbytes = 0
+
+    def add(self, nbytes: int, transport: Transport) -> None:
+        self.nbytes += nbytes
+        if self.limit and self.nbytes > self.limit:
+            raise self._error(transport)
+
+    def taken(self, nbytes: int) -> None:
+        self.nbytes -= nbytes
+
+    def _error(self, transport: Transport) -> TransportError:
+        stash: dict[tuple[int, Tag], Any] = transport._stash  # type: ignore[attr-defined]
+        held: collections.Counter[tuple[int, int, int]] = collections.Counter()
+        for (src, tag), queue in stash.items():
+            # Group by peer and by operation (p2p: by user tag), not by segment.
+            group = (src, tag.kind, tag.step if tag.kind == KIND_P2P else tag.seq)
+            held[group] += sum(memoryview(m).nbytes for m in queue)
+        (src, kind, which), most = held.most_common(1)[0]
+        what = f"p2p messages with tag {which}" if kind == KIND_P2P else f"operation #{which}"
+        return TransportError(
+            f"{transport.current_op}: rank {transport.rank} holds {self.nbytes} bytes of "
+            f"messages no receive has asked for, over the limit of {self.limit} "
+            f"(RINGCOMM_UNMATCHED_BYTES); the most, {most} bytes, are rank {src}'s {what}. "
+            "Is a recv missing, or do ranks call different operations?"
+        )
+
+
 class FramedTransport(Transport):
     """A transport of whole messages with headers: matching by tag through a stash."""
 
@@ -230,12 +274,14 @@ class FramedTransport(Transport):
         comm_id: int,
         zero_copy_bytes: int,
         window_bytes: int | None = None,
+        unmatched_bytes: int = 0,
     ) -> None:
         super().__init__(rank, size, comm_id)
         self.zero_copy_bytes = zero_copy_bytes
         self._stash: dict[tuple[int, Tag], collections.deque[Any]] = collections.defaultdict(
             collections.deque
         )
+        self._unmatched = Unmatched(unmatched_bytes)
         self._pending_sends: list[Any] = []
         self._closed = False
         # Flow control (None: off): bytes in flight to each peer, sends waiting for credit,
@@ -297,6 +343,7 @@ class FramedTransport(Transport):
         )
         if dst == self.rank:
             self._stash[(dst, tag)].append(payload.tobytes())
+            self._unmatched.add(nbytes, self)
             return
         copy = copy or nbytes < self.zero_copy_bytes
         if (
@@ -321,8 +368,9 @@ class FramedTransport(Transport):
         while self._waiting:
             self._receive_one(deadline, min(self._waiting), self._credit_timeout)
         if self._pending_sends:
-            handles, self._pending_sends = self._pending_sends, []
-            self._wait_sent(handles, deadline)
+            # Kept until all are sent: a failed operation's retract() must find them.
+            self._wait_sent(self._pending_sends, deadline)
+            self._pending_sends = []
 
     def recv(self, src: int, tag: Tag, nbytes: int, deadline: float) -> Any:
         """See :meth:`Transport.recv`."""
@@ -335,6 +383,7 @@ class FramedTransport(Transport):
         if not queue:
             del self._stash[key]
         got = memoryview(payload).nbytes
+        self._unmatched.taken(got)
         if got != nbytes:
             raise self.size_error(src, tag, nbytes, got)
         if self._window is not None and tag.kind == KIND_COLLECTIVE and src != self.rank:
@@ -387,6 +436,35 @@ class FramedTransport(Transport):
             del self._waiting[src]
         self._in_flight[src] = in_flight
 
+    def retract(self) -> None:
+        """See :meth:`Transport.retract`: sends waiting for credit are dropped; zero-copy
+        sends still in the transport's hands are revoked (:meth:`_revoke`)."""
+        self._waiting.clear()
+        if self._pending_sends:
+            handles, self._pending_sends = self._pending_sends, []
+            self._revoke(handles)
+
+    def _revoke(self, handles: list[Any]) -> None:
+        """Make sure the zero-copy sends behind ``handles`` no longer read the caller's
+        memory, at any cost to the connections (a transport that copies has none)."""
+        return
+
+    @property
+    def sends_waiting(self) -> bool:
+        """Whether sends wait for credit (they go out as incoming messages are filed)."""
+        return bool(self._waiting)
+
+    def progress(self) -> None:
+        """File whatever has arrived, without waiting: credits let waiting sends go. For a
+        transport that waits on something else meanwhile (the shared-memory transport for
+        its peers on this host)."""
+        while (message := self._recv_frames(0)) is not None:
+            self._file(*message)
+
+    def credit_timeout(self) -> CommTimeoutError:
+        """The error of a wait for credit that ran out of time."""
+        return self._credit_timeout()
+
     def _credit_timeout(self) -> CommTimeoutError:
         stuck = sorted(self._waiting)
         return CommTimeoutError(
@@ -400,6 +478,7 @@ class FramedTransport(Transport):
         if not self._closed:
             self._closed = True
             self._stash.clear()
+            self._unmatched.taken(self._unmatched.nbytes)
             self._close()
 
     # -- internals --------------------------------------------------------------------------
@@ -423,3 +502,4 @@ class FramedTransport(Transport):
             log.warning("rank %d: dropped a truncated message from rank %d", self.rank, src)
         else:
             self._stash[(src, Tag(kind, seq, step, segment))].append(payload)
+            self._unmatched.add(nbytes, self)

@@ -19,8 +19,11 @@ def tune_malloc(segment_bytes: int) -> bool:
     up to 2,300 faults and +6 ms of system time per 16 MiB allreduce on some ranks (4 ranks,
     2 cores). Fixing the mmap threshold above the segment size and the trim threshold well
     above that keeps freed frames for reuse: 0 faults per op. The cost is that up to
-    ``8 * threshold`` bytes of freed heap may stay with the process. Opt out with
-    ``RINGCOMM_TUNE_MALLOC=0``. Returns whether it was applied (glibc only).
+    ``8 * threshold`` bytes of freed heap may stay with the process, and the setting is
+    the whole process's, for good: other libraries' large buffers change behaviour too
+    (MPICH's 16 MiB allreduce ran 2.7x slower after it, see ``bench/side_effects.py``).
+    So it is off unless ``RINGCOMM_TUNE_MALLOC=1``. Returns whether it was applied (glibc
+    only).
     """
     global _malloc_tuned
     if _malloc_tuned:

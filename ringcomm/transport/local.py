@@ -25,8 +25,9 @@ _next_id = itertools.count()
 class LocalEndpoint(Endpoint):
     """An inbox registered under a process-unique address."""
 
-    def __init__(self, zero_copy_bytes: int) -> None:
+    def __init__(self, zero_copy_bytes: int, unmatched_bytes: int = 0) -> None:
         self._zero_copy_bytes = zero_copy_bytes
+        self._unmatched_bytes = unmatched_bytes
         self._address = f"local-{next(_next_id)}".encode()
         self._inbox: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
         with _inboxes_lock:
@@ -42,7 +43,9 @@ class LocalEndpoint(Endpoint):
             if missing:
                 raise CommTimeoutError(f"local transport: no inbox {missing[0]!r} in this process")
             peers = [_inboxes[a] for a in addresses]
-        return LocalTransport(rank, comm_id, self._zero_copy_bytes, self, peers)
+        return LocalTransport(
+            rank, comm_id, self._zero_copy_bytes, self, peers, self._unmatched_bytes
+        )
 
     def close(self) -> None:
         with _inboxes_lock:
@@ -65,8 +68,9 @@ class LocalTransport(FramedTransport):
         zero_copy_bytes: int,
         endpoint: LocalEndpoint,
         peers: list[queue.SimpleQueue[tuple[bytes, bytes]]],
+        unmatched_bytes: int = 0,
     ) -> None:
-        super().__init__(rank, len(peers), comm_id, zero_copy_bytes)
+        super().__init__(rank, len(peers), comm_id, zero_copy_bytes, None, unmatched_bytes)
         self._endpoint = endpoint
         self._peers = peers
 

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,19 +28,19 @@ from ringcomm.config import Config
 from ringcomm.errors import CommTimeoutError, PeerLostError, TransportError
 from ringcomm.logs import get_logger
 from ringcomm.security import Security
+from ringcomm.transport import zmq_context
 from ringcomm.transport.base import HEADER, WAKE_SECONDS, Endpoint, FramedTransport
 from ringcomm.transport.heap import tune_malloc
 
 log = get_logger(__name__)
 
-_context: zmq.Context | None = None
-_context_lock = threading.Lock()
 
 # Heartbeats on every data connection, so a peer that vanished without closing its
 # sockets (a cut link, a host gone) is noticed within seconds, not at the timeout.
 _HEARTBEAT_IVL_MS = 1000
 _HEARTBEAT_TIMEOUT_MS = 3000
 _LOST_GRACE_SECONDS = 0.2
+_REVOKE_SECONDS = 5.0  # how long a revoked send's memory may stay in libzmq's hands
 _HANDSHAKE_FAILURES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "another security mechanism, or a malformed handshake",
@@ -50,19 +49,32 @@ _HANDSHAKE_FAILURES = {
 _HANDSHAKE_FAILED = sum(_HANDSHAKE_FAILURES)
 
 
-def context(io_threads: int = 1) -> zmq.Context:
-    """The process-wide ZeroMQ context (made on first use with ``io_threads``)."""
-    global _context
-    with _context_lock:
-        if _context is None or _context.closed:
-            _context = zmq.Context(io_threads=io_threads)
-        return _context
-
-
 def mpi_is_initialized() -> bool:
     """Whether this process has initialised MPI through mpi4py (without importing it)."""
     mpi = sys.modules.get("mpi4py.MPI")
     return mpi is not None and bool(mpi.Is_initialized()) and not mpi.Is_finalized()
+
+
+_warned_without_secret = False
+
+
+def _warn_without_secret(rank: int, addresses: Sequence[bytes], my_host: str) -> None:
+    """Once per process: a world that spans hosts and has no job secret accepts anyone who
+    can reach its sockets (see docs/security.md)."""
+    global _warned_without_secret
+    if _warned_without_secret:
+        return
+    far = [r for r, raw in enumerate(addresses) if raw and json.loads(raw)["host"] != my_host]
+    if far:
+        _warned_without_secret = True
+        log.warning(
+            "rank %d: this world spans hosts (ranks %s are on others) and has no job secret: "
+            "any process that can reach its sockets or its rendezvous store can join it or "
+            "inject messages. Set RINGCOMM_SECRET to the same value on every rank "
+            "(ringcomm-run and MPI launches make one; RINGCOMM_ENCRYPT=1 also encrypts)",
+            rank,
+            far,
+        )
 
 
 class ZmqEndpoint(Endpoint):
@@ -72,7 +84,17 @@ class ZmqEndpoint(Endpoint):
         self._config = config
         if config.tune_malloc:
             tune_malloc(config.segment_bytes)
-        self._ctx = context(config.zmq_io_threads)
+        self._ctx = zmq_context.acquire(config.zmq_io_threads)
+        self._closed = False
+        try:
+            self._bind(bind_host, config)
+        except BaseException:
+            self.close()
+            raise
+
+    def _bind(self, bind_host: str, config: Config) -> None:
+        self._refusals: zmq.Socket | None = None
+        self._ipc_path: str | None = None
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, 0)  # never drop: flow control is the algorithm's
         self._pull.setsockopt(zmq.LINGER, 0)
@@ -80,10 +102,8 @@ class ZmqEndpoint(Endpoint):
         self._security.serve(self._pull)  # only members of the job may connect
         # Refused handshakes (no secret, a wrong one, another mechanism) end inside
         # ZeroMQ; its monitor tells us, and report_refusals() logs them.
-        self._refusals: zmq.Socket | None = None
         if self._security.mechanism != "none":
             self._refusals = self._pull.get_monitor_socket(_HANDSHAKE_FAILED)
-        self._ipc_path: str | None = None
         addr: dict[str, str] = {"host": hosts.host_identity()}
         if config.zmq_protocol in ("auto", "tcp"):
             port = self._pull.bind_to_random_port(f"tcp://{bind_host}")
@@ -130,6 +150,8 @@ class ZmqEndpoint(Endpoint):
                 push.close(linger=0)
             self.close()
             raise
+        if self._security.mechanism == "none":
+            _warn_without_secret(rank, addresses, mine["host"])
         return ZmqTransport(rank, len(addresses), comm_id, self._config, self, pushes)
 
     def report_refusals(self) -> None:
@@ -144,15 +166,20 @@ class ZmqEndpoint(Endpoint):
             )
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._refusals is not None:
             self.report_refusals()
             self._pull.disable_monitor()
             self._refusals.close(linger=0)
             self._refusals = None
-        self._pull.close(linger=0)
+        if hasattr(self, "_pull"):
+            self._pull.close(linger=0)
         if self._ipc_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._ipc_path)
+        zmq_context.release(self._ctx)  # the last user's release ends its threads
 
     @property
     def pull(self) -> zmq.Socket:
@@ -183,7 +210,12 @@ class ZmqTransport(FramedTransport):
         # what is in flight always returns credit for the next one.
         window = max(config.socket_window_bytes, 2 * config.segment_bytes)
         super().__init__(
-            rank, size, comm_id, zero_copy_bytes, window if config.socket_window_bytes else None
+            rank,
+            size,
+            comm_id,
+            zero_copy_bytes,
+            window if config.socket_window_bytes else None,
+            config.unmatched_bytes,
         )
         self._endpoint = endpoint
         self._pull = endpoint.pull
@@ -219,15 +251,42 @@ class ZmqTransport(FramedTransport):
                 with contextlib.suppress(zmq.NotDone):
                     tracker.wait(min(remaining, WAKE_SECONDS))
 
+    def _revoke(self, handles: list[Any]) -> None:
+        """Zero-copy frames libzmq has not sent yet point at the caller's memory, and would
+        leave after this operation failed, with whatever the caller wrote there since.
+        Closing the sending sockets at once drops them (a frame cut off mid-way is discarded
+        by the receiver, which then sees the connection drop and fails): the peers get the
+        bytes as they were, or an error. Waits until libzmq lets go of the memory."""
+        if all(tracker.done for tracker in handles):
+            return
+        log.warning(
+            "rank %d: %s failed with sends still under way; closing its connections so "
+            "that they cannot deliver bytes the caller may change",
+            self.rank,
+            self.current_op,
+        )
+        for peer, push in self._pushes.items():
+            if not push.closed:
+                push.disable_monitor()
+                self._monitors[peer].close(linger=0)
+                push.close(linger=0)
+        for tracker in handles:
+            with contextlib.suppress(zmq.NotDone):
+                tracker.wait(_REVOKE_SECONDS)
+            if not tracker.done:
+                log.warning("rank %d: ZeroMQ still holds a revoked send's memory", self.rank)
+
     def _recv_frames(self, timeout: float) -> tuple[bytes, Any] | None:
         # A blocking receive with RCVTIMEO: one call into libzmq (GIL released while it
         # waits), where try/poll/retry costs a Poller and an exception per message.
-        timeout_ms = int(timeout * 1000) + 1
-        if timeout_ms != self._rcvtimeo_ms:
-            self._pull.setsockopt(zmq.RCVTIMEO, timeout_ms)
-            self._rcvtimeo_ms = timeout_ms
+        flags = zmq.NOBLOCK if timeout <= 0 else 0
+        if not flags:
+            timeout_ms = int(timeout * 1000) + 1
+            if timeout_ms != self._rcvtimeo_ms:
+                self._pull.setsockopt(zmq.RCVTIMEO, timeout_ms)
+                self._rcvtimeo_ms = timeout_ms
         try:
-            frames = self._pull.recv_multipart(copy=False)
+            frames = self._pull.recv_multipart(flags, copy=False)
         except zmq.Again:
             return None
         if len(frames) == 2:  # [header, payload]: a payload sent from the sender's memory
@@ -262,6 +321,8 @@ class ZmqTransport(FramedTransport):
 
     def _close(self) -> None:
         for peer, push in self._pushes.items():
+            if push.closed:  # revoked after a failure
+                continue
             push.disable_monitor()
             self._monitors[peer].close(linger=0)
             push.close()

@@ -176,6 +176,38 @@ def link_cut(comm: ringcomm.Communicator) -> dict:
     raise AssertionError("no error within 60 s of all-reduces")
 
 
+def retract(comm: ringcomm.Communicator) -> dict:
+    """A sender whose gather fails (its root is stopped, SIGSTOP) reuses its buffer; once the
+    root runs again it must take the bytes as they were sent, or fail: never the new ones.
+    Over sockets the unsent frames point at the buffer, over shared memory the root reads
+    it by address."""
+    pids = np.zeros(2, np.int64)
+    comm.all_gather(pids, np.array([os.getpid()], np.int64))
+    count = 1 << 20  # 4 MiB of float32: zero-copy frames, or 4 segments read by address
+    if comm.rank == 0:
+        data = np.ones(count, np.float32)
+        os.kill(int(pids[1]), signal.SIGSTOP)
+        try:
+            comm.gather(None, data, root=1, timeout=1.5)
+        except ringcomm.RingcommError as e:
+            failed = type(e).__name__
+        else:
+            os.kill(int(pids[1]), signal.SIGCONT)
+            raise AssertionError("a gather to a stopped root returned")
+        data[:] = 7.0  # the caller reuses its buffer after the failure
+        os.kill(int(pids[1]), signal.SIGCONT)
+        time.sleep(4.0)  # stay up while the root reads
+        return {"sender": failed}
+    out = np.zeros(2 * count, np.float32)
+    try:
+        comm.gather(out, np.ones(count, np.float32), root=1, timeout=10)
+    except ringcomm.RingcommError as e:
+        return {"root": f"failed: {type(e).__name__}"}
+    changed = int(np.count_nonzero(out[:count] != 1.0))
+    assert changed == 0, f"the root took {changed} changed elements from a failed sender"
+    return {"root": "intact"}
+
+
 MODES = {
     "rebuild": rebuild,
     "stall": stall,
@@ -183,6 +215,7 @@ MODES = {
     "soak": soak,
     "hosts": hosts,
     "link_cut": link_cut,
+    "retract": retract,
 }
 
 

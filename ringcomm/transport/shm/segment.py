@@ -48,6 +48,9 @@ MIN_SLOT_BYTES = 64 << 10  # the smallest slots tried where /dev/shm is short
 # word and the sleeping flag on their own lines, then one "attached" flag per rank.
 C_MAGIC, C_LAYOUT, C_PID, C_ADDRESS, C_SLOTS, C_SLOT_BYTES = 0, 1, 2, 3, 4, 5
 C_CLOSED = 6  # the owner closed (or aborted) its communicator
+# The owner's operation failed while peers could still read its memory by address: what
+# they read from now on may have changed, so they must fail instead of using it.
+C_RETRACTED = 7
 C_BELL = LINE // 8
 C_SLEEPING = 2 * LINE // 8
 C_ATTACHED = 3 * LINE // 8

@@ -56,7 +56,7 @@ from ringcomm.errors import (
 )
 from ringcomm.logs import get_logger
 from ringcomm.native import shm as native_shm
-from ringcomm.transport.base import Tag, Transport
+from ringcomm.transport.base import FramedTransport, Tag, Transport, Unmatched
 from ringcomm.transport.shm import syscalls
 from ringcomm.transport.shm.segment import (
     ATTACHED,
@@ -66,6 +66,7 @@ from ringcomm.transport.shm.segment import (
     C_BELL,
     C_CLOSED,
     C_PID,
+    C_RETRACTED,
     C_SLEEPING,
     HEAD,
     INLINE,
@@ -146,7 +147,7 @@ class ShmTransport(Transport):
         comm_id: int,
         config: Config,
         local: list[int],
-        sockets: Transport | None,
+        sockets: FramedTransport | None,
     ) -> None:
         super().__init__(rank, size, comm_id)
         self.name = "shm+zmq" if sockets is not None else "shm"
@@ -157,6 +158,7 @@ class ShmTransport(Transport):
         self._stash: dict[tuple[int, Tag], collections.deque[np.ndarray]] = collections.defaultdict(
             collections.deque
         )
+        self._unmatched = Unmatched(config.unmatched_bytes)
         self._by_address_bytes = config.shm_by_address_bytes or sys.maxsize
         self._borrowed = 0  # queued sends that still read the caller's memory
         self._records_out = 0  # records written so far: progress, for _wait
@@ -241,6 +243,7 @@ class ShmTransport(Transport):
         if peer is None:
             if dst == self.rank:
                 self._stash[(dst, tag)].append(payload.reshape(-1).view(np.uint8).copy())
+                self._unmatched.add(payload.nbytes, self)
             else:
                 assert self._sockets is not None
                 self._sockets.send(dst, tag, payload, copy=copy)
@@ -344,8 +347,11 @@ class ShmTransport(Transport):
     def flush(self, deadline: float) -> None:
         if self._ticker_error is not None:
             self._check_ticker()
-        if self._sockets is not None:
-            self._sockets.flush(deadline)
+        sockets = self._sockets
+        if sockets is not None:
+            if sockets.sends_waiting:  # credits come over the sockets; our queues move meanwhile
+                self._wait(lambda: not sockets.sends_waiting, deadline, sockets.credit_timeout)
+            sockets.flush(deadline)
         if self._borrowed or self._lent():
             self._wait(
                 lambda: self._borrowed == 0 and not self._lent(), deadline, self._send_timeout
@@ -415,6 +421,7 @@ class ShmTransport(Transport):
             data = stashed.popleft()
             if not stashed:
                 del self._stash[(src, tag)]
+            self._unmatched.taken(data.nbytes)
             if data.nbytes != nbytes:
                 raise self.size_error(src, tag, nbytes, data.nbytes)
             land(0, data)
@@ -432,6 +439,7 @@ class ShmTransport(Transport):
                 break
             key = Tag(*header[:TAG_WORDS])
             self._stash[(src, key)].append(self._take(peer, key, total, deadline, header))
+            self._unmatched.add(total, self)
         if total != nbytes:
             self._take(peer, tag, total, deadline, header)  # keep the inbox in step
             raise self.size_error(src, tag, nbytes, total)
@@ -506,6 +514,7 @@ class ShmTransport(Transport):
         try:
             if into is not None:
                 syscalls.read_remote(peer.pid, address, into[offset : offset + n])
+                self._check_retracted(peer)
                 return
             if self._scratch is None:
                 self._scratch = np.empty(self._layout.slot_bytes, np.uint8)
@@ -513,6 +522,7 @@ class ShmTransport(Transport):
             for k in range(0, n, step):
                 piece = self._scratch[: min(step, n - k)]
                 syscalls.read_remote(peer.pid, address + k, piece)
+                self._check_retracted(peer)
                 land(offset + k, piece)
         except OSError as e:
             if not peer.alive():
@@ -523,6 +533,33 @@ class ShmTransport(Transport):
             raise TransportError(
                 f"{self.current_op}: rank {self.rank} cannot read rank {peer.rank}'s data: {e}"
             ) from None
+
+    def _check_retracted(self, peer: Peer) -> None:
+        """After reading ``peer``'s memory: if its operation failed meanwhile (it raised, and
+        its caller may have changed the buffer), what was read cannot be trusted. The read
+        completes before this load and the sender's flag is fenced before it raises, so a
+        flag not seen here means the bytes read were the ones sent."""
+        if native_shm.load_acquire(peer.segment.control, C_RETRACTED):
+            raise TransportError(
+                f"{self.current_op}: rank {peer.rank}'s operation failed while rank "
+                f"{self.rank} read its data by address; the data may have changed since"
+            )
+
+    def retract(self) -> None:
+        """See :meth:`Transport.retract`: queued sends that still read the caller's memory
+        are dropped, and if peers may still read it by address, the segment says the
+        operation failed (C_RETRACTED), so their reads fail instead of delivering bytes
+        the caller may have changed."""
+        with self._lock:
+            for peer in self._peers.values():
+                kept = [item for item in peer.queue if not item.borrowed]
+                self._borrowed -= len(peer.queue) - len(kept)
+                peer.queue.clear()
+                peer.queue.extend(kept)
+        if self._segment is not None and self._lent():
+            native_shm.store_fenced(self._segment.control, C_RETRACTED, 1)
+        if self._sockets is not None:
+            self._sockets.retract()
 
     def _next_record(self, peer: Peer, tag: Tag, deadline: float) -> tuple[int, ...]:
         """The header of the next record from ``peer`` (kind, seq, step, segment, message
@@ -590,9 +627,14 @@ class ShmTransport(Transport):
         spin_until = now + SPIN_SECONDS
         check_at = now + CHECK_SECONDS
         records_out = self._records_out
+        sockets = self._sockets
         while True:
             if queued:
                 queued = not self._push_queued()
+            if sockets is not None and sockets.sends_waiting:
+                # Sends to other hosts wait for credit, which comes over the sockets, not
+                # through our futex: look there too, and sleep in short slices below.
+                sockets.progress()
             if ready():
                 return
             if self._closed or self.aborted:
@@ -623,7 +665,8 @@ class ShmTransport(Transport):
                 self._push_queued()
                 if ready():
                     return
-                syscalls.futex_wait(bell_address, bell, min(CHECK_SECONDS, deadline - now))
+                nap = CHECK_SECONDS if sockets is None or not sockets.sends_waiting else 0.001
+                syscalls.futex_wait(bell_address, bell, min(nap, deadline - now))
             finally:
                 native_shm.store_release(control, C_SLEEPING, 0)
 
@@ -702,6 +745,7 @@ class ShmTransport(Transport):
             peer.queue.clear()
             peer.segment.close()
         self._stash.clear()
+        self._unmatched.taken(self._unmatched.nbytes)
         if self._segment is not None:
             self._segment.close()
             self._segment = None
