@@ -224,3 +224,29 @@ def test_ranks_bind_to_the_chosen_interface() -> None:
 
     urls = run_threads(2, body, config=config, transport="zmq", timeout=30)
     assert len(urls) == 2 and all(url.startswith("tcp://127.0.0.1:") for url in urls), urls
+
+
+def test_log_level_is_read_at_init_not_at_import() -> None:
+    """RINGCOMM_LOG_LEVEL set after ``import ringcomm`` takes effect at init; a bad value
+    does not break the import, it is a ValueError at init naming the variable."""
+    late = (
+        "import os, ringcomm\n"
+        "os.environ['RINGCOMM_LOG_LEVEL'] = 'debug'\n"
+        "ringcomm.init(transport='local', master_port=3).close()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "DEBUG ringcomm: rank 0 of 1 joined" in res.stderr, res.stderr
+    bad = (
+        "import ringcomm\n"
+        "try:\n"
+        "    ringcomm.init(transport='local', master_port=4)\n"
+        "except ValueError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    env = {**os.environ, "RINGCOMM_LOG_LEVEL": "chatty"}
+    res = subprocess.run(
+        [sys.executable, "-c", bad], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert res.returncode == 0 and "refused: RINGCOMM_LOG_LEVEL='CHATTY'" in res.stdout, (
+        res.stdout + res.stderr
+    )
