@@ -45,12 +45,17 @@ def test_unreachable_store_fails_within_timeout_and_says_what_it_tried() -> None
 def test_port_in_use_is_a_clear_error() -> None:
     import socket
 
+    from ringcomm.transport import zmq_context
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
+        before = zmq_context.live_contexts()
         with pytest.raises(ringcomm.RendezvousError, match="MASTER_PORT"):
             ringcomm.init(rank=0, size=2, master_port=port, timeout=1.0)
+        # The endpoint bound before the store failed is closed (it leaked its socket).
+        assert zmq_context.live_contexts() == before
 
 
 def _launch(tmp_path: Path, script: str, n: int, *extra: str, timeout: float = 120):

@@ -105,20 +105,26 @@ _LEAVES_NOTHING = """
 import os, sys, threading, numpy as np, ringcomm
 from ringcomm.transport import heap, zmq_context
 
-def tasks():
-    return sorted(os.listdir("/proc/self/task"))
+def ours():
+    '''Threads of ringcomm's (Python ones, and ZeroMQ's I/O and reaper threads).'''
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/comm") as f:
+            names.append(f.read().strip())
+    zmq_threads = [n for n in names if n.startswith("ZMQbg")]
+    return zmq_threads + [t.name for t in threading.enumerate() if t.name != "MainThread"]
 
-baseline = len(tasks())
+assert ours() == [], ours()
 for transport in ("zmq", "auto", "local"):
     comm = ringcomm.init(rank=0, size=1, transport=transport, master_port=9)
     sub = comm.split(color=0)
     x = np.ones(1 << 20, np.float32)
     comm.all_reduce(x)
     sub.all_reduce(x)
+    running = ours()
     sub.close()
     comm.close()
-    left = len(tasks())
-    assert left == baseline, (transport, baseline, left, [t.name for t in threading.enumerate()])
+    assert ours() == [], (transport, "still running after close:", ours(), "open:", running)
 assert zmq_context.live_contexts() == 0
 assert not heap._malloc_tuned, "the process's malloc settings were changed by default"
 print("clean")
@@ -150,6 +156,7 @@ def test_each_io_thread_count_gets_its_own_context_and_the_store_shares_it() -> 
     from ringcomm.rendezvous.store import StoreServer
     from ringcomm.transport import zmq_context
 
+    before = zmq_context.live_contexts()  # other tests' communicators may hold one
     one = ringcomm.init(rank=0, size=1, transport="zmq", config=ringcomm.Config(zmq_io_threads=1))
     two = ringcomm.init(rank=0, size=1, transport="zmq", config=ringcomm.Config(zmq_io_threads=2))
     try:
@@ -163,4 +170,4 @@ def test_each_io_thread_count_gets_its_own_context_and_the_store_shares_it() -> 
     finally:
         one.close()
         two.close()
-    assert zmq_context.live_contexts() == 0
+    assert zmq_context.live_contexts() == before

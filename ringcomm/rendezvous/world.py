@@ -112,7 +112,11 @@ def form_world(
             0, [endpoint.address], int.from_bytes(os.urandom(8), "little")
         ), factory
     if store is None:
-        store, close_store = _open_store(spec, config)
+        try:
+            store, close_store = _open_store(spec, config)
+        except BaseException:
+            endpoint.close()  # its socket, its ipc file and its share of the context
+            raise
     else:
         close_store = lambda: None  # noqa: E731 (the caller owns it)
     try:
