@@ -1,0 +1,88 @@
+"""``ringcomm-info`` / ``python -m ringcomm info``: the report a user reads, its exit status,
+and the local check, with and without the optional libraries installed."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _info(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RINGCOMM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ringcomm", "info", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**clean, **(env or {})},
+    )
+
+
+def _field(out: str, name: str) -> str:
+    found = re.search(rf"^ *{re.escape(name)} +(.*)$", out, re.M)
+    assert found, f"no line for {name!r} in:\n{out}"
+    return found.group(1)
+
+
+def test_info_reports_versions_transports_and_settings() -> None:
+    res = _info(env={"RINGCOMM_TIMEOUT_SECONDS": "7"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    for section in ("versions", "MPI", "settings (RINGCOMM_*)", "transports on this host"):
+        assert f"## {section}" in out, out
+    import numpy
+    import zmq
+
+    assert _field(out, "numpy") == numpy.__version__
+    assert _field(out, "pyzmq / libzmq").startswith(zmq.__version__)
+    assert _field(out, "RINGCOMM_TIMEOUT_SECONDS") == "7  (environment)"
+    assert _field(out, "RINGCOMM_SEGMENT_BYTES") == "1048576  (default)"
+    assert _field(out, "shared memory").startswith("yes: /dev/shm")
+    assert _field(out, "read a peer's memory").split()[0] in ("yes", "no:")
+    assert _field(out, "sockets bind to").startswith("127.0.0.1")
+    assert out.rstrip().endswith("no problems found")
+
+
+def test_info_never_prints_the_secret() -> None:
+    res = _info(env={"RINGCOMM_SECRET": "hunter2"})
+    assert "hunter2" not in res.stdout and "set (not shown)" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"RINGCOMM_TIMEOUT_SECONDS": "soon"}, "RINGCOMM_TIMEOUT_SECONDS='soon' is not a number"),
+        ({"RINGCOMM_SOCKET_IFNAME": "=nosuch0"}, "selects no interface"),
+        ({"RINGCOMM_GPU_PATH": "nccl"}, "NCCL is not available"),
+    ],
+)
+def test_info_exits_non_zero_when_a_setting_cannot_work(env: dict, said: str) -> None:
+    res = _info(env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert said in res.stdout.splitlines()[-1], res.stdout
+
+
+def test_info_checks_local_ranks_over_each_transport() -> None:
+    res = _info("-n", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"^auto +ok: transport shm, 4 KiB all_reduce [\d.]+ us", res.stdout, re.M)
+    assert re.search(r"^zmq +ok: transport zmq, 4 KiB all_reduce [\d.]+ us", res.stdout, re.M)
+
+
+def test_info_without_mpi_and_torch(tmp_path: Path) -> None:
+    """Where mpi4py and torch are not installed (imports made to fail), the report says so
+    and still succeeds."""
+    for name in ("mpi4py", "torch"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    res = _info(env={"PYTHONPATH": path})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _field(res.stdout, "mpi4py").startswith("not installed")
+    assert _field(res.stdout, "torch").startswith("not installed")
+    assert "pip install 'ringcomm[mpi]'" in res.stdout
