@@ -86,3 +86,54 @@ def test_info_without_mpi_and_torch(tmp_path: Path) -> None:
     assert _field(res.stdout, "mpi4py").startswith("not installed")
     assert _field(res.stdout, "torch").startswith("not installed")
     assert "pip install 'ringcomm[mpi]'" in res.stdout
+
+
+def _init_report(n: int, env: dict[str, str]) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RINGCOMM_")}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ringcomm.run",
+            "-n",
+            str(n),
+            sys.executable,
+            "-c",
+            "import ringcomm; ringcomm.init().close()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean, "RINGCOMM_LOG_LEVEL": "INFO", **env},
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout + res.stderr
+
+
+def test_init_report_says_how_each_pair_talks() -> None:
+    out = _init_report(3, {"RINGCOMM_SECRET": "hunter2"})
+    assert "ringcomm init: 3 ranks on 1 host(s), transport shm (asked: auto)" in out, out
+    assert "job secret set, PLAIN, clear" in out and "hunter2" not in out
+    assert "pairs: 0-1 shm; 0-2 shm; 1-2 shm" in out
+    assert "segment 1 MiB" in out and "recursive doubling below 2 MiB" in out
+    assert out.count("ringcomm init:") == 1, "only rank 0 reports"
+    out = _init_report(2, {"RINGCOMM_TRANSPORT": "zmq", "RINGCOMM_ENCRYPT": "1"})
+    assert "transport zmq (asked: zmq), job secret set, CurveZMQ encryption" in out, out
+    assert "pairs: 0-1 ipc curve" in out
+
+
+def test_init_report_across_hosts_names_the_tcp_endpoints() -> None:
+    import json
+
+    from ringcomm.rendezvous import report
+
+    def address(host: str, port: int, shm: str) -> bytes:
+        sockets = {"host": f"{host}/boot", "tcp": f"tcp://10.0.0.{port % 7}:{port}"}
+        if host == "a":
+            sockets["ipc"] = f"ipc:///tmp/{port}.ipc"
+        return json.dumps({"zmq": json.dumps(sockets), "shm": shm}).encode()
+
+    addresses = [address("a", 4001, "A"), address("a", 4002, "A"), address("b", 4003, "B")]
+    by_host, pairs = report.describe_pairs(addresses, "auto", encrypt=False)
+    assert by_host == {"a": [0, 1], "b": [2]}
+    assert pairs == {(0, 1): "shm", (0, 2): "tcp 10.0.0.6:4003", (1, 2): "tcp 10.0.0.6:4003"}

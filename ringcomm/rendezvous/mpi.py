@@ -22,6 +22,7 @@ from types import ModuleType, TracebackType
 from ringcomm import hosts
 from ringcomm.config import Config, WorldSpec
 from ringcomm.errors import RendezvousError, TransportError
+from ringcomm.rendezvous import report
 from ringcomm.transport.base import EndpointFactory, Transport
 from ringcomm.transport.mpi import MpiTransport
 
@@ -162,4 +163,5 @@ def form_world_over_mpi(
         endpoint.close()
         raise
     barrier(config)  # as with the store: nobody returns before everyone connected
+    report.log_init_report(spec, config, addresses, transport.name)
     return transport, factory

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from ringcomm import hosts
 from ringcomm.config import Config, WorldSpec
 from ringcomm.errors import RendezvousError
+from ringcomm.rendezvous import report
 from ringcomm.rendezvous.store import LocalStore, Store, StoreClient, StoreServer, resolve_host
 from ringcomm.security import Security
 from ringcomm.transport.base import Endpoint, EndpointFactory, Transport
@@ -89,7 +90,9 @@ def form_world(
     if spec.transport == "mpi":
         from ringcomm.rendezvous import mpi
 
-        return mpi.form_mpi_world(spec, config), lambda: None
+        world = mpi.form_mpi_world(spec, config)
+        report.log_init_report(spec, config, None, world.name)
+        return world, lambda: None
     if spec.mpi_launch:
         from ringcomm.rendezvous import mpi
 
@@ -108,9 +111,9 @@ def form_world(
     endpoint = factory()
     assert endpoint is not None
     if spec.size == 1:
-        return endpoint.connect(
-            0, [endpoint.address], int.from_bytes(os.urandom(8), "little")
-        ), factory
+        transport = endpoint.connect(0, [endpoint.address], int.from_bytes(os.urandom(8), "little"))
+        report.log_init_report(spec, config, [endpoint.address], transport.name)
+        return transport, factory
     if store is None:
         try:
             store, close_store = _open_store(spec, config)
@@ -155,4 +158,5 @@ def form_world(
         raise
     finally:
         close_store()
+    report.log_init_report(spec, config, addresses, transport.name)
     return transport, factory
