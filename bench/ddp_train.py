@@ -114,9 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         t.steps(args.warmup, barrier, record=False)
     # Rounds alternate the configurations, so the machine's drift hits them all alike.
     per_round = max(1, args.steps // args.rounds)
-    for _ in range(args.rounds):
+    for round_no in range(args.rounds):
         for t in trainers.values():
             t.steps(per_round, barrier, record=True)
+        if rank == 0:  # progress: the median step of each configuration so far (this rank)
+            done = ", ".join(
+                f"{c} {statistics.median(t.times) * 1e3:.1f} ms" for c, t in trainers.items()
+            )
+            print(f"# round {round_no + 1}/{args.rounds}: {done}", flush=True)
     results = {}
     for c, t in trainers.items():
         worst = torch.tensor([statistics.median(t.times)], dtype=torch.float64)

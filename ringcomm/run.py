@@ -56,11 +56,24 @@ def _command(args: argparse.Namespace) -> list[str]:
     return [first, *rest]
 
 
-def _pump(stream: IO[bytes], out: IO[str], prefix: str, tail: collections.deque[str]) -> None:
+def _pump(
+    stream: IO[bytes],
+    out: IO[str],
+    prefix: str,
+    tail: collections.deque[str],
+    timestamps: bool = False,
+) -> None:
+    """Copy a rank's output line by line, each behind ``prefix`` (and with ``timestamps``,
+    the wall-clock time the launcher read it: ``[1 12:34:56.789] ``)."""
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace")
         tail.append(line)
-        out.write(prefix + line)
+        if timestamps:
+            now = time.time()
+            stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+            out.write(f"{prefix[:-2]} {stamp}] {line}")
+        else:
+            out.write(prefix + line)
         out.flush()
     stream.close()
 
@@ -91,13 +104,15 @@ def launch(
     master_addr: str = "127.0.0.1",
     master_port: int | None = None,
     extra_env: dict[str, str] | None = None,
+    timestamps: bool = False,
 ) -> int:
     """Run ``command`` as ranks 0..nprocs-1 and return the job's exit code (0: all ranks
-    succeeded; otherwise the first failed rank's code, or 1 if it was killed)."""
+    succeeded; otherwise the first failed rank's code, or 1 if it was killed).
+    ``timestamps``: put the time each line was read behind its rank tag."""
     port = master_port or free_port(master_addr)
     job = uuid.uuid4().hex[:12]
     try:
-        return _run_job(nprocs, command, master_addr, port, job, extra_env)
+        return _run_job(nprocs, command, master_addr, port, job, extra_env, timestamps)
     finally:
         left = remove_job_segments(job)
         if left:
@@ -114,6 +129,7 @@ def _run_job(
     port: int,
     job: str,
     extra_env: dict[str, str] | None,
+    timestamps: bool,
 ) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     tails: list[collections.deque[str]] = []
@@ -154,7 +170,9 @@ def _run_job(
         tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         tails.append(tail)
         for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
-            t = threading.Thread(target=_pump, args=(stream, out, f"[{rank}] ", tail), daemon=True)
+            t = threading.Thread(
+                target=_pump, args=(stream, out, f"[{rank}] ", tail, timestamps), daemon=True
+            )
             t.start()
             pumps.append(t)
 
@@ -202,11 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-m", "--module", help="run a module, as python -m does")
     parser.add_argument("--master-addr", default="127.0.0.1", help="rendezvous host")
     parser.add_argument("--master-port", type=int, default=None, help="default: a free port")
+    parser.add_argument(
+        "--timestamps", action="store_true", help="tag each line with the time it was read too"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="script.py [args] or a command")
     args = parser.parse_args(argv)
     if args.nprocs < 1:
         parser.error("-n must be at least 1")
-    return launch(args.nprocs, _command(args), args.master_addr, args.master_port)
+    return launch(
+        args.nprocs,
+        _command(args),
+        args.master_addr,
+        args.master_port,
+        timestamps=args.timestamps,
+    )
 
 
 if __name__ == "__main__":

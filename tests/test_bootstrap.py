@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -255,3 +256,12 @@ def test_log_level_is_read_at_init_not_at_import() -> None:
     assert res.returncode == 0 and "refused: RINGCOMM_LOG_LEVEL='CHATTY'" in res.stdout, (
         res.stdout + res.stderr
     )
+
+
+def test_launcher_timestamps_each_line(tmp_path: Path) -> None:
+    res = _launch(tmp_path, "print('hello', flush=True)\n", 2, "--timestamps")
+    assert res.returncode == 0, res.stderr
+    lines = sorted(res.stdout.splitlines())
+    assert len(lines) == 2, lines
+    for r, line in enumerate(lines):
+        assert re.fullmatch(rf"\[{r} \d\d:\d\d:\d\d\.\d{{3}}\] hello", line), line
