@@ -29,6 +29,7 @@ from ringcomm.algorithms.context import OpContext
 from ringcomm.buffers import Buffer, as_buffer
 from ringcomm.config import Config
 from ringcomm.diagnostics import OpRecord, protocol
+from ringcomm.diagnostics.stats import Stats, print_table
 from ringcomm.errors import CommClosedError, CommTimeoutError, RingcommError, TransportError
 from ringcomm.gpu import DeviceBuffer
 from ringcomm.gpu.engine import DeviceEngine, NcclBody
@@ -162,6 +163,7 @@ class Communicator:
         self._broken: BaseException | None = None
         self._gpu: DeviceEngine | None = None  # made at the first operation on GPU buffers
         self._recorder = diagnostics.FlightRecorder(config.flight_recorder_ops)
+        self._stats = Stats(self.size) if config.stats else None
         rank_text = logs.process_rank()  # the world rank once init ran, else this rank
         world_rank = int(rank_text) if rank_text.isdigit() else self.rank
         self._timeline = diagnostics.timeline(config.timeline, world_rank)
@@ -233,6 +235,8 @@ class Communicator:
         if timeline is not None:
             started = timeline.now_us()
             ctx.timeline = timeline  # type: ignore[attr-defined]
+        stats = self._stats
+        began = time.perf_counter() if stats is not None else 0.0
         try:
             if self._config.debug and item.kind == KIND_COLLECTIVE:
                 protocol.check_agreement(ctx, _describe(item))
@@ -248,6 +252,9 @@ class Communicator:
                 timeline.add(item.name, started, {"seq": item.seq, "bytes": nbytes}, self._track)
         if record is not None:
             recorder.finish(record)
+        if stats is not None:
+            biggest = max((b.nbytes for b in item.buffers if b is not None), default=0)
+            stats.add(item.name, biggest, time.perf_counter() - began)
         return result
 
     def _failed(
@@ -735,6 +742,8 @@ class Communicator:
             self._exec_lock.release()
         if self._timeline is not None:
             self._timeline.write()
+        if self._stats is not None and self._stats.rows():
+            print_table(self._stats, f"ringcomm stats, rank {self.rank} of {self.size}")
         diagnostics.unwatch(self)
         _live.discard(self)
 
@@ -770,6 +779,19 @@ class Communicator:
         self._transport.abort(reason)
         log.info("rank %d: communicator aborted (%s)", self.rank, reason)
         self.close()
+
+    def stats(self) -> list[dict[str, Any]]:
+        """What this communicator ran, per operation and size bucket (the next power of two
+        of its largest buffer): count, bytes, mean/p50/p99 time in microseconds, algbw and
+        busbw in GB/s. Empty unless ``RINGCOMM_STATS=1`` (or ``Config(stats=True)``);
+        successful operations only.
+
+        Example::
+
+            for row in comm.stats():
+                print(row["op"], row["bucket_bytes"], row["count"], row["p50_us"])
+        """
+        return self._stats.rows() if self._stats is not None else []
 
     @property
     def gpu_path(self) -> str | None:

@@ -335,6 +335,13 @@ class Config:
         "1: before every collective, check that all ranks call the same operation with the "
         "same count, dtype, op and root (one small allgather more per operation)",
     )
+    stats: bool = setting(
+        False,
+        "RINGCOMM_STATS",
+        bool,
+        "1: count and time every operation per size (`comm.stats()`), and print each "
+        "communicator's table to stderr at close",
+    )
     timeline: str | None = setting(
         None,
         "RINGCOMM_TIMELINE",
