@@ -264,12 +264,13 @@ class Communicator:
         record and report it; return the error to raise: ``e``, or after a collective's
         timeout one that names the ranks that never joined."""
         error = e
+        waiting = self._transport.waiting_for  # before the presence exchange moves it
         if isinstance(e, CommTimeoutError) and item.kind == KIND_COLLECTIVE:
             error = protocol.name_absent_ranks(ctx, _describe(item), item.name, e)
         self._broken = error
         self._transport.retract()  # no send of it may read the caller's memory from now on
         self._recorder.finish(record, error)
-        self._report_failure(item, error)
+        self._report_failure(item, error, waiting)
         return error
 
     def stall_report(self, now: float) -> str | None:
@@ -281,10 +282,21 @@ class Communicator:
         limit = self._config.stall_limit(record.deadline - record.started)
         return protocol.stall_report(self.rank, record, limit, self._transport.waiting_for, now)
 
-    def _report_failure(self, item: _Op, error: BaseException) -> None:
-        """Log a failed operation: with the flight recorder when a peer is to blame."""
+    def _report_failure(self, item: _Op, error: BaseException, waiting: int | None) -> None:
+        """Log a failed operation (``waiting``: the rank it waited for when it failed): with
+        the flight recorder, and its file, when a peer is to blame."""
         if isinstance(error, (CommTimeoutError, TransportError)) and self._recorder.enabled:
-            waiting = self._transport.waiting_for
+            if self._config.flight_recorder_dir:
+                try:
+                    self._recorder.write(
+                        self._config.flight_recorder_dir,
+                        self.rank,
+                        self.size,
+                        self._transport.comm_id,
+                        waiting,
+                    )
+                except OSError as e:
+                    log.warning("rank %d: cannot write the flight recorder: %s", self.rank, e)
             log.error(
                 "rank %d: %s #%d failed: %s\n%s",
                 self.rank,

@@ -328,6 +328,14 @@ class Config:
         "peer or a transport error; 0: off (it costs about 0.7 us per operation)",
         minimum=0,
     )
+    flight_recorder_dir: str | None = setting(
+        None,
+        "RINGCOMM_FLIGHT_RECORDER_DIR",
+        str,
+        "a directory: on a timeout, a lost peer or a transport error, each rank also writes "
+        "its flight recorder there (`ringcomm-<comm>-rank<R>.json`); `python -m "
+        "ringcomm.trace DIR` merges the ranks' files and says who is behind",
+    )
     debug: bool = setting(
         False,
         "RINGCOMM_DEBUG",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -274,3 +276,46 @@ def test_a_failed_sender_s_reused_buffer_never_reaches_its_peer(transport: str) 
     assert results[1]["root"] in ("intact", "failed: PeerLostError", "failed: TransportError"), (
         results
     )
+
+
+def test_flight_recorder_files_and_trace_name_the_rank_behind(tmp_path: Path) -> None:
+    """With RINGCOMM_FLIGHT_RECORDER_DIR the ranks that time out write their recorders;
+    ``python -m ringcomm.trace`` merges them and names the stalled rank."""
+    n = 3
+    env = {"RINGCOMM_FLIGHT_RECORDER_DIR": str(tmp_path)}
+    results, _, text = run_ranks("stall", n, env=env)
+    assert_passed("stall", n, results, text)
+    assert sorted(p.name.rsplit("-", 1)[1] for p in tmp_path.iterdir()) == [
+        "rank0.json",
+        "rank1.json",
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "ringcomm.trace", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "none from ranks [2]" in res.stdout, res.stdout
+    assert re.search(r"rank 1: all_reduce #2 failed after [\d.]+ s, waiting for rank 0", res.stdout)
+    assert "=> rank 2 is behind on all_reduce #2: it wrote no record" in res.stdout, res.stdout
+
+
+def test_trace_names_disagreement_and_a_rank_that_never_started() -> None:
+    from ringcomm import trace
+
+    def record(rank: int, seq: int, op: str, waiting: int | None) -> dict:
+        ops = [{"seq": seq, "op": op, "state": "failed", "seconds": 3.0, "error": "timeout"}]
+        return {"rank": rank, "size": 3, "comm": "c", "waiting_for": waiting, "operations": ops}
+
+    lines = trace.analyse(
+        "c",
+        {
+            0: record(0, 7, "all_reduce", 2),
+            1: record(1, 7, "broadcast", 0),
+            2: record(2, 6, "all_reduce", None),
+        },
+    )
+    said = "\n".join(lines)
+    assert "=> ranks disagree on operation #7: ranks [0]: all_reduce; ranks [1]: broadcast" in said
+    assert "=> rank 2 is behind on all_reduce #7: it never started #7, its last is #6" in said

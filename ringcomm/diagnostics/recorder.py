@@ -93,6 +93,43 @@ class FlightRecorder:
         if self.current is record:
             self.current = None
 
+    def to_dict(self, rank: int, size: int, comm_id: int, waiting_for: int | None) -> dict:
+        """The records as data, for the per-rank file (times in wall-clock seconds)."""
+        now, wall = time.monotonic(), time.time()
+        rows = []
+        for rec in self.records:
+            state = "running" if not rec.ended else ("failed" if rec.error else "done")
+            rows.append(
+                {
+                    "seq": rec.seq,
+                    "op": rec.name,
+                    "bytes": rec.nbytes,
+                    "state": state,
+                    "started": wall - (now - rec.started),
+                    "seconds": (rec.ended or now) - rec.started,
+                    "error": rec.error,
+                }
+            )
+        return {
+            "rank": rank,
+            "size": size,
+            "comm": f"{comm_id:016x}",
+            "waiting_for": waiting_for,
+            "written": wall,
+            "operations": rows,
+        }
+
+    def write(
+        self, directory: str, rank: int, size: int, comm_id: int, waiting_for: int | None
+    ) -> str:
+        """Write the records to ``directory/ringcomm-<comm>-rank<R>.json`` (read by
+        ``python -m ringcomm.trace``); return the path."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"ringcomm-{comm_id:016x}-rank{rank}.json")
+        with open(path, "w") as f:
+            json.dump(self.to_dict(rank, size, comm_id, waiting_for), f, indent=1)
+        return path
+
     def dump(self, rank: int, size: int, waiting_for: int | None) -> str:
         now = time.monotonic()
         records = self.records
