@@ -253,15 +253,20 @@ def _gpu_missing() -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(_gpu_missing() is not None, reason=str(_gpu_missing()))
 def test_gpu_check_script(tmp_path: Path) -> None:
+    out, table = _run_gpu_check(tmp_path, 900)
+    assert "FAIL" not in table and out.returncode == 0, out.stdout[-4000:] + table
+
+
+def _run_gpu_check(tmp_path: Path, timeout: float) -> tuple[Any, str]:
+    """``bash bench/gpu_check.sh tmp_path``: its completed process and its table."""
     out = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         cwd=ROOT,
     )
-    table = (tmp_path / "gpu_check_table.md").read_text()
-    assert "FAIL" not in table and out.returncode == 0, out.stdout[-4000:] + table
+    return out, (tmp_path / "gpu_check_table.md").read_text()
 
 
 def _gpu_check_module() -> Any:
@@ -342,14 +347,7 @@ def test_gpu_check_table_fails_a_step_that_died_after_its_rows(tmp_path: Path) -
 def test_gpu_check_script_fails_without_a_gpu(tmp_path: Path) -> None:
     """On a machine without a GPU every step fails: the script must say FAIL for every
     expected row and exit non-zero (it exited 0 with an empty table)."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    table = (tmp_path / "gpu_check_table.md").read_text()
+    out, table = _run_gpu_check(tmp_path, 600)
     assert out.returncode != 0, out.stdout[-2000:]
     for rows in _gpu_check_module().EXPECTED.values():
         for name in rows:
