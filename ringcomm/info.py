@@ -22,8 +22,6 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
 from ringcomm import config, hosts
 
@@ -276,9 +274,8 @@ def _rank_check() -> int:
 def build(nprocs: int = 0) -> Report:
     """The report of this host (and, with ``nprocs``, of a local check)."""
     report = Report()
-    steps: list[Callable[[], Any]] = [lambda: _versions(report), lambda: _mpi(report)]
-    for step in steps:
-        step()
+    _versions(report)
+    _mpi(report)
     cfg = _settings(report)
     _transports(report, cfg)
     _interfaces(report, cfg)

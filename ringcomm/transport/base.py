@@ -366,7 +366,7 @@ class FramedTransport(Transport):
     def flush(self, deadline: float) -> None:
         """See :meth:`Transport.flush`: sends waiting for credit go out first."""
         while self._waiting:
-            self._receive_one(deadline, min(self._waiting), self._credit_timeout)
+            self._receive_one(deadline, min(self._waiting), self.credit_timeout)
         if self._pending_sends:
             # Kept until all are sent: a failed operation's retract() must find them.
             self._wait_sent(self._pending_sends, deadline)
@@ -463,9 +463,6 @@ class FramedTransport(Transport):
 
     def credit_timeout(self) -> CommTimeoutError:
         """The error of a wait for credit that ran out of time."""
-        return self._credit_timeout()
-
-    def _credit_timeout(self) -> CommTimeoutError:
         stuck = sorted(self._waiting)
         return CommTimeoutError(
             f"{self.current_op} timed out on rank {self.rank}: rank(s) {stuck} did not take "
