@@ -52,6 +52,9 @@ _TRACED_STEPS = ("send", "recv", "recv_into", "recv_reduce", "reduce", "flush")
 
 # After close() or abort() failed what was pending, the progress thread ends this fast.
 _ABORTED_JOIN_SECONDS = 5.0
+# With RINGCOMM_STATS=1, close() exchanges the ranks' arrival times for the straggler column
+# and waits this long at most (less if the close timeout is shorter) for the other ranks.
+_STRAGGLER_EXCHANGE_SECONDS = 10.0
 
 _live: weakref.WeakSet[Communicator] = weakref.WeakSet()
 
@@ -237,6 +240,7 @@ class Communicator:
             ctx.timeline = timeline  # type: ignore[attr-defined]
         stats = self._stats
         began = time.perf_counter() if stats is not None else 0.0
+        arrived_ns = time.time_ns() if stats is not None else 0  # one clock across ranks
         try:
             if self._config.debug and item.kind == KIND_COLLECTIVE:
                 protocol.check_agreement(ctx, _describe(item))
@@ -254,7 +258,8 @@ class Communicator:
             recorder.finish(record)
         if stats is not None:
             biggest = max((b.nbytes for b in item.buffers if b is not None), default=0)
-            stats.add(item.name, biggest, time.perf_counter() - began)
+            seq = item.seq if item.kind == KIND_COLLECTIVE else None
+            stats.add(item.name, biggest, time.perf_counter() - began, seq, arrived_ns)
         return result
 
     def _failed(
@@ -465,9 +470,12 @@ class Communicator:
     ) -> Work | None:
         """Reduce ``input`` across ranks; rank r's ``output`` gets chunk r of the result.
 
-        ``input`` holds ``size * output.size`` elements and is left unchanged.
+        ``input`` holds ``size * output.size`` elements and is left unchanged, except when
+        ``output`` is slot ``rank`` of ``input`` itself (in place).
         """
-        o, i = _intake_pair("reduce_scatter", output, input, self.size, "input")
+        o, i = _intake_pair(
+            "reduce_scatter", output, input, self.size, "input", allow_in_place=self.rank
+        )
         rop = _reduce_op(op, o, "reduce_scatter")
         return self._submit(
             "reduce_scatter",
@@ -730,12 +738,14 @@ class Communicator:
         :class:`CommClosedError`, as after :meth:`abort`, and close returns. The same bound
         holds at interpreter exit, where ringcomm closes every communicator left open.
         """
+        limit = self._config.close_timeout_seconds if timeout is None else timeout
+        if self._stats is not None:
+            self._exchange_arrivals(min(limit, _STRAGGLER_EXCHANGE_SECONDS))
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._queue.put(None)
-        limit = self._config.close_timeout_seconds if timeout is None else timeout
         give_up = time.monotonic() + limit
         if threading.current_thread() is not self._thread:
             self._thread.join(limit)
@@ -758,6 +768,28 @@ class Communicator:
             print_table(self._stats, f"ringcomm stats, rank {self.rank} of {self.size}")
         diagnostics.unwatch(self)
         _live.discard(self)
+
+    def _exchange_arrivals(self, timeout: float) -> None:
+        """Give the statistics every rank's arrival times (one all_gather, left out of the
+        statistics), for the straggler column; on a failure or a timeout, go without."""
+        stats = self._stats
+        with self._lock:
+            usable = not self._closed and self._broken is None
+        if stats is None or self.size == 1 or not usable or timeout <= 0:
+            return
+        if threading.current_thread() is self._thread:
+            return  # close() from a callback on the progress thread: it cannot wait here
+        mine = stats.arrivals()
+        everyone = np.empty((self.size, *mine.shape), np.int64)
+        self._stats = None
+        try:
+            self.all_gather(everyone.reshape(-1), mine.reshape(-1), timeout=timeout)
+        except RingcommError as e:
+            log.warning("rank %d: no straggler column in the statistics: %s", self.rank, e)
+            return
+        finally:
+            self._stats = stats
+        stats.add_everyones_arrivals(everyone)
 
     def _fail_pending(self, why: str) -> None:
         """Fail the running operation (within 0.2 s) and everything queued, at once."""

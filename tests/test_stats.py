@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -60,5 +61,36 @@ def test_stats_table_at_close() -> None:
     assert res.returncode == 0, res.stderr
     for r in (0, 1):
         assert f"[{r}] # ringcomm stats, rank {r} of 2" in res.stderr, res.stderr
-        row = re.search(rf"^\[{r}\] +all_reduce +2048 +5 +10240 ", res.stderr, re.M)
+        row = re.search(
+            rf"^\[{r}\] +all_reduce +2048 +5 +10240 .* \d \(\d+%\) +[0-9.]+$", res.stderr, re.M
+        )
         assert row, res.stderr
+        assert re.search(rf"^\[{r}\] # op +size <=.* last +spread_us$", res.stderr, re.M)
+
+
+def _rank_two_is_late(comm: ringcomm.Communicator) -> list[dict]:
+    buf = np.ones(256, np.float32)
+    for _ in range(4):
+        if comm.rank == 2:
+            time.sleep(0.2)  # the others wait for it at every all_reduce
+        comm.all_reduce(buf)
+        comm.barrier()  # everyone sets out together again
+    comm.close()  # the ranks exchange their arrival times here
+    return comm.stats()
+
+
+def test_straggler_column_names_the_rank_that_arrives_last() -> None:
+    results = run_threads(3, _rank_two_is_late, config=ringcomm.Config(stats=True))
+    for rows in results:  # every rank knows, from the exchange at close
+        by_op = {r["op"]: r for r in rows}
+        ar = by_op["all_reduce"]
+        assert (ar["last_rank"], ar["last_share"]) == (2, 1.0), rows
+        assert ar["spread_us"] >= 150_000  # it began 0.2 s after the others
+        assert by_op["barrier"]["last_rank"] is not None
+        assert set(by_op) == {"all_reduce", "barrier"}  # the exchange is not counted
+
+
+def test_no_straggler_column_without_the_exchange() -> None:
+    """comm.stats() before close, or on one rank: the columns are there, empty."""
+    rows = run_threads(2, _some_operations, config=ringcomm.Config(stats=True))[0]
+    assert all(r["last_rank"] is r["last_share"] is r["spread_us"] is None for r in rows)

@@ -70,6 +70,12 @@ def other_collectives(comm: ringcomm.Communicator, counts: tuple[int, ...] = COU
             want = reference(ringcomm.SUM, big)[r * count : (r + 1) * count]
             np.testing.assert_array_equal(part, want, err_msg="reduce_scatter " + what)
             np.testing.assert_array_equal(big[r], before, err_msg="reduce_scatter input changed")
+            # ... and in place: the output is this rank's slot of the input
+            whole = big[r].copy()
+            comm.reduce_scatter(whole[r * count : (r + 1) * count], whole, ringcomm.SUM)
+            np.testing.assert_array_equal(
+                whole[r * count : (r + 1) * count], want, err_msg="in-place reduce_scatter " + what
+            )
             for root in {0, n - 1}:
                 for alg in ("binomial", "chain"):
                     buf = everyone[root].copy() if r == root else np.zeros(count, dtype)
