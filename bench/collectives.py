@@ -271,10 +271,13 @@ def gloo_runner(case: Case, args: argparse.Namespace) -> Callable[[], Waiter] | 
         if args.redop == "avg":
             return None  # gloo has no AVG
         return lambda: _waiter(dist.all_reduce(out, redop, async_op=nonblocking))
+    # torch 2.13 renamed these (the old names warn); older torch has the old names only
+    all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+    reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
     if op == "all_gather":
-        return lambda: _waiter(dist.all_gather_into_tensor(out, inp, async_op=nonblocking))
+        return lambda: _waiter(all_gather(out, inp, async_op=nonblocking))
     if op == "reduce_scatter":
-        return lambda: _waiter(dist.reduce_scatter_tensor(out, inp, redop, async_op=nonblocking))
+        return lambda: _waiter(reduce_scatter(out, inp, redop, async_op=nonblocking))
     if op == "broadcast":
         return lambda: _waiter(dist.broadcast(out, root, async_op=nonblocking))
     if op == "reduce":

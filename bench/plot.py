@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 Series = dict[tuple[str, int], dict[int, tuple[float, float]]]  # (lib, n) -> size -> (bw, us)
+_STYLES = ("-", "--", ":", "-.")
 
 
 def read_rows(paths: list[Path]) -> list[dict[str, Any]]:
@@ -71,16 +72,20 @@ def draw(op: str, lines: Series, bounds: dict[int, float], out: Path) -> None:
     from matplotlib.ticker import FuncFormatter
 
     fig, (bw_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # a colour per library, a line style per world size
+    libraries = sorted({label for label, _n in lines}, key=lambda x: (not x.startswith("ring"), x))
+    colour = {lib: f"C{i}" for i, lib in enumerate(libraries)}
+    world_sizes = sorted({n for _label, n in lines} | set(bounds))
+    style = {n: _STYLES[i % len(_STYLES)] for i, n in enumerate(world_sizes)}
     for (label, n), points in sorted(lines.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         sizes = sorted(points)
-        style = "-" if label.startswith("ringcomm") else "--"
+        look = {"color": colour[label], "linestyle": style[n], "marker": "o", "ms": 3}
         name = f"{label}, n={n}"
-        bw_ax.plot(sizes, [points[s][0] for s in sizes], style, marker="o", ms=3, label=name)
-        time_ax.plot(sizes, [points[s][1] for s in sizes], style, marker="o", ms=3, label=name)
+        bw_ax.plot(sizes, [points[s][0] for s in sizes], label=name, **look)
+        time_ax.plot(sizes, [points[s][1] for s in sizes], label=name, **look)
     for n, gbs in sorted(bounds.items()):
-        bw_ax.axhline(gbs, color="grey", linestyle=":", linewidth=1)
-        bw_ax.annotate(
-            f"memcpy bound, n={n}", (0.01, gbs), xycoords=("axes fraction", "data"), fontsize=7
+        bw_ax.axhline(
+            gbs, color="grey", linestyle=style[n], linewidth=1, label=f"memcpy bound, n={n}"
         )
     for ax, ylabel in ((bw_ax, "busbw (GB/s)"), (time_ax, "time (us)")):
         ax.set_xscale("log", base=2)

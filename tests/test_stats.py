@@ -94,3 +94,18 @@ def test_no_straggler_column_without_the_exchange() -> None:
     """comm.stats() before close, or on one rank: the columns are there, empty."""
     rows = run_threads(2, _some_operations, config=ringcomm.Config(stats=True))[0]
     assert all(r["last_rank"] is r["last_share"] is r["spread_us"] is None for r in rows)
+
+
+def test_overhead_benchmark_runs() -> None:
+    """bench/stats_overhead.py, whose figure docs/faults.md quotes, runs and reports."""
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "stats_overhead.py")
+    res = subprocess.run(
+        [sys.executable, script, "--calls", "50", "--rounds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    medians = re.findall(r"^stats (?:on |off): median ([0-9.]+)  rounds", res.stdout, re.M)
+    assert len(medians) == 2 and all(float(m) > 0 for m in medians), res.stdout
+    assert re.search(r"^cost of statistics: -?[0-9.]+ us per call$", res.stdout, re.M)
