@@ -23,9 +23,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ringcomm import diagnostics, logs
-from ringcomm.algorithms import choice, linear, records, recursive_doubling, ring, star, tree
-from ringcomm.algorithms.context import OpContext
+from ringcomm import diagnostics, hosts, logs
+from ringcomm.algorithms import (
+    choice,
+    hierarchical,
+    linear,
+    records,
+    recursive_doubling,
+    ring,
+    star,
+    tree,
+)
+from ringcomm.algorithms.context import OpContext, OrderedContext
 from ringcomm.buffers import Buffer, as_buffer
 from ringcomm.config import Config
 from ringcomm.diagnostics import OpRecord, protocol
@@ -34,6 +43,7 @@ from ringcomm.errors import CommClosedError, CommTimeoutError, RingcommError, Tr
 from ringcomm.gpu import DeviceBuffer
 from ringcomm.gpu.engine import DeviceEngine, NcclBody
 from ringcomm.logs import get_logger
+from ringcomm.topology import Topology
 from ringcomm.transport.base import KIND_COLLECTIVE, KIND_P2P, EndpointFactory, Transport
 from ringcomm.types import ReduceOp
 from ringcomm.work import Work
@@ -44,9 +54,10 @@ _ALLREDUCE = {
     "ring": ring.allreduce,
     "recursive_doubling": recursive_doubling.allreduce,
     "star": star.allreduce,
-}
+}  # (and "hierarchical", which runs over sub-communicators: see all_reduce)
 _BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain}
 _SPLIT_RECORD_BYTES = 512
+_HOST_RECORD_BYTES = 320  # a hostname (at most 255 bytes), "/" and a boot id
 # OpContext methods the timeline records as steps.
 _TRACED_STEPS = ("send", "recv", "recv_into", "recv_reduce", "reduce", "flush")
 
@@ -150,12 +161,21 @@ class Communicator:
         size: the number of ranks.
     """
 
-    def __init__(self, transport: Transport, config: Config, endpoints: EndpointFactory):
+    def __init__(
+        self,
+        transport: Transport,
+        config: Config,
+        endpoints: EndpointFactory,
+        topology: Topology | None = None,
+    ):
         self._transport = transport
         self._config = config
         self._endpoints = endpoints
         self.rank = transport.rank
         self.size = transport.size
+        self._topology = topology if topology is not None else self._exchange_hosts()
+        self._local: Communicator | None = None  # split_local(), made at the first call
+        self._cross: Communicator | None = None  # split_cross(), likewise
         self._seq = 0
         self._p2p_ops = 0  # numbers p2p operations for messages and the flight recorder
         self._lock = threading.Lock()  # guards numbering, queueing and _outstanding
@@ -180,6 +200,68 @@ class Communicator:
         self._thread.start()
         _live.add(self)
         diagnostics.watch(self)
+
+    def _exchange_hosts(self) -> Topology:
+        """Every rank's host, exchanged once as the communicator is made (sequence number 0,
+        before any operation; a sub-communicator takes its parent's instead)."""
+        mine = hosts.host_identity()
+        if self.size == 1:
+            return Topology.from_hosts(0, [mine])
+        deadline = time.monotonic() + self._config.timeout_seconds
+        ctx = OpContext(
+            self._transport, 0, deadline, self._config.segment_bytes, 0, False, KIND_COLLECTIVE
+        )
+        self._transport.op = ("topology", 0)
+        try:
+            everyone = records.allgather_text(ctx, mine, _HOST_RECORD_BYTES)
+        except BaseException:
+            self._transport.close()
+            raise
+        return Topology.from_hosts(self.rank, everyone)
+
+    # -- topology ---------------------------------------------------------------------------
+    @property
+    def local_rank(self) -> int:
+        """This rank's place among the ranks of its host (rank order)."""
+        return self._topology.local_rank
+
+    @property
+    def local_size(self) -> int:
+        """The number of ranks of this communicator on this rank's host."""
+        return self._topology.local_size
+
+    @property
+    def node_rank(self) -> int:
+        """This rank's host, numbered 0 .. num_nodes-1 in the order of each host's lowest
+        rank."""
+        return self._topology.node_rank
+
+    @property
+    def num_nodes(self) -> int:
+        """The number of hosts this communicator spans."""
+        return self._topology.num_nodes
+
+    def split_local(self) -> Communicator:
+        """The ranks of this host, ordered by rank (``local_rank`` is the rank there).
+        Collective over this communicator the first time; the same communicator after."""
+        if self._local is None:
+            local = self.split(self.node_rank, key=self.rank)
+            assert local is not None
+            self._local = local
+        return self._local
+
+    def _cross_members(self) -> tuple[int, ...]:
+        """The ranks of :meth:`split_cross`'s communicator, by their rank there."""
+        return tuple(node[self.local_rank] for node in self._topology.nodes)
+
+    def split_cross(self) -> Communicator:
+        """The ranks with this ``local_rank`` on every host, ordered by ``node_rank``.
+        Collective over this communicator the first time; the same communicator after."""
+        if self._cross is None:
+            cross = self.split(self.local_rank, key=self.node_rank)
+            assert cross is not None
+            self._cross = cross
+        return self._cross
 
     # -- the progress thread ----------------------------------------------------------------
     def _progress(self) -> None:
@@ -426,11 +508,26 @@ class Communicator:
         """
         b = as_buffer(buf, "all_reduce buf", writable=True)
         rop = _reduce_op(op, b, "all_reduce")
-        name = choice.choose_allreduce(b.nbytes, self.size, self._config, algorithm)
-        run = _ALLREDUCE[name]
+        host = isinstance(b, Buffer) and not b.bfloat16
+        name = choice.choose_allreduce(
+            b.nbytes, self.size, self._config, algorithm, self._topology, host
+        )
+        body: Callable[[OpContext], Any]
+        if name == "hierarchical":
+            local, cross = self.split_local(), self.split_cross()  # collective the first time
+            members = (self._topology.nodes[self.node_rank], self._cross_members())
+            body = lambda ctx: hierarchical.allreduce(  # noqa: E731
+                local, cross, b.array, rop, self.size, ctx.deadline, members
+            )
+        else:
+            run, order = _ALLREDUCE[name], self._topology.host_order
+            if order == tuple(range(self.size)) or self._config.ring_order == "ranks":
+                body = lambda ctx: run(ctx, b.array)  # noqa: E731
+            else:  # ranks placed across hosts out of rank order: the ring goes host by host
+                body = lambda ctx: run(OrderedContext.of(ctx, order), b.array)  # noqa: E731
         return self._submit(
             "all_reduce",
-            lambda ctx: run(ctx, b.array),
+            body,
             (b,),
             async_op=async_op,
             timeout=timeout,
@@ -727,7 +824,8 @@ class Communicator:
         )
         if transport is None:
             return None
-        return Communicator(transport, self._config, self._endpoints)
+        topology = self._topology.subset(new_rank, [r for _, r in members])
+        return Communicator(transport, self._config, self._endpoints, topology)
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self, timeout: float | None = None) -> None:
@@ -739,6 +837,9 @@ class Communicator:
         holds at interpreter exit, where ringcomm closes every communicator left open.
         """
         limit = self._config.close_timeout_seconds if timeout is None else timeout
+        for child in (self._local, self._cross):  # made by split_local()/split_cross()
+            if child is not None:
+                child.close(timeout)
         if self._stats is not None:
             self._exchange_arrivals(min(limit, _STRAGGLER_EXCHANGE_SECONDS))
         with self._lock:
@@ -820,6 +921,9 @@ class Communicator:
                 self._broken = CommClosedError(
                     f"rank {self.rank}: the communicator was aborted ({reason})"
                 )
+        for child in (self._local, self._cross):  # its peers must not wait for it either
+            if child is not None:
+                child.abort(reason)
         self._transport.abort(reason)
         log.info("rank %d: communicator aborted (%s)", self.rank, reason)
         self.close()

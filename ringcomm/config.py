@@ -16,8 +16,9 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-ALLREDUCE_ALGORITHMS = ("ring", "recursive_doubling", "star")
+ALLREDUCE_ALGORITHMS = ("ring", "recursive_doubling", "star", "hierarchical")
 BROADCAST_ALGORITHMS = ("binomial", "chain")
+RING_ORDERS = ("hosts", "ranks")
 # auto: shared memory between ranks of one host, ZeroMQ sockets between hosts; shm: shared
 # memory only (an error across hosts); zmq: sockets only; mpi: MPI point-to-point; local:
 # thread ranks of one process (tests).
@@ -186,7 +187,9 @@ class Config:
         None,
         "RINGCOMM_ALLREDUCE_ALGORITHM",
         str,
-        "force an all_reduce algorithm: `ring`, `recursive_doubling` or `star`",
+        "force an all_reduce algorithm: `ring`, `recursive_doubling`, `star` or "
+        "`hierarchical` (across hosts with as many ranks on each; elsewhere the choice by "
+        "size)",
         choices=ALLREDUCE_ALGORITHMS,
         auto_is_none=True,
         default_text=_AUTO,
@@ -199,6 +202,14 @@ class Config:
         choices=BROADCAST_ALGORITHMS,
         auto_is_none=True,
         default_text=_AUTO,
+    )
+    ring_order: str = setting(
+        "hosts",
+        "RINGCOMM_RING_ORDER",
+        str,
+        "the order flat all_reduce algorithms visit ranks in: `hosts` (host by host, so a "
+        "ring leaves each host once whatever the placement) or `ranks` (rank order)",
+        choices=RING_ORDERS,
     )
     zmq_protocol: str = setting(
         "auto",

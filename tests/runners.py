@@ -10,6 +10,7 @@ And :func:`run_script_ranks`: one of the scripts in ``tests/ranks/`` on every ra
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -22,11 +23,12 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import ringcomm
+import ringcomm.hosts
 from ringcomm.run import free_port
 
 
@@ -52,21 +54,40 @@ def run_threads(
     config: ringcomm.Config | None = None,
     op_timeout: float = 20.0,
     transport: str = "local",
+    hosts: list[str] | None = None,
 ) -> list[Any]:
     """Run ``fn(comm)`` on ``size`` thread ranks (by default over the local transport;
-    ``transport="zmq"`` for real sockets); return results by rank.
+    ``transport="zmq"`` for real sockets); return results by rank. ``hosts``: the host each
+    rank says it is on (the topology sees several hosts; the transport is still one process).
 
     Raises AssertionError naming each rank that raised (with its traceback) or hung.
     """
     for attempt in range(3):
         try:
-            return _run_threads_once(size, fn, timeout, config, op_timeout, transport)
+            if hosts is None:
+                return _run_threads_once(size, fn, timeout, config, op_timeout, transport)
+            with _pretend_hosts():
+                return _run_threads_once(size, fn, timeout, config, op_timeout, transport, hosts)
         except AssertionError as e:
             # Over sockets, the free port we picked can be taken before rank 0 binds it
             # (another test's connection): start over on another port.
             if attempt == 2 or "Address already in use" not in str(e):
                 raise
     raise AssertionError("unreachable")
+
+
+_thread_host = threading.local()  # the host a thread rank says it is on (hosts=...)
+
+
+@contextlib.contextmanager
+def _pretend_hosts() -> Iterator[None]:
+    """Make ringcomm's host identity the calling thread's ``_thread_host.name``."""
+    real = ringcomm.hosts.host_identity
+    ringcomm.hosts.host_identity = lambda: getattr(_thread_host, "name", None) or real()
+    try:
+        yield
+    finally:
+        ringcomm.hosts.host_identity = real
 
 
 def _run_threads_once(
@@ -76,12 +97,14 @@ def _run_threads_once(
     config: ringcomm.Config | None,
     op_timeout: float,
     transport: str,
+    hosts: list[str] | None = None,
 ) -> list[Any]:
     port = next(_ports) if transport == "local" else free_port()
     results: list[Any] = [None] * size
     errors: dict[int, str] = {}
 
     def body(rank: int) -> None:
+        _thread_host.name = hosts[rank] if hosts is not None else None
         try:
             comm = ringcomm.init(
                 rank=rank,

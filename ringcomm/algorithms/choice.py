@@ -18,6 +18,7 @@ Choice by size, measured on this 2-core machine over ZeroMQ ipc:// with float32 
 from __future__ import annotations
 
 from ringcomm.config import ALLREDUCE_ALGORITHMS, BROADCAST_ALGORITHMS, Config
+from ringcomm.topology import Topology
 
 BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
 
@@ -31,11 +32,29 @@ def _forced(
     return name
 
 
-def choose_allreduce(nbytes: int, size: int, config: Config, requested: str | None) -> str:
-    """Name of the all_reduce algorithm: ``requested``, else the config's, else by size."""
+def hierarchy_applies(topology: Topology) -> bool:
+    """Whether the hierarchical algorithms can run: several hosts, as many ranks on each,
+    and more than one (with one rank per host the hierarchy is the flat algorithm)."""
+    return topology.num_nodes > 1 and topology.uniform and topology.local_size > 1
+
+
+def choose_allreduce(
+    nbytes: int,
+    size: int,
+    config: Config,
+    requested: str | None,
+    topology: Topology | None = None,
+    host_buffer: bool = True,
+) -> str:
+    """Name of the all_reduce algorithm: ``requested``, else the config's, else
+    ``hierarchical`` across hosts (host buffers; see :func:`hierarchy_applies`), else by
+    size. A forced ``hierarchical`` where it cannot run is the choice by size."""
     forced = _forced(requested, config.allreduce_algorithm, ALLREDUCE_ALGORITHMS, "all_reduce")
-    if forced is not None:
+    hierarchical = host_buffer and topology is not None and hierarchy_applies(topology)
+    if forced is not None and (forced != "hierarchical" or hierarchical):
         return forced
+    if hierarchical and forced is None:
+        return "hierarchical"
     return "recursive_doubling" if nbytes < config.small_message_bytes else "ring"
 
 

@@ -94,3 +94,47 @@ class OpContext:
     def flush(self) -> None:
         """Wait until no zero-copy send of this operation still reads user memory."""
         self.transport.flush(self.deadline)
+
+
+@dataclasses.dataclass(slots=True)
+class OrderedContext(OpContext):
+    """An :class:`OpContext` in which the algorithm's ranks are positions in ``order``: its
+    rank i is the transport's rank ``order[i]``. A flat algorithm run on it follows that
+    order (the ranks host by host) instead of rank order."""
+
+    order: tuple[int, ...] = ()
+    position: int = 0
+
+    @classmethod
+    def of(cls, ctx: OpContext, order: tuple[int, ...]) -> OrderedContext:
+        """``ctx`` seen through ``order``."""
+        return cls(
+            ctx.transport, ctx.seq, ctx.deadline, ctx.segment_bytes, ctx.op, ctx.bfloat16,
+            ctx.kind, order, order.index(ctx.transport.rank),
+        )  # fmt: skip
+
+    @property
+    def rank(self) -> int:
+        return self.position
+
+    # (explicit base calls: zero-argument super() does not work in a slots dataclass)
+    def send(
+        self,
+        dst: int,
+        step: int,
+        segment: int,
+        data: np.ndarray,
+        *,
+        copy: bool = False,
+        one_way: bool = False,
+    ) -> None:
+        OpContext.send(self, self.order[dst], step, segment, data, copy=copy, one_way=one_way)
+
+    def recv(self, src: int, step: int, segment: int, like: np.ndarray) -> np.ndarray:
+        return OpContext.recv(self, self.order[src], step, segment, like)
+
+    def recv_into(self, src: int, step: int, segment: int, out: np.ndarray) -> None:
+        OpContext.recv_into(self, self.order[src], step, segment, out)
+
+    def recv_reduce(self, src: int, step: int, segment: int, out: np.ndarray) -> None:
+        OpContext.recv_reduce(self, self.order[src], step, segment, out)
