@@ -10,9 +10,7 @@ out of the machine.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,109 +20,16 @@ import pytest
 
 from runners import assert_passed, run_script_ranks
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from netns import Hosts, namespaces_work
+
 SCRIPT = str(Path(__file__).resolve().parent / "ranks" / "faults.py")
-SUBNET = "10.77.{id}"
-
-
-def _sh(*cmd: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)}: exit {done.returncode}: {done.stderr.strip()}")
-
-
-def _namespaces_work() -> bool:
-    if os.geteuid() != 0 or not all(shutil.which(c) for c in ("ip", "tc", "unshare")):
-        return False
-    name = f"rcprobe{os.getpid() % 100000}"
-    try:
-        _sh("ip", "netns", "add", name)
-    except (RuntimeError, OSError):
-        return False
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    return True
 
 
 pytestmark = pytest.mark.skipif(
-    not _namespaces_work(),
+    not namespaces_work(),
     reason="needs root, iproute2 and unshare to make network namespaces",
 )
-
-
-class Hosts:
-    """``count`` hosts on a bridge: host h is namespace ``ns(h)`` at ``address(h)``."""
-
-    made = 0
-
-    def __init__(self, count: int, tmp: Path, netem: str) -> None:
-        Hosts.made += 1
-        self.tag = f"rc{os.getpid() % 1000}{Hosts.made}"
-        self.id = 100 + (os.getpid() + Hosts.made) % 100
-        self.count = count
-        self.tmp = tmp
-        self.shaping = "none"
-        self.bridge = f"{self.tag}br"
-        try:
-            self._make(netem)
-        except BaseException:
-            self.remove()
-            raise
-
-    def _make(self, netem: str) -> None:
-        count, tmp = self.count, self.tmp
-        _sh("ip", "link", "add", self.bridge, "type", "bridge")
-        _sh("ip", "link", "set", self.bridge, "up")
-        for h in range(count):
-            ns, veth = self.ns(h), self.veth(h)
-            _sh("ip", "netns", "add", ns)
-            _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _sh("ip", "link", "set", veth, "master", self.bridge)
-            _sh("ip", "link", "set", veth, "up")
-            _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.address(h)}/24", "dev",
-                "eth0")  # fmt: skip
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            if netem:
-                self.shaping = self._shape(ns, netem)
-            (tmp / f"shm{h}").mkdir()
-
-    @staticmethod
-    def _shape(ns: str, netem: str) -> str:
-        """Add ``netem`` to the host's link; where the kernel has no netem (this machine's
-        has none), limit the rate with tbf instead, without the delay. Returns what it did."""
-        tc = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root"]
-        try:
-            _sh(*tc, "netem", *netem.split())
-            return f"netem {netem}"
-        except RuntimeError as e:
-            if "unknown" not in str(e):
-                raise
-        words = netem.split()
-        rate = words[words.index("rate") + 1] if "rate" in words else "1gbit"
-        _sh(*tc, "tbf", "rate", rate, "burst", "256kb", "latency", "50ms")
-        return f"tbf rate {rate} (no netem in this kernel: no delay)"
-
-    def ns(self, h: int) -> str:
-        return f"{self.tag}h{h}"
-
-    def veth(self, h: int) -> str:
-        return f"{self.tag}v{h}"
-
-    def address(self, h: int) -> str:
-        return f"{SUBNET.format(id=self.id)}.{h + 1}"
-
-    def wrap(self, h: int) -> list[str]:
-        """Run a command on host h: its network, its hostname, its own /dev/shm."""
-        script = f'hostname host{h} && mount --bind {self.tmp}/shm{h} /dev/shm && exec "$@"'
-        return ["ip", "netns", "exec", self.ns(h), "unshare", "-m", "-u", "sh", "-c", script, "sh"]
-
-    def cut(self, h: int) -> None:
-        _sh("ip", "link", "set", self.veth(h), "down")
-
-    def remove(self) -> None:
-        for h in range(self.count):
-            subprocess.run(["ip", "link", "del", self.veth(h)], capture_output=True)
-            subprocess.run(["ip", "netns", "del", self.ns(h)], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
 
 @pytest.fixture
@@ -179,3 +84,44 @@ def test_a_cut_link_fails_every_other_rank_naming_it(hosts: Hosts) -> None:
         assert error.startswith("PeerLostError") and "rank 2" in error, (r, error)
         assert results[r]["at"] - cut_at[0] < 5.0, (r, results[r]["at"] - cut_at[0])
         print(f"rank {r}: {results[r]['at'] - cut_at[0]:.2f} s after the cut: {error}")
+
+
+@pytest.mark.parametrize(
+    "hosts, placement",
+    [
+        ((2, ""), [0, 1, 0, 1]),  # 2 hosts x 2 ranks, round-robin
+        ((3, ""), [0, 1, 2, 0, 1, 2]),  # 3 hosts x 2 ranks, round-robin
+        ((2, ""), [0, 0, 1]),  # uneven: 2 + 1
+    ],
+    indirect=["hosts"],
+    ids=["2x2-round-robin", "3x2-round-robin", "uneven-2+1"],
+)
+def test_topology_and_hierarchical_all_reduce_across_hosts(
+    hosts: Hosts, placement: list[int]
+) -> None:
+    """Every rank knows its host and its place there; all_reduce goes hierarchical across
+    even hosts (shared memory inside, sockets across) and stays flat across uneven ones,
+    with the flat ring's results."""
+    n = len(placement)
+    wrap = {r: hosts.wrap(h) for r, h in enumerate(placement)}
+    results, _, text = run_script_ranks(
+        SCRIPT,
+        "topology",
+        n,
+        wrap=wrap,
+        master_addr=hosts.address(placement[0]),
+        timeout=180,
+        env={"RINGCOMM_STATS": "1"},
+    )
+    assert_passed("topology", n, results, text)
+    even = len(set(placement)) > 1 and len({placement.count(h) for h in placement}) == 1
+    for r, res in results.items():
+        mates = [q for q, h in enumerate(placement) if h == placement[r]]
+        node = sorted(set(placement), key=placement.index).index(placement[r])
+        assert res["where"] == [mates.index(r), len(mates), node, len(set(placement))], r
+        assert res["failures"] == [], (r, res["failures"])
+        assert res["hierarchical"] == even, (r, res)
+        if len(mates) > 1:
+            assert res["local_transport"] == "shm", (r, res)
+        if res["cross"][0] > 1:
+            assert res["cross"][1] == "zmq", (r, res)

@@ -162,6 +162,34 @@ def hosts(comm: ringcomm.Communicator) -> dict:
     return {"transport": comm.transport}
 
 
+def topology(comm: ringcomm.Communicator) -> dict:
+    """Ranks on several "hosts" (test_hosts.py): what the topology says, and the automatic
+    all_reduce (hierarchical across even hosts) against the flat ring and numpy."""
+    n, r = comm.size, comm.rank
+    failures = []
+    for count in (0, 3, 4099, 1 << 20):
+        for dtype, op in (("int32", ringcomm.SUM), ("float32", ringcomm.AVG)):
+            rng = np.random.default_rng(count)
+            everyone = rng.integers(0, 1000, size=(n, count)).astype(dtype)
+            want = everyone.sum(axis=0, dtype=dtype) if op == ringcomm.SUM else everyone.mean(0)
+            got = {}
+            for algorithm in (None, "ring"):
+                got[algorithm] = everyone[r].copy()
+                comm.all_reduce(got[algorithm], op, algorithm=algorithm)
+                if not np.allclose(got[algorithm], want, rtol=1e-6):
+                    failures.append(f"{algorithm} {dtype} {count}")
+            if dtype == "int32" and not np.array_equal(got[None], got["ring"]):
+                failures.append(f"auto and ring differ: {dtype} {count}")
+    local = comm.split_local()
+    return {
+        "where": [comm.local_rank, comm.local_size, comm.node_rank, comm.num_nodes],
+        "local_transport": local.transport,
+        "cross": [comm.split_cross().size, comm.split_cross().transport],
+        "hierarchical": "reduce_scatter" in {row["op"] for row in local.stats()},
+        "failures": failures,
+    }
+
+
 def link_cut(comm: ringcomm.Communicator) -> dict:
     """All-reduces until one host's link is cut (by the test); report what each rank saw
     and when (wall-clock time, to compare with the moment of the cut)."""
@@ -215,6 +243,7 @@ MODES = {
     "soak": soak,
     "hosts": hosts,
     "link_cut": link_cut,
+    "topology": topology,
     "retract": retract,
 }
 
