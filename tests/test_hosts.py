@@ -86,6 +86,51 @@ def test_a_cut_link_fails_every_other_rank_naming_it(hosts: Hosts) -> None:
         print(f"rank {r}: {results[r]['at'] - cut_at[0]:.2f} s after the cut: {error}")
 
 
+@pytest.mark.parametrize("hosts", [(2, "delay 1ms")], indirect=True)
+def test_a_cut_link_in_a_hierarchical_all_reduce_names_the_other_host(hosts: Hosts) -> None:
+    """2 hosts x 2 ranks all-reducing hierarchically (shared memory in the host, sockets
+    across) when host 1's link is cut: every rank fails with PeerLostError within the usual
+    bound. A rank in the phase across hosts names, in the whole communicator's numbering,
+    the rank of the other host it lost; one that was past it names its host mate, which
+    gave up the local phases on losing the other host (peers do not pass reasons on)."""
+    n, placement = 4, [0, 0, 1, 1]
+    cut_at: list[float] = []
+
+    def cut() -> None:
+        cut_at.append(time.time())
+        hosts.cut(1)
+
+    timer = threading.Timer(10.0, cut)  # ranks are all-reducing by then
+    timer.start()
+    try:
+        results, _, text = run_script_ranks(
+            SCRIPT,
+            "link_cut",
+            n,
+            wrap={r: hosts.wrap(h) for r, h in enumerate(placement)},
+            master_addr=hosts.address(0),
+            timeout=90,
+        )
+    finally:
+        timer.cancel()
+    assert cut_at, "the link was never cut (the ranks ended first)\n" + text
+    assert_passed("link_cut", n, results, text)
+    named_across = {h: False for h in (0, 1)}
+    for r in range(n):
+        error = results[r]["error"]
+        others = [q for q in range(n) if placement[q] != placement[r]]
+        mate = next(q for q in range(n) if q != r and placement[q] == placement[r])
+        assert error.startswith("PeerLostError: hierarchical all_reduce"), (r, error)
+        across = "across hosts" in error and any(
+            f"lost its connection to rank {q}" in error for q in others
+        )
+        assert across or ("inside the host" in error and f"rank {mate} " in error), (r, error)
+        named_across[placement[r]] |= across
+        assert results[r]["at"] - cut_at[0] < 5.0, (r, results[r]["at"] - cut_at[0])
+        print(f"rank {r}: {results[r]['at'] - cut_at[0]:.2f} s after the cut: {error}")
+    assert all(named_across.values()), "on some host no rank named the other host\n" + text
+
+
 @pytest.mark.parametrize(
     "hosts, placement",
     [

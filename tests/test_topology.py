@@ -192,3 +192,14 @@ def test_flat_ring_goes_host_by_host(
         config=ringcomm.Config(ring_order=order),
     )
     assert sent == {(r, right[r]) for r in range(4)}
+
+
+def test_errors_of_the_hierarchy_name_ranks_of_the_whole_communicator() -> None:
+    from ringcomm.algorithms.hierarchical import in_world_ranks
+
+    cross = (1, 3, 5)  # this local rank on hosts 0, 1, 2
+    message = "rank 0 lost its connection to rank 2; ranks [0, 1] absent; rank(s) [2] stuck"
+    assert in_world_ranks(message, cross) == (
+        "rank 1 lost its connection to rank 5; ranks [1, 3] absent; rank(s) [5] stuck"
+    )
+    assert in_world_ranks("rank 7 is not one of them", cross) == "rank 7 is not one of them"

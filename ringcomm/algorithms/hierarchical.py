@@ -19,6 +19,7 @@ differ from them in summation order only.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,24 @@ from ringcomm.types import ReduceOp
 
 if TYPE_CHECKING:
     from ringcomm.communicator import Communicator
+
+
+_RANKS = re.compile(r"\b(ranks?(?:\(s\))?) (\[[\d, ]*\]|\d+)")
+
+
+def in_world_ranks(message: str, world: tuple[int, ...]) -> str:
+    """``message`` of a sub-communicator with its "rank 1", "ranks [0, 2]" and "rank(s) [1]"
+    renumbered as ranks of the whole communicator (``world[i]`` is its rank i)."""
+
+    def renumber(m: re.Match[str]) -> str:
+        numbers = [int(x) for x in re.findall(r"\d+", m.group(2))]
+        if any(x >= len(world) for x in numbers):
+            return m.group(0)
+        mapped = [world[x] for x in numbers]
+        text = str(mapped) if m.group(2).startswith("[") else str(mapped[0])
+        return f"{m.group(1)} {text}"
+
+    return _RANKS.sub(renumber, message)
 
 
 def allreduce(
@@ -78,10 +97,10 @@ def allreduce(
             # rank must hear of it at once, not at their timeout.
             for sub in (local, cross):
                 sub.abort(f"hierarchical all_reduce failed: {what}")
-            ranks = members[0] if comm is local else members[1]
-            names = ", ".join(f"{i}->{w}" for i, w in enumerate(ranks))
+            world = members[0] if comm is local else members[1]
             raise type(e)(
-                f"hierarchical all_reduce, {what}: {e} (ranks there are world ranks {names})"
+                f"hierarchical all_reduce, {what}: {in_world_ranks(str(e), world)} (ranks "
+                "as numbered in the whole communicator)"
             ) from e
     if op == ReduceOp.AVG:
         native.divide(buf, world_size, False)
