@@ -250,9 +250,35 @@ class Communicator:
             self._local = local
         return self._local
 
-    def _cross_members(self) -> tuple[int, ...]:
-        """The ranks of :meth:`split_cross`'s communicator, by their rank there."""
-        return tuple(node[self.local_rank] for node in self._topology.nodes)
+    def _hierarchy(self) -> hierarchical.Hierarchy:
+        """The host and cross-host sub-communicators (collective the first time)."""
+        return hierarchical.Hierarchy(self.split_local(), self.split_cross(), self._topology.nodes)
+
+    def _flat_order(self) -> tuple[int, ...] | None:
+        """The order flat algorithms visit ranks in (host by host), or None for rank
+        order (one host, ranks placed host by host, or ``RINGCOMM_RING_ORDER=ranks``)."""
+        order = self._topology.host_order
+        if order == tuple(range(self.size)) or self._config.ring_order == "ranks":
+            return None
+        return order
+
+    def _rooted(
+        self, run: Callable[[OpContext, int], Any], root: int
+    ) -> Callable[[OpContext], Any]:
+        """The body of a rooted flat algorithm ``run(ctx, root)``, host by host where
+        :meth:`_flat_order` says so (the root then is its place in that order)."""
+        order = self._flat_order()
+        if order is None:
+            return lambda ctx: run(ctx, root)
+        return lambda ctx: run(OrderedContext.of(ctx, order), order.index(root))
+
+    def _hierarchical(self, buffers: tuple[AnyBuffer, ...], reduces: bool) -> bool:
+        """Whether this all_gather / reduce_scatter runs hierarchically (host buffers; not
+        bfloat16 where it reduces, which the sub-communicators would see as integers)."""
+        host = all(isinstance(b, Buffer) for b in buffers)
+        if reduces:
+            host = host and not any(b.bfloat16 for b in buffers)
+        return choice.use_hierarchy(self._topology, self._config, host)
 
     def split_cross(self) -> Communicator:
         """The ranks with this ``local_rank`` on every host, ordered by ``node_rank``.
@@ -514,14 +540,13 @@ class Communicator:
         )
         body: Callable[[OpContext], Any]
         if name == "hierarchical":
-            local, cross = self.split_local(), self.split_cross()  # collective the first time
-            members = (self._topology.nodes[self.node_rank], self._cross_members())
+            h = self._hierarchy()
             body = lambda ctx: hierarchical.allreduce(  # noqa: E731
-                local, cross, b.array, rop, self.size, ctx.deadline, members
+                h, b.array, rop, self.size, ctx.deadline
             )
         else:
-            run, order = _ALLREDUCE[name], self._topology.host_order
-            if order == tuple(range(self.size)) or self._config.ring_order == "ranks":
+            run, order = _ALLREDUCE[name], self._flat_order()
+            if order is None:
                 body = lambda ctx: run(ctx, b.array)  # noqa: E731
             else:  # ranks placed across hosts out of rank order: the ring goes host by host
                 body = lambda ctx: run(OrderedContext.of(ctx, order), b.array)  # noqa: E731
@@ -547,9 +572,13 @@ class Communicator:
         o, i = _intake_pair(
             "all_gather", output, input, self.size, "output", allow_in_place=self.rank
         )
+        body: Callable[[OpContext], Any] = lambda ctx: ring.allgather(ctx, o.array, i.array)  # noqa: E731
+        if self._hierarchical((o, i), reduces=False):
+            h = self._hierarchy()
+            body = lambda ctx: hierarchical.all_gather(h, o.array, i.array, ctx.deadline)  # noqa: E731
         return self._submit(
             "all_gather",
-            lambda ctx: ring.allgather(ctx, o.array, i.array),
+            body,
             (o, i),
             async_op=async_op,
             timeout=timeout,
@@ -574,9 +603,15 @@ class Communicator:
             "reduce_scatter", output, input, self.size, "input", allow_in_place=self.rank
         )
         rop = _reduce_op(op, o, "reduce_scatter")
+        body: Callable[[OpContext], Any] = lambda ctx: ring.reduce_scatter(ctx, o.array, i.array)  # noqa: E731
+        if self._hierarchical((o, i), reduces=True):
+            h = self._hierarchy()
+            body = lambda ctx: hierarchical.reduce_scatter(  # noqa: E731
+                h, o.array, i.array, rop, self.size, ctx.deadline
+            )
         return self._submit(
             "reduce_scatter",
-            lambda ctx: ring.reduce_scatter(ctx, o.array, i.array),
+            body,
             (o, i),
             async_op=async_op,
             timeout=timeout,
@@ -600,7 +635,7 @@ class Communicator:
         run = _BROADCAST[choice.choose_broadcast(b.nbytes, self.size, self._config, algorithm)]
         return self._submit(
             "broadcast",
-            lambda ctx: run(ctx, b.array, root),
+            self._rooted(lambda ctx, r: run(ctx, b.array, r), root),
             (b,),
             async_op=async_op,
             timeout=timeout,
@@ -624,7 +659,7 @@ class Communicator:
         rop = _reduce_op(op, b, "reduce")
         return self._submit(
             "reduce",
-            lambda ctx: tree.reduce_binomial(ctx, b.array, root),
+            self._rooted(lambda ctx, r: tree.reduce_binomial(ctx, b.array, r), root),
             (b,),
             async_op=async_op,
             timeout=timeout,

@@ -19,6 +19,7 @@ from typing import Any
 ALLREDUCE_ALGORITHMS = ("ring", "recursive_doubling", "star", "hierarchical")
 BROADCAST_ALGORITHMS = ("binomial", "chain")
 RING_ORDERS = ("hosts", "ranks")
+HIERARCHY_MODES = ("auto", "off")
 # auto: shared memory between ranks of one host, ZeroMQ sockets between hosts; shm: shared
 # memory only (an error across hosts); zmq: sockets only; mpi: MPI point-to-point; local:
 # thread ranks of one process (tests).
@@ -203,12 +204,21 @@ class Config:
         auto_is_none=True,
         default_text=_AUTO,
     )
+    hierarchy: str = setting(
+        "auto",
+        "RINGCOMM_HIERARCHY",
+        str,
+        "`auto`: across hosts with as many ranks on each, all_reduce, all_gather and "
+        "reduce_scatter run hierarchically (inside each host, then across); `off`: flat",
+        choices=HIERARCHY_MODES,
+    )
     ring_order: str = setting(
         "hosts",
         "RINGCOMM_RING_ORDER",
         str,
-        "the order flat all_reduce algorithms visit ranks in: `hosts` (host by host, so a "
-        "ring leaves each host once whatever the placement) or `ranks` (rank order)",
+        "the order flat all_reduce, broadcast and reduce algorithms visit ranks in: "
+        "`hosts` (host by host, so a ring or chain leaves each host once whatever the "
+        "placement) or `ranks` (rank order)",
         choices=RING_ORDERS,
     )
     zmq_protocol: str = setting(

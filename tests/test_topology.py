@@ -203,3 +203,66 @@ def test_errors_of_the_hierarchy_name_ranks_of_the_whole_communicator() -> None:
         "rank 1 lost its connection to rank 5; ranks [1, 3] absent; rank(s) [5] stuck"
     )
     assert in_world_ranks("rank 7 is not one of them", cross) == "rank 7 is not one of them"
+
+
+def _other_ops_across_hosts(comm: ringcomm.Communicator) -> list[str]:
+    """all_gather and reduce_scatter (hierarchical across even hosts), out of place and in
+    place, and broadcast and reduce from every root (flat, host by host), against numpy."""
+    n, r = comm.size, comm.rank
+    failures = []
+    for count in (1, 3, 1000):
+        everyone = np.arange(n * count * n, dtype=np.int64).reshape(n, n * count) * 7 % 1001
+        mine = everyone[r, :count]
+        gathered = np.concatenate([everyone[q, :count] for q in range(n)])
+        out = np.zeros(n * count, np.int64)
+        comm.all_gather(out, mine)
+        failures += [] if np.array_equal(out, gathered) else [f"all_gather {count}"]
+        out = np.zeros(n * count, np.int64)
+        out[r * count : (r + 1) * count] = mine
+        comm.all_gather(out, out[r * count : (r + 1) * count])
+        failures += [] if np.array_equal(out, gathered) else [f"in-place all_gather {count}"]
+        for op, reduce in ((ringcomm.SUM, np.sum), (ringcomm.MAX, np.max)):
+            want = reduce(everyone, axis=0)[r * count : (r + 1) * count]
+            part = np.zeros(count, np.int64)
+            comm.reduce_scatter(part, everyone[r].copy(), op)
+            failures += [] if np.array_equal(part, want) else [f"reduce_scatter {op.name}"]
+            whole = everyone[r].copy()
+            comm.reduce_scatter(whole[r * count : (r + 1) * count], whole, op)
+            if not np.array_equal(whole[r * count : (r + 1) * count], want):
+                failures.append(f"in-place reduce_scatter {op.name} {count}")
+        avg = np.zeros(count, np.float64)
+        comm.reduce_scatter(avg, everyone[r].astype(np.float64), ringcomm.AVG)
+        if not np.allclose(avg, everyone.mean(axis=0)[r * count : (r + 1) * count]):
+            failures.append(f"reduce_scatter AVG {count}")
+        for root in range(n):
+            buf = everyone[root, :count].copy() if r == root else np.zeros(count, np.int64)
+            comm.broadcast(buf, root)
+            if not np.array_equal(buf, everyone[root, :count]):
+                failures.append(f"broadcast root={root} {count}")
+            buf = everyone[r, :count].copy()
+            comm.reduce(buf, root, ringcomm.SUM)
+            want = everyone[:, :count].sum(axis=0) if r == root else everyone[r, :count]
+            if not np.array_equal(buf, want):
+                failures.append(f"reduce root={root} {count}")
+    return failures
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_other_collectives_across_hosts(shape: str) -> None:
+    hosts = SHAPES[shape]
+    assert run_threads(len(hosts), _other_ops_across_hosts, hosts=hosts) == [[]] * len(hosts)
+
+
+def _local_ops(comm: ringcomm.Communicator) -> list[str]:
+    out = np.zeros(comm.size * 10, np.float32)
+    comm.all_gather(out, np.ones(10, np.float32))
+    comm.reduce_scatter(np.zeros(10, np.float32), out)
+    return sorted({row["op"] for row in comm.split_local().stats()})
+
+
+@pytest.mark.parametrize("mode, local_ops", [("auto", ["all_gather", "reduce_scatter"]),
+                                             ("off", [])])  # fmt: skip
+def test_hierarchy_variable_turns_the_hierarchy_off(mode: str, local_ops: list[str]) -> None:
+    cfg = ringcomm.Config(stats=True, hierarchy=mode)
+    got = run_threads(4, _local_ops, hosts=["a", "b", "a", "b"], config=cfg)
+    assert [[op for op in ops if op != "split"] for ops in got] == [local_ops] * 4

@@ -38,6 +38,15 @@ def hierarchy_applies(topology: Topology) -> bool:
     return topology.num_nodes > 1 and topology.uniform and topology.local_size > 1
 
 
+def use_hierarchy(topology: Topology, config: Config, host_buffer: bool) -> bool:
+    """Whether all_gather and reduce_scatter (and all_reduce, unless an algorithm is forced)
+    run hierarchically: ``RINGCOMM_HIERARCHY=auto``, host buffers, and
+    :func:`hierarchy_applies`. Measured across namespace hosts with rate-limited links, the
+    hierarchy wins at every size from 4 KiB (docs/benchmarks.md), so there is no size
+    threshold."""
+    return config.hierarchy == "auto" and host_buffer and hierarchy_applies(topology)
+
+
 def choose_allreduce(
     nbytes: int,
     size: int,
@@ -47,13 +56,13 @@ def choose_allreduce(
     host_buffer: bool = True,
 ) -> str:
     """Name of the all_reduce algorithm: ``requested``, else the config's, else
-    ``hierarchical`` across hosts (host buffers; see :func:`hierarchy_applies`), else by
-    size. A forced ``hierarchical`` where it cannot run is the choice by size."""
+    ``hierarchical`` where :func:`use_hierarchy`, else by size. A forced ``hierarchical``
+    where it cannot run is the choice by size."""
     forced = _forced(requested, config.allreduce_algorithm, ALLREDUCE_ALGORITHMS, "all_reduce")
-    hierarchical = host_buffer and topology is not None and hierarchy_applies(topology)
-    if forced is not None and (forced != "hierarchical" or hierarchical):
+    can = host_buffer and topology is not None and hierarchy_applies(topology)
+    if forced is not None and (forced != "hierarchical" or can):
         return forced
-    if hierarchical and forced is None:
+    if forced is None and topology is not None and use_hierarchy(topology, config, host_buffer):
         return "hierarchical"
     return "recursive_doubling" if nbytes < config.small_message_bytes else "ring"
 

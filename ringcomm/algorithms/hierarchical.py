@@ -1,4 +1,6 @@
-"""Hierarchical all_reduce for communicators that span hosts, as NCCL and Horovod do it:
+"""Hierarchical collectives for communicators that span hosts, as NCCL and Horovod do them.
+
+all_reduce:
 
 1. reduce-scatter inside each host (shared memory): local rank i holds slice i of the host's
    sum;
@@ -13,6 +15,12 @@ placed round-robin. Needs the same number of ranks on every host (the choice fal
 the flat algorithms in host order otherwise). The few elements past a multiple of
 ``local_size`` go through a local all_reduce and a cross all_reduce.
 
+all_gather: across hosts among the same local rank (each host sends its ranks' inputs over
+the network once: (h-1)/h of the output per host, against (n-1)/n for a flat ring in host
+order), then inside the host, then a copy into rank order. reduce_scatter: the reverse
+(inside the host first, so only the host's partial sums cross). Broadcast and reduce need no
+hierarchy: their flat algorithms in host order already cross each host's link once.
+
 Integer and bitwise results equal the flat algorithms' bit for bit; floating-point sums
 differ from them in summation order only.
 """
@@ -21,7 +29,9 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,26 +61,56 @@ def in_world_ranks(message: str, world: tuple[int, ...]) -> str:
     return _RANKS.sub(renumber, message)
 
 
-def allreduce(
-    local: Communicator,
-    cross: Communicator,
-    buf: np.ndarray,
-    op: ReduceOp,
-    world_size: int,
-    deadline: float,
-    members: tuple[tuple[int, ...], tuple[int, ...]],
-) -> None:
-    """All-reduce ``buf`` in place over ``local`` (this host's ranks) then ``cross`` (this
-    local rank on every host), within ``deadline`` (``time.monotonic()``).
+Phase = tuple[str, "Communicator", Callable[[float], Any]]  # (what, where, run(timeout))
 
-    ``members``: the world ranks of ``local`` and of ``cross``, by their rank there, to name
-    world ranks in errors.
-    """
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """The two sub-communicators of a communicator that spans even hosts, and how their
+    ranks map to its own: ``local`` (this host's ranks; local rank i of node j is world rank
+    ``nodes[j][i]``) and ``cross`` (local rank i of every host, its rank j on node j)."""
+
+    local: Communicator
+    cross: Communicator
+    nodes: tuple[tuple[int, ...], ...]
+
+    @property
+    def order(self) -> np.ndarray:
+        """World ranks node by node: position j * L + i holds local rank i of node j."""
+        return np.array([r for node in self.nodes for r in node])
+
+    def run(self, name: str, phases: list[Phase], deadline: float) -> None:
+        """Run ``phases`` in order within ``deadline`` (``time.monotonic()``). On an error,
+        abort both sub-communicators (peers that wait on them for this rank must hear of
+        it at once, not at their timeout) and raise it with ranks renumbered as in the
+        whole communicator."""
+        for what, comm, run in phases:
+            try:
+                run(max(0.0, deadline - time.monotonic()))
+            except RingcommError as e:
+                for sub in (self.local, self.cross):
+                    sub.abort(f"hierarchical {name} failed: {what}")
+                i = self.local.rank
+                world = self.nodes[self.cross.rank] if comm is self.local else tuple(
+                    node[i] for node in self.nodes
+                )  # fmt: skip
+                raise type(e)(
+                    f"hierarchical {name}, {what}: {in_world_ranks(str(e), world)} (ranks as "
+                    "numbered in the whole communicator)"
+                ) from e
+
+
+def allreduce(
+    h: Hierarchy, buf: np.ndarray, op: ReduceOp, world_size: int, deadline: float
+) -> None:
+    """All-reduce ``buf`` in place: reduce-scatter inside the host, all_reduce of this local
+    rank's slice across hosts, all-gather inside the host."""
+    local, cross = h.local, h.cross
     inner = ReduceOp.SUM if op == ReduceOp.AVG else op  # AVG divides once, at the end
     n_local = local.size
     body = buf.size - buf.size % n_local
     slot = body // n_local
-    phases = []
+    phases: list[Phase] = []
     if slot:
         mine = buf[local.rank * slot : (local.rank + 1) * slot]
         phases += [
@@ -89,18 +129,44 @@ def allreduce(
             ("all_reduce of the tail across hosts", cross, lambda t: cross.all_reduce(
                 tail, inner, timeout=t)),
         ]  # fmt: skip
-    for what, comm, run in phases:
-        try:
-            run(max(0.0, deadline - time.monotonic()))
-        except RingcommError as e:
-            # The two sub-communicators are unusable now; peers that wait on them for this
-            # rank must hear of it at once, not at their timeout.
-            for sub in (local, cross):
-                sub.abort(f"hierarchical all_reduce failed: {what}")
-            world = members[0] if comm is local else members[1]
-            raise type(e)(
-                f"hierarchical all_reduce, {what}: {in_world_ranks(str(e), world)} (ranks "
-                "as numbered in the whole communicator)"
-            ) from e
+    h.run("all_reduce", phases, deadline)
     if op == ReduceOp.AVG:
         native.divide(buf, world_size, False)
+
+
+def all_gather(h: Hierarchy, out: np.ndarray, inp: np.ndarray, deadline: float) -> None:
+    """Gather every rank's ``inp`` into ``out``: across hosts among this local rank first
+    (each host sends its ranks' inputs over the network once), then inside the host, then
+    into rank order."""
+    local, cross = h.local, h.cross
+    n_nodes, n_local, c = cross.size, local.size, inp.size
+    by_node = np.empty(n_nodes * c, inp.dtype)  # this local rank's input of every host
+    everything = np.empty(n_local * n_nodes * c, inp.dtype)  # [local i][node j]
+    h.run("all_gather", [
+        ("all-gather across hosts", cross, lambda t: cross.all_gather(by_node, inp, timeout=t)),
+        ("all-gather inside the host", local, lambda t: local.all_gather(
+            everything, by_node, timeout=t)),
+    ], deadline)  # fmt: skip
+    node_major = everything.reshape(n_local, n_nodes, c).transpose(1, 0, 2).reshape(-1, c)
+    out.reshape(-1, c)[h.order] = node_major
+
+
+def reduce_scatter(
+    h: Hierarchy, out: np.ndarray, inp: np.ndarray, op: ReduceOp, world_size: int, deadline: float
+) -> None:
+    """Reduce ``inp`` and give rank r chunk r: reduce-scatter inside the host (local rank i
+    gets the host's sum of the chunks of local rank i on every host), then across hosts."""
+    local, cross = h.local, h.cross
+    inner = ReduceOp.SUM if op == ReduceOp.AVG else op
+    n_nodes, n_local, c = cross.size, local.size, out.size
+    # the input's chunks reordered [local i][node j], so local rank i's share is contiguous
+    staged = inp.reshape(-1, c)[h.order].reshape(n_nodes, n_local, c).transpose(1, 0, 2).copy()
+    mine = np.empty(n_nodes * c, inp.dtype)
+    h.run("reduce_scatter", [
+        ("reduce-scatter inside the host", local, lambda t: local.reduce_scatter(
+            mine, staged.reshape(-1), inner, timeout=t)),
+        ("reduce-scatter across hosts", cross, lambda t: cross.reduce_scatter(
+            out, mine, inner, timeout=t)),
+    ], deadline)  # fmt: skip
+    if op == ReduceOp.AVG:
+        native.divide(out, world_size, False)
