@@ -137,3 +137,22 @@ def test_init_report_across_hosts_names_the_tcp_endpoints() -> None:
     by_host, pairs = report.describe_pairs(addresses, "auto", encrypt=False)
     assert by_host == {"a": [0, 1], "b": [2]}
     assert pairs == {(0, 1): "shm", (0, 2): "tcp 10.0.0.6:4003", (1, 2): "tcp 10.0.0.6:4003"}
+
+
+def test_init_report_says_what_the_collectives_make_of_the_hosts() -> None:
+    import ringcomm
+    from ringcomm.rendezvous.report import _topology_text
+
+    even_rr = {"a": [0, 2], "b": [1, 3]}
+    cfg = ringcomm.Config()
+    assert _topology_text(even_rr, cfg) == (
+        "2 + 2 ranks; all_reduce, all_gather and reduce_scatter hierarchical (inside hosts, "
+        "then across); flat algorithms go host by host"
+    )
+    assert "flat (hosts with unequal numbers of ranks)" in _topology_text(
+        {"a": [0, 1], "b": [2]}, cfg
+    )
+    assert "flat (RINGCOMM_HIERARCHY=off)" in _topology_text(
+        even_rr, ringcomm.Config(hierarchy="off")
+    )
+    assert _topology_text(even_rr, ringcomm.Config(ring_order="ranks")).endswith("rank order")

@@ -120,10 +120,31 @@ def init_report(
         f"binomial below {_size(BINOMIAL_BROADCAST_BELOW_BYTES)} (or n <= 2), chain from there"
     )
     lines.append(f"  all_reduce: {allreduce}; broadcast: {broadcast}")
+    if len(by_host) > 1:
+        lines.append("  topology: " + _topology_text(by_host, config))
     lines.append(
         f"  timeout {config.timeout_seconds:g} s, close timeout {config.close_timeout_seconds:g} s"
     )
     return "\n".join(lines)
+
+
+def _topology_text(by_host: dict[str, list[int]], config: Config) -> str:
+    """What the collectives make of the hosts (as choice.use_hierarchy decides it)."""
+    sizes = [len(ranks) for ranks in by_host.values()]
+    shape = " + ".join(map(str, sizes)) + " ranks"
+    if config.hierarchy == "off":
+        how = "flat (RINGCOMM_HIERARCHY=off)"
+    elif len(set(sizes)) > 1:
+        how = "flat (hosts with unequal numbers of ranks)"
+    elif sizes[0] == 1:
+        how = "flat (one rank per host)"
+    else:
+        how = "all_reduce, all_gather and reduce_scatter hierarchical (inside hosts, then across)"
+    placed = [r for ranks in by_host.values() for r in ranks]
+    order = "in rank order"
+    if placed != sorted(placed) and config.ring_order == "hosts":
+        order = "host by host"
+    return f"{shape}; {how}; flat algorithms go {order}"
 
 
 def log_init_report(
