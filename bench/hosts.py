@@ -1,19 +1,20 @@
-"""Flat against hierarchical all_reduce across hosts made of network namespaces, with the
+"""Flat against hierarchical collectives across hosts made of network namespaces, with the
 hosts' links rate-limited so that the network, not the CPUs, is the bottleneck.
 
-    sudo python bench/hosts.py                      # 2 hosts x 2 ranks, 400 Mbit/s links
-    sudo python bench/hosts.py --hosts 3 --rate 200mbit --sizes 16M,64M
+    sudo python bench/hosts.py                      # all_reduce, 2 hosts x 2 ranks, 400 Mbit/s
+    sudo python bench/hosts.py --op all_gather --hosts 3 --rate 200mbit --sizes 16M,64M
 
 Builds the hosts (bench/netns.py: a namespace each, its own /dev/shm, a tbf rate limit on
 its link, all on one bridge), then for each placement of ranks on hosts (``block``: ranks
 0..L-1 on host 0, ...; ``round-robin``: rank r on host r % hosts) runs bench/collectives.py
-all_reduce once per algorithm: the flat ring in rank order (``RINGCOMM_RING_ORDER=ranks``,
-what every earlier version did), the flat ring in host order (the default for flat
-algorithms now) and the hierarchical all_reduce, with gloo beside the hierarchical run in
-the same launch. A second launch per algorithm counts the bytes each host sends on its link
-(the bridge's counters) for one all_reduce of the largest size (two operations, out of place
-and in place, halved). Tears everything down at the end, also on errors. Traffic stays on
-the bridge.
+``--op`` once per algorithm. all_reduce: the flat ring in rank order
+(``RINGCOMM_RING_ORDER=ranks``, what every earlier version did), the flat ring in host order
+(the default for flat algorithms now) and the hierarchical one; all_gather and
+reduce_scatter: the flat ring (``RINGCOMM_HIERARCHY=off``) and the hierarchical one. gloo
+runs beside the hierarchical one in the same launch. A second launch per algorithm counts
+the bytes each host sends on its link (the bridge's counters) for one operation of the
+largest size (two operations, out of place and in place, halved). Tears everything down at
+the end, also on errors. Traffic stays on the bridge.
 """
 
 from __future__ import annotations
@@ -33,12 +34,20 @@ ROOT = Path(__file__).resolve().parents[1]
 COLLECTIVES = str(ROOT / "bench" / "collectives.py")
 PORT = 29500  # a fresh namespace has nothing bound
 _RING = "RINGCOMM_ALLREDUCE_ALGORITHM"
-# (name, environment of its ranks)
-ALGORITHMS = (
-    ("flat ring, rank order", {_RING: "ring", "RINGCOMM_RING_ORDER": "ranks"}),
-    ("flat ring, host order", {_RING: "ring", "RINGCOMM_RING_ORDER": "hosts"}),
-    ("hierarchical", {_RING: "hierarchical"}),
-)
+# (name, environment of its ranks) per operation
+ALGORITHMS = {
+    "all_reduce": (
+        ("flat ring, rank order", {_RING: "ring", "RINGCOMM_RING_ORDER": "ranks"}),
+        ("flat ring, host order", {_RING: "ring", "RINGCOMM_RING_ORDER": "hosts"}),
+        ("hierarchical", {_RING: "hierarchical"}),
+    ),
+    # their flat ring goes in rank order: its output is laid out by rank
+    "all_gather": (
+        ("flat ring, rank order", {"RINGCOMM_HIERARCHY": "off"}),
+        ("hierarchical", {"RINGCOMM_HIERARCHY": "auto"}),
+    ),
+}
+ALGORITHMS["reduce_scatter"] = ALGORITHMS["all_gather"]
 
 
 def placement(kind: str, hosts: int, per_host: int) -> list[int]:
@@ -94,10 +103,11 @@ def launch(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--op", default="all_reduce", choices=sorted(ALGORITHMS))
     parser.add_argument("--hosts", type=int, default=2)
     parser.add_argument("--ranks-per-host", type=int, default=2)
     parser.add_argument("--rate", default="400mbit", help="each host's link rate (tc tbf)")
-    parser.add_argument("--sizes", default="16M,64M", help="all_reduce sizes (comma-separated)")
+    parser.add_argument("--sizes", default="16M,64M", help="sizes (comma-separated)")
     parser.add_argument("--placements", default="block,round-robin")
     parser.add_argument("-n", "--iters", default="3")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per launch")
@@ -114,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {args.hosts} hosts x {args.ranks_per_host} ranks, links: {hosts.shaping}")
             for kind in args.placements.split(","):
                 where = placement(kind, args.hosts, args.ranks_per_host)
-                for name, env in ALGORITHMS:
-                    if kind == "block" and "rank order" in name:
+                for name, env in ALGORITHMS[args.op]:
+                    if kind == "block" and name == "flat ring, host order":
                         continue  # in block placement rank order is host order
                     peer = "gloo" if name == "hierarchical" else "none"
                     out_json = Path(tmp) / "rows.json"
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                         hosts,
                         where,
                         env,
-                        ["all_reduce", "-b", sizes[0], "-e", sizes[-1], "-f", "4",
+                        [args.op, "-b", sizes[0], "-e", sizes[-1], "-f", "4",
                          "-n", args.iters, "-w", "1", "--peer", peer, "--json", str(out_json)],
                         args.timeout,
                     )  # fmt: skip
@@ -134,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                         hosts,
                         where,
                         env,
-                        ["all_reduce", "-b", sizes[-1], "-e", sizes[-1], "-n", "1", "-w", "0",
+                        [args.op, "-b", sizes[-1], "-e", sizes[-1], "-n", "1", "-w", "0",
                          "-c", "0"],
                         args.timeout,
                     )  # fmt: skip
                     per_op = [(b - a) / 2 for a, b in zip(before, hosts.sent_bytes(), strict=True)]
-                    print(f"# MiB each host sent per {sizes[-1]} all_reduce: "
+                    print(f"# MiB each host sent per {sizes[-1]} {args.op}: "
                           + ", ".join(f"{b / 2**20:.1f}" for b in per_op), flush=True)  # fmt: skip
                     for line in out_json.read_text().splitlines():
                         row = json.loads(line)
@@ -152,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
     print(
-        "\n# in-place all_reduce: busbw in GB/s (the same launch's gloo beside the "
-        "hierarchical one); MiB each host sent per all_reduce of the largest size"
+        f"\n# {args.op}: busbw in GB/s of its natural form (the same launch's gloo beside the "
+        f"hierarchical one); MiB each host sent per {args.op} of the largest size"
     )
     for row in rows:
         gloo = row["peers"].get("gloo")

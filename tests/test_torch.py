@@ -83,3 +83,26 @@ def test_hook_state_must_hold_a_communicator() -> None:
     bucket = dist.GradBucket  # never reached: the state is checked first
     with pytest.raises(TypeError, match=r"ringcomm\.Communicator"):
         rt.allreduce_hook(object(), bucket)  # type: ignore[arg-type]
+
+
+def test_ddp_benchmark_measures_against_a_run_without_communication() -> None:
+    """bench/ddp_train.py runs nocomm first and reports each configuration's exposed
+    communication (its step minus nocomm's) and that as a share of gloo's."""
+    res = subprocess.run(
+        [sys.executable, "-m", "ringcomm.run", "-n", "2", sys.executable,
+         str(ROOT / "bench" / "ddp_train.py"), "--width", "64", "--batch", "4", "--steps", "2",
+         "--rounds", "1", "--warmup", "1", "--configs", "gloo,backend,hook"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = re.findall(
+        r"^\[0\]   (\S+) +([0-9.]+) +([0-9.]+) +(\S+) +(-?[0-9.]+) +(\S+)$", res.stdout, re.M
+    )
+    assert [r[0] for r in rows] == ["nocomm", "gloo", "backend", "hook"], res.stdout
+    step = {name: float(ms) for name, ms, *_ in rows}
+    for name, _ms, _rate, _ratio, exposed, share in rows:
+        assert float(exposed) == pytest.approx(step[name] - step["nocomm"], abs=0.11), name
+        gloo_exposed = step["gloo"] - step["nocomm"]
+        if name != "nocomm" and gloo_exposed > 2.0:  # (printed to 0.1 ms: a share to 0.1)
+            want = (step[name] - step["nocomm"]) / gloo_exposed
+            assert float(share) == pytest.approx(want, abs=0.1 + 0.1 * want), (name, res.stdout)
