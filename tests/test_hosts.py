@@ -126,7 +126,9 @@ def test_a_cut_link_in_a_hierarchical_all_reduce_names_the_other_host(hosts: Hos
         )
         assert across or ("inside the host" in error and f"rank {mate} " in error), (r, error)
         named_across[placement[r]] |= across
-        assert results[r]["at"] - cut_at[0] < 5.0, (r, results[r]["at"] - cut_at[0])
+        # heartbeats notice the cut within their interval + timeout (4 s), then the 0.2 s
+        # grace; a rank that hears it from its host mate one hop later (measured 3.4-4.3 s)
+        assert results[r]["at"] - cut_at[0] < 6.0, (r, results[r]["at"] - cut_at[0])
         print(f"rank {r}: {results[r]['at'] - cut_at[0]:.2f} s after the cut: {error}")
     assert all(named_across.values()), "on some host no rank named the other host\n" + text
 
