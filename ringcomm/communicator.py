@@ -28,6 +28,7 @@ from ringcomm.algorithms import (
     choice,
     hierarchical,
     linear,
+    objects,
     records,
     recursive_doubling,
     ring,
@@ -753,6 +754,56 @@ class Communicator:
             async_op=async_op,
             timeout=timeout,
             nccl=lambda nc: nc.all_to_all(o, i),
+        )
+
+    # -- object collectives -----------------------------------------------------------------
+    def _object_op(self, name: str, body: Callable[[OpContext], Any], timeout: float | None) -> Any:
+        result: list[Any] = []
+        self._submit(
+            name, lambda ctx: result.append(body(ctx)), (), async_op=False, timeout=timeout
+        )
+        return result[0]
+
+    def all_gather_object(self, obj: Any, *, timeout: float | None = None) -> list[Any]:
+        """Every rank's picklable ``obj``, as a list by rank (this rank's own entry is a
+        copy, as every other rank gets it).
+
+        Pickled with protocol 5; arrays and tensors inside travel out of band, from and into
+        their own memory. Unpickling runs code the sender chose: peers are trusted as far
+        as the job secret admits them (``RINGCOMM_SECRET``, docs/security.md).
+        """
+        return self._object_op(
+            "all_gather_object", lambda ctx: objects.all_gather(ctx, obj), timeout
+        )
+
+    def broadcast_object(self, obj: Any, root: int = 0, *, timeout: float | None = None) -> Any:
+        """``root``'s picklable ``obj`` on every rank (``obj`` elsewhere is ignored; the
+        root gets its own object back). See :meth:`all_gather_object` on trust."""
+        self._check_rank(root, "broadcast_object root")
+        return self._object_op(
+            "broadcast_object", lambda ctx: objects.broadcast(ctx, obj, root), timeout
+        )
+
+    def gather_object(
+        self, obj: Any, root: int = 0, *, timeout: float | None = None
+    ) -> list[Any] | None:
+        """Every rank's picklable ``obj`` on ``root`` as a list by rank; None elsewhere.
+        See :meth:`all_gather_object` on trust."""
+        self._check_rank(root, "gather_object root")
+        return self._object_op("gather_object", lambda ctx: objects.gather(ctx, obj, root), timeout)
+
+    def scatter_object(
+        self, objs: list[Any] | None, root: int = 0, *, timeout: float | None = None
+    ) -> Any:
+        """Rank r gets ``objs[r]`` from ``root`` (``objs``, one per rank, is needed on the
+        root only). See :meth:`all_gather_object` on trust."""
+        self._check_rank(root, "scatter_object root")
+        if self.rank == root and (not isinstance(objs, (list, tuple)) or len(objs) != self.size):
+            raise ValueError(
+                f"scatter_object: the root needs a list of {self.size} objects, one per rank"
+            )
+        return self._object_op(
+            "scatter_object", lambda ctx: objects.scatter(ctx, objs, root), timeout
         )
 
     def barrier(self, *, async_op: bool = False, timeout: float | None = None) -> Work | None:

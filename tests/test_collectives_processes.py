@@ -71,6 +71,11 @@ def test_other_collectives(size: int, transport: str) -> None:
 
 
 @TRANSPORTS
+def test_object_collectives(transport: str) -> None:
+    get_pool(3, transport).run(collectives.object_collectives, timeout=120)
+
+
+@TRANSPORTS
 def test_p2p_size_mismatch_is_refused(transport: str) -> None:
     get_pool(3, transport).run(collectives.p2p_size_mismatch_is_refused)
 

@@ -38,6 +38,11 @@ def test_other_collectives(size: int) -> None:
     run_threads(size, collectives.other_collectives, config=SMALL_SEGMENTS, timeout=240)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_object_collectives(size: int) -> None:
+    run_threads(size, collectives.object_collectives, config=ringcomm.Config(segment_bytes=4096))
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("size", [3, 4, 5])
 def test_every_rank_gets_the_same_bits(size: int, algorithm: str) -> None:

@@ -10,14 +10,14 @@ from ringcomm.algorithms.schedule import dissemination_partners
 from ringcomm.errors import TransportError
 
 
-def _send_all(
+def send_all(
     ctx: OpContext, dst: int, step: int, data: np.ndarray, first: int = 0, copy: bool = False
 ) -> None:
     for k, (a, b) in enumerate(ctx.segments(0, data.size, data.itemsize), start=first):
         ctx.send(dst, step, k, data[a:b], copy=copy)
 
 
-def _recv_all(ctx: OpContext, src: int, step: int, out: np.ndarray, first: int = 0) -> None:
+def recv_all(ctx: OpContext, src: int, step: int, out: np.ndarray, first: int = 0) -> None:
     for k, (a, b) in enumerate(ctx.segments(0, out.size, out.itemsize), start=first):
         ctx.recv_into(src, step, k, out[a:b])
 
@@ -26,13 +26,13 @@ def gather(ctx: OpContext, output: np.ndarray | None, input: np.ndarray, root: i
     """Slot r of ``output`` on ``root`` gets rank r's ``input``."""
     count = input.size
     if ctx.rank != root:
-        _send_all(ctx, root, 0, input)
+        send_all(ctx, root, 0, input)
     else:
         assert output is not None
         np.copyto(output[root * count : (root + 1) * count], input)
         for src in range(ctx.size):
             if src != root:
-                _recv_all(ctx, src, 0, output[src * count : (src + 1) * count])
+                recv_all(ctx, src, 0, output[src * count : (src + 1) * count])
     ctx.flush()
 
 
@@ -40,12 +40,12 @@ def scatter(ctx: OpContext, output: np.ndarray, input: np.ndarray | None, root: 
     """Rank r's ``output`` gets slot r of ``input`` on ``root``."""
     count = output.size
     if ctx.rank != root:
-        _recv_all(ctx, root, 0, output)
+        recv_all(ctx, root, 0, output)
         return
     assert input is not None
     for dst in range(ctx.size):
         if dst != root:
-            _send_all(ctx, dst, 0, input[dst * count : (dst + 1) * count])
+            send_all(ctx, dst, 0, input[dst * count : (dst + 1) * count])
     np.copyto(output, input[root * count : (root + 1) * count])
     ctx.flush()
 
@@ -58,8 +58,8 @@ def all_to_all(ctx: OpContext, output: np.ndarray, input: np.ndarray) -> None:
     np.copyto(output[r * count : (r + 1) * count], input[r * count : (r + 1) * count])
     for k in range(1, n):
         dst, src = (r + k) % n, (r - k) % n
-        _send_all(ctx, dst, k, input[dst * count : (dst + 1) * count])
-        _recv_all(ctx, src, k, output[src * count : (src + 1) * count])
+        send_all(ctx, dst, k, input[dst * count : (dst + 1) * count])
+        recv_all(ctx, src, k, output[src * count : (src + 1) * count])
     ctx.flush()
 
 
@@ -81,7 +81,7 @@ def send(ctx: OpContext, dst: int, data: np.ndarray, tag: int) -> None:
     first) would block the communicator for good.
     """
     ctx.send(dst, tag, 0, np.array([data.nbytes], np.uint64), copy=True)
-    _send_all(ctx, dst, tag, data, first=1, copy=ctx.transport.sends_wait_for_receiver)
+    send_all(ctx, dst, tag, data, first=1, copy=ctx.transport.sends_wait_for_receiver)
     ctx.flush()
 
 
@@ -95,4 +95,4 @@ def recv(ctx: OpContext, src: int, out: np.ndarray, tag: int) -> None:
             f"{ctx.transport.current_op}: rank {ctx.rank} receives {out.nbytes} bytes with "
             f"tag {tag} but rank {src} sent {int(header[0])}; sizes must match"
         )
-    _recv_all(ctx, src, tag, out, first=1)
+    recv_all(ctx, src, tag, out, first=1)

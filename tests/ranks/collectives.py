@@ -273,3 +273,45 @@ def p2p_size_mismatch_is_refused(comm: ringcomm.Communicator) -> None:
             raise AssertionError("a 12000-byte message filled an 8000-byte receive")
     finally:
         pair.close()
+
+
+def object_collectives(comm: ringcomm.Communicator) -> None:
+    """all_gather_object, broadcast_object, gather_object and scatter_object with arrays
+    inside (empty, small, several segments, strided) against what each rank sent."""
+    n, r = comm.size, comm.rank
+
+    def thing(q: int) -> dict:
+        return {
+            "rank": q,
+            "name": f"rank {q}" * q,
+            "big": np.arange(q * 300_000, dtype=np.float32),  # 0 .. 3.4 MiB
+            "strided": np.arange(40, dtype=np.int64)[:: q + 1],  # not contiguous from q=1
+            "nested": [q, (q, None), {"k": np.full(3, q, np.int8)}],
+        }
+
+    def same(a: dict, b: dict) -> bool:
+        return (
+            a["rank"] == b["rank"]
+            and a["name"] == b["name"]
+            and np.array_equal(a["big"], b["big"])
+            and np.array_equal(a["strided"], b["strided"])
+            and a["nested"][:2] == b["nested"][:2]
+            and np.array_equal(a["nested"][2]["k"], b["nested"][2]["k"])
+        )
+
+    mine = thing(r)
+    everyone = comm.all_gather_object(mine)
+    assert len(everyone) == n and all(same(everyone[q], thing(q)) for q in range(n))
+    everyone[r]["big"][:] = -1  # this rank's entry is a copy ...
+    assert same(mine, thing(r))  # ... its own object is untouched
+    for root in {0, n - 1}:
+        got = comm.broadcast_object(thing(root) if r == root else None, root)
+        assert same(got, thing(root)), (root, r)
+        gathered = comm.gather_object(thing(r), root)
+        if r == root:
+            assert gathered is not None and all(same(gathered[q], thing(q)) for q in range(n))
+        else:
+            assert gathered is None
+        part = comm.scatter_object([thing(q) for q in range(n)] if r == root else None, root)
+        assert same(part, thing(r)), (root, r)
+    assert comm.all_gather_object(None) == [None] * n

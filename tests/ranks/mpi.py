@@ -26,6 +26,7 @@ def suite(comm: ringcomm.Communicator) -> None:
         comm, ("ring", "recursive_doubling", "star"), counts=(0, 1, 13, 4099)
     )
     collectives.other_collectives(comm, counts=(0, 1, 7, 1000))
+    collectives.object_collectives(comm)
     collectives.async_ops_in_flight(comm)
     collectives.p2p_size_mismatch_is_refused(comm)
     if comm.size >= 2:
