@@ -175,6 +175,7 @@ class Communicator:
         self.rank = transport.rank
         self.size = transport.size
         self._topology = topology if topology is not None else self._exchange_hosts()
+        self._flat = self._flat_order()  # the order of flat algorithms; None: rank order
         self._local: Communicator | None = None  # split_local(), made at the first call
         self._cross: Communicator | None = None  # split_cross(), likewise
         self._seq = 0
@@ -258,17 +259,17 @@ class Communicator:
     def _flat_order(self) -> tuple[int, ...] | None:
         """The order flat algorithms visit ranks in (host by host), or None for rank
         order (one host, ranks placed host by host, or ``RINGCOMM_RING_ORDER=ranks``)."""
-        order = self._topology.host_order
-        if order == tuple(range(self.size)) or self._config.ring_order == "ranks":
+        if self._config.ring_order == "ranks" or self._topology.num_nodes == 1:
             return None
-        return order
+        order = self._topology.host_order
+        return None if order == tuple(range(self.size)) else order
 
     def _rooted(
         self, run: Callable[[OpContext, int], Any], root: int
     ) -> Callable[[OpContext], Any]:
         """The body of a rooted flat algorithm ``run(ctx, root)``, host by host where
         :meth:`_flat_order` says so (the root then is its place in that order)."""
-        order = self._flat_order()
+        order = self._flat
         if order is None:
             return lambda ctx: run(ctx, root)
         return lambda ctx: run(OrderedContext.of(ctx, order), order.index(root))
@@ -535,9 +536,13 @@ class Communicator:
         """
         b = as_buffer(buf, "all_reduce buf", writable=True)
         rop = _reduce_op(op, b, "all_reduce")
-        host = isinstance(b, Buffer) and not b.bfloat16
         name = choice.choose_allreduce(
-            b.nbytes, self.size, self._config, algorithm, self._topology, host
+            b.nbytes,
+            self.size,
+            self._config,
+            algorithm,
+            self._topology,
+            type(b) is Buffer and not b.bfloat16,
         )
         body: Callable[[OpContext], Any]
         if name == "hierarchical":
@@ -546,7 +551,7 @@ class Communicator:
                 h, b.array, rop, self.size, ctx.deadline
             )
         else:
-            run, order = _ALLREDUCE[name], self._flat_order()
+            run, order = _ALLREDUCE[name], self._flat
             if order is None:
                 body = lambda ctx: run(ctx, b.array)  # noqa: E731
             else:  # ranks placed across hosts out of rank order: the ring goes host by host

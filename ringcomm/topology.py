@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -34,31 +35,31 @@ class Topology:
             members[number[host]].append(r)
         return cls(rank, tuple(hosts), tuple(node_of), tuple(tuple(m) for m in members))
 
-    @property
+    @cached_property  # (asked on every all_reduce: computed once)
     def node_rank(self) -> int:
         """This rank's node."""
         return self.node_of[self.rank]
 
-    @property
+    @cached_property
     def num_nodes(self) -> int:
         return len(self.nodes)
 
-    @property
+    @cached_property
     def local_rank(self) -> int:
         """This rank's place among the ranks of its node."""
         return self.nodes[self.node_rank].index(self.rank)
 
-    @property
+    @cached_property
     def local_size(self) -> int:
         """The number of ranks on this rank's node."""
         return len(self.nodes[self.node_rank])
 
-    @property
+    @cached_property
     def uniform(self) -> bool:
         """Every node has as many ranks as every other."""
         return len({len(m) for m in self.nodes}) == 1
 
-    @property
+    @cached_property
     def host_order(self) -> tuple[int, ...]:
         """The ranks node by node (each node's in rank order): the order a ring follows so
         that it leaves each host once."""
