@@ -153,6 +153,12 @@ def _intake_pair(
     return o, i
 
 
+def _on_host(buffers: tuple[AnyBuffer, ...], reduces: bool) -> bool:
+    """Whether the hierarchical algorithms can carry ``buffers``: host buffers, and not
+    bfloat16 where the operation reduces (the sub-communicators would see integers)."""
+    return all(type(b) is Buffer and not (reduces and b.bfloat16) for b in buffers)
+
+
 class Communicator:
     """A group of ranks that run collectives together. Made by :func:`ringcomm.init` or
     :meth:`split`; a context manager that closes itself.
@@ -247,10 +253,20 @@ class Communicator:
         """The ranks of this host, ordered by rank (``local_rank`` is the rank there).
         Collective over this communicator the first time; the same communicator after."""
         if self._local is None:
-            local = self.split(self.node_rank, key=self.rank)
-            assert local is not None
-            self._local = local
+            self._local = self._member_split(self.node_rank, self.rank)
         return self._local
+
+    def split_cross(self) -> Communicator:
+        """The ranks with this ``local_rank`` on every host, ordered by ``node_rank``.
+        Collective over this communicator the first time; the same communicator after."""
+        if self._cross is None:
+            self._cross = self._member_split(self.local_rank, self.node_rank)
+        return self._cross
+
+    def _member_split(self, color: int, key: int) -> Communicator:
+        sub = self.split(color, key=key)
+        assert sub is not None  # every rank passes a color
+        return sub
 
     def _hierarchy(self) -> hierarchical.Hierarchy:
         """The host and cross-host sub-communicators (collective the first time)."""
@@ -275,21 +291,8 @@ class Communicator:
         return lambda ctx: run(OrderedContext.of(ctx, order), order.index(root))
 
     def _hierarchical(self, buffers: tuple[AnyBuffer, ...], reduces: bool) -> bool:
-        """Whether this all_gather / reduce_scatter runs hierarchically (host buffers; not
-        bfloat16 where it reduces, which the sub-communicators would see as integers)."""
-        host = all(isinstance(b, Buffer) for b in buffers)
-        if reduces:
-            host = host and not any(b.bfloat16 for b in buffers)
-        return choice.use_hierarchy(self._topology, self._config, host)
-
-    def split_cross(self) -> Communicator:
-        """The ranks with this ``local_rank`` on every host, ordered by ``node_rank``.
-        Collective over this communicator the first time; the same communicator after."""
-        if self._cross is None:
-            cross = self.split(self.local_rank, key=self.node_rank)
-            assert cross is not None
-            self._cross = cross
-        return self._cross
+        """Whether this all_gather / reduce_scatter runs hierarchically."""
+        return choice.use_hierarchy(self._topology, self._config, _on_host(buffers, reduces))
 
     # -- the progress thread ----------------------------------------------------------------
     def _progress(self) -> None:
@@ -542,7 +545,7 @@ class Communicator:
             self._config,
             algorithm,
             self._topology,
-            type(b) is Buffer and not b.bfloat16,
+            _on_host((b,), reduces=True),
         )
         body: Callable[[OpContext], Any]
         if name == "hierarchical":

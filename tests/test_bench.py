@@ -4,6 +4,7 @@ nccl-tests table and trailer, JSON lines and CSV (tiny sizes)."""
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import re
 import subprocess
@@ -20,13 +21,13 @@ BENCH = ROOT / "bench" / "collectives.py"
 OPS = ["all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all"]
 
 
-def _collectives():
+def _bench_module(name: str):  # type: ignore[no-untyped-def]
+    """bench/<name>.py, imported."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import collectives
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    return collectives
 
 
 def bench(n: int, script: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -146,7 +147,7 @@ def test_root_must_be_a_rank() -> None:
 
 @pytest.mark.parametrize("average, want", [(0, 1.0), (1, 2.0), (2, 1.0), (3, 3.0)])
 def test_average_combines_the_ranks_as_nccl_tests_does(average: int, want: float) -> None:
-    collectives = _collectives()
+    collectives = _bench_module("collectives")
     got = run_threads(3, lambda comm: collectives.combine(comm, comm.rank + 1.0, average))
     assert got == [want] * 3
 
@@ -184,7 +185,7 @@ def test_a_checked_run_that_writes_nothing_counts_as_wrong(
 ) -> None:
     """The checked run's outputs start from a sentinel, so results left over from the timed
     runs cannot pass for a correct last run (of ringcomm or of any peer)."""
-    collectives = _collectives()
+    collectives = _bench_module("collectives")
     case = collectives.Case(op, 4096, np.dtype(dtype), rank=1, n=2, redop="sum", in_place=in_place)
     case.out[:] = case.expected()  # what the timed runs left
     assert case.wrong() == 0
@@ -193,15 +194,6 @@ def test_a_checked_run_that_writes_nothing_counts_as_wrong(
     assert case.wrong() == (
         case.out.size // 2 if op == "all_gather" and in_place else case.out.size
     )
-
-
-def _plot():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import plot
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return plot
 
 
 def test_plot_draws_each_op_from_json_rows(tmp_path: Path) -> None:
@@ -217,7 +209,7 @@ def test_plot_draws_each_op_from_json_rows(tmp_path: Path) -> None:
             "--peer", "zmq", "--json", str(rows_json),
         )  # fmt: skip
         assert res.returncode == 0, res.stdout + res.stderr
-    plot = _plot()
+    plot = _bench_module("plot")
     rows = plot.read_rows([rows_json])
     lines, bounds = plot.series(rows, "broadcast")
     assert sorted(lines) == [("ringcomm (shm)", 2), ("zmq", 2)]
@@ -243,4 +235,4 @@ def test_plot_names_a_line_that_is_not_json(tmp_path: Path) -> None:
     bad = tmp_path / "rows.json"
     bad.write_text('{"op": "all_reduce"}\nnot json\n')
     with pytest.raises(SystemExit, match=r"rows.json:2: not a JSON row"):
-        _plot().read_rows([bad])
+        _bench_module("plot").read_rows([bad])

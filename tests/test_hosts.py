@@ -55,14 +55,17 @@ def test_collectives_across_hosts_with_delay_and_a_rate_limit(hosts: Hosts) -> N
     print(f"links: {hosts.shaping}")  # shown with pytest -s
 
 
-@pytest.mark.parametrize("hosts", [(3, "delay 1ms")], indirect=True)
-def test_a_cut_link_fails_every_other_rank_naming_it(hosts: Hosts) -> None:
-    n = 3
+def _all_reduce_until_a_cut(
+    hosts: Hosts, placement: list[int], host: int
+) -> tuple[dict[int, dict], float, str]:
+    """Ranks on ``placement``'s hosts all-reduce until ``host``'s link is cut, 10 s in;
+    return every rank's result (its error and when), the time of the cut, the output."""
+    n = len(placement)
     cut_at: list[float] = []
 
     def cut() -> None:
         cut_at.append(time.time())
-        hosts.cut(2)
+        hosts.cut(host)
 
     timer = threading.Timer(10.0, cut)  # ranks are all-reducing by then
     timer.start()
@@ -71,19 +74,26 @@ def test_a_cut_link_fails_every_other_rank_naming_it(hosts: Hosts) -> None:
             SCRIPT,
             "link_cut",
             n,
-            wrap={r: hosts.wrap(r) for r in range(n)},
-            master_addr=hosts.address(0),
+            wrap={r: hosts.wrap(h) for r, h in enumerate(placement)},
+            master_addr=hosts.address(placement[0]),
             timeout=90,
         )
     finally:
         timer.cancel()
     assert cut_at, "the link was never cut (the ranks ended first)\n" + text
     assert_passed("link_cut", n, results, text)
+    return results, cut_at[0], text
+
+
+@pytest.mark.parametrize("hosts", [(3, "delay 1ms")], indirect=True)
+def test_a_cut_link_fails_every_other_rank_naming_it(hosts: Hosts) -> None:
+    n = 3
+    results, cut_time, _ = _all_reduce_until_a_cut(hosts, [0, 1, 2], 2)
     for r in range(n - 1):
         error = results[r]["error"]
         assert error.startswith("PeerLostError") and "rank 2" in error, (r, error)
-        assert results[r]["at"] - cut_at[0] < 5.0, (r, results[r]["at"] - cut_at[0])
-        print(f"rank {r}: {results[r]['at'] - cut_at[0]:.2f} s after the cut: {error}")
+        assert results[r]["at"] - cut_time < 5.0, (r, results[r]["at"] - cut_time)
+        print(f"rank {r}: {results[r]['at'] - cut_time:.2f} s after the cut: {error}")
 
 
 @pytest.mark.parametrize("hosts", [(2, "delay 1ms")], indirect=True)
@@ -94,27 +104,7 @@ def test_a_cut_link_in_a_hierarchical_all_reduce_names_the_other_host(hosts: Hos
     the rank of the other host it lost; one that was past it names its host mate, which
     gave up the local phases on losing the other host (peers do not pass reasons on)."""
     n, placement = 4, [0, 0, 1, 1]
-    cut_at: list[float] = []
-
-    def cut() -> None:
-        cut_at.append(time.time())
-        hosts.cut(1)
-
-    timer = threading.Timer(10.0, cut)  # ranks are all-reducing by then
-    timer.start()
-    try:
-        results, _, text = run_script_ranks(
-            SCRIPT,
-            "link_cut",
-            n,
-            wrap={r: hosts.wrap(h) for r, h in enumerate(placement)},
-            master_addr=hosts.address(0),
-            timeout=90,
-        )
-    finally:
-        timer.cancel()
-    assert cut_at, "the link was never cut (the ranks ended first)\n" + text
-    assert_passed("link_cut", n, results, text)
+    results, cut_time, text = _all_reduce_until_a_cut(hosts, placement, 1)
     named_across = {h: False for h in (0, 1)}
     for r in range(n):
         error = results[r]["error"]
@@ -128,8 +118,8 @@ def test_a_cut_link_in_a_hierarchical_all_reduce_names_the_other_host(hosts: Hos
         named_across[placement[r]] |= across
         # heartbeats notice the cut within their interval + timeout (4 s), then the 0.2 s
         # grace; a rank that hears it from its host mate one hop later (measured 3.4-4.3 s)
-        assert results[r]["at"] - cut_at[0] < 6.0, (r, results[r]["at"] - cut_at[0])
-        print(f"rank {r}: {results[r]['at'] - cut_at[0]:.2f} s after the cut: {error}")
+        assert results[r]["at"] - cut_time < 6.0, (r, results[r]["at"] - cut_time)
+        print(f"rank {r}: {results[r]['at'] - cut_time:.2f} s after the cut: {error}")
     assert all(named_across.values()), "on some host no rank named the other host\n" + text
 
 

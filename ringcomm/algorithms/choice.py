@@ -58,16 +58,17 @@ def choose_allreduce(
     """Name of the all_reduce algorithm: ``requested``, else the config's, else
     ``hierarchical`` where :func:`use_hierarchy`, else by size. A forced ``hierarchical``
     where it cannot run is the choice by size."""
-    if requested is None and config.allreduce_algorithm is None:  # the usual call
-        multi_host = topology is not None and topology.num_nodes > 1
-        if multi_host and use_hierarchy(topology, config, host_buffer):  # type: ignore[arg-type]
-            return "hierarchical"
-        return "recursive_doubling" if nbytes < config.small_message_bytes else "ring"
     forced = _forced(requested, config.allreduce_algorithm, ALLREDUCE_ALGORITHMS, "all_reduce")
-    assert forced is not None
-    can = host_buffer and topology is not None and hierarchy_applies(topology)
-    if forced != "hierarchical" or can:
+    if topology is None or topology.num_nodes == 1:  # the usual call: one host
+        hierarchical = False
+    elif forced is None:
+        hierarchical = use_hierarchy(topology, config, host_buffer)
+    else:
+        hierarchical = host_buffer and hierarchy_applies(topology)
+    if forced is not None and (forced != "hierarchical" or hierarchical):
         return forced
+    if forced is None and hierarchical:
+        return "hierarchical"
     return "recursive_doubling" if nbytes < config.small_message_bytes else "ring"
 
 
