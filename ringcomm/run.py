@@ -38,9 +38,37 @@ _TAIL_LINES = 40
 _GRACE_SECONDS = 3.0
 
 
+_LOWEST_PORT = 10000
+_EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (Linux; else a guess)."""
+    try:
+        with open(_EPHEMERAL_RANGE) as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket() as s:
+    """A TCP port that was free a moment ago on ``host``, chosen below the ephemeral range:
+    a port the kernel picked for us (bind to 0) can be handed to some outgoing connection
+    before our listener binds it ("Address already in use", seen in CI); one below the
+    range can only be taken by another listener."""
+    low, _ = _ephemeral_range()
+    rng = secrets.SystemRandom()
+    if low > _LOWEST_PORT:
+        for _ in range(50):
+            port = rng.randrange(_LOWEST_PORT, low)
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket() as s:  # no range below: any port the kernel gives
         s.bind((host, 0))
         return s.getsockname()[1]
 

@@ -265,3 +265,18 @@ def test_launcher_timestamps_each_line(tmp_path: Path) -> None:
     assert len(lines) == 2, lines
     for r, line in enumerate(lines):
         assert re.fullmatch(rf"\[{r} \d\d:\d\d:\d\d\.\d{{3}}\] hello", line), line
+
+
+def test_free_ports_come_from_below_the_ephemeral_range() -> None:
+    """A port the kernel lends to outgoing connections could be taken between picking it
+    and binding the store (seen in CI): free_port picks below that range, still free."""
+    import socket
+
+    from ringcomm import run
+
+    low, high = run._ephemeral_range()
+    for _ in range(20):
+        port = free_port()
+        assert not low <= port <= high, (port, low, high)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free indeed
