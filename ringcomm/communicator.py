@@ -14,6 +14,7 @@ import atexit
 import concurrent.futures
 import hashlib
 import json
+import operator
 import queue
 import threading
 import time
@@ -32,6 +33,7 @@ from ringcomm.algorithms import (
     records,
     recursive_doubling,
     ring,
+    schedule,
     star,
     tree,
 )
@@ -88,6 +90,7 @@ class _Op(NamedTuple):
     future: concurrent.futures.Future[Any] | None  # None: run inline by the caller
     buffers: tuple[Any, ...]  # Buffer / DeviceBuffer / None, for the recorder and debug checks
     root: int  # -1 where the operation has none
+    shapes: str | None  # what every rank agrees on, where buffer sizes differ by rank
 
 
 def _nbytes(buffers: tuple[Any, ...]) -> int:
@@ -100,7 +103,7 @@ def _nbytes(buffers: tuple[Any, ...]) -> int:
 
 def _describe(item: _Op) -> str:
     """What this rank thinks operation ``item`` is (for the diagnosis protocol)."""
-    return protocol.describe(item.name, item.buffers, item.reduce_op, item.root)
+    return protocol.describe(item.name, item.buffers, item.reduce_op, item.root, item.shapes)
 
 
 def _reduce_op(op: Any, buf: Buffer, name: str) -> ReduceOp:
@@ -139,18 +142,61 @@ def _intake_pair(
     that slot of the big one)."""
     o = as_buffer(output, f"{name} output", writable=True, read=False)
     i = as_buffer(input, f"{name} input", writable=False)
-    _same_dtype(o, i, name)
     large, small, other = (o, i, "input") if big == "output" else (i, o, "output")
     if large.count != size * small.count:
         raise ValueError(
             f"{name}: {big} holds {large.count} elements, expected size * {other} = "
             f"{size} * {small.count}"
         )
-    in_place = allow_in_place is not None and small.count > 0
-    if in_place and large.addr + allow_in_place * small.nbytes == small.addr:
-        return o, i
-    _no_overlap(o, i, name)
+    at = None if allow_in_place is None else allow_in_place * small.count
+    _check_pair(name, o, i, big, at)
     return o, i
+
+
+def _intake_counts(
+    name: str, output: Any, input: Any, counts: list[int], rank: int, big: str
+) -> tuple[AnyBuffer, AnyBuffer]:
+    """Take ``output`` and ``input`` of a v-collective: the ``big`` one holds ``sum(counts)``
+    elements, the other ``counts[rank]``, and may be that piece of the big one (in place)."""
+    o = as_buffer(output, f"{name} output", writable=True, read=False)
+    i = as_buffer(input, f"{name} input", writable=False)
+    large, small, other = (o, i, "input") if big == "output" else (i, o, "output")
+    if large.count != sum(counts) or small.count != counts[rank]:
+        raise ValueError(
+            f"{name}: rank {rank}'s {big} holds {large.count} elements and its {other} "
+            f"{small.count}; counts {counts} need sum(counts) = {sum(counts)} and "
+            f"counts[{rank}] = {counts[rank]}"
+        )
+    _check_pair(name, o, i, big, sum(counts[:rank]))
+    return o, i
+
+
+def _check_pair(name: str, o: AnyBuffer, i: AnyBuffer, big: str, in_place_at: int | None) -> None:
+    """Same dtype and place; no overlap, except the small buffer being exactly the big one's
+    elements from ``in_place_at`` on (None: never in place)."""
+    _same_dtype(o, i, name)
+    large, small = (o, i) if big == "output" else (i, o)
+    if (
+        in_place_at is not None
+        and small.count > 0
+        and large.addr + in_place_at * (small.nbytes // small.count) == small.addr
+    ):
+        return
+    _no_overlap(o, i, name)
+
+
+def _counts(counts: Any, size: int, name: str, what: str = "counts") -> list[int]:
+    """``counts`` as ``size`` non-negative ints (any sequence of integers: a list, a numpy
+    or torch integer array)."""
+    try:
+        values = [operator.index(c) for c in counts]
+    except TypeError:
+        raise TypeError(f"{name}: {what} must be a sequence of integers, got {counts!r}") from None
+    if len(values) != size or any(c < 0 for c in values):
+        raise ValueError(
+            f"{name}: {what} must hold {size} non-negative counts, one per rank, got {values}"
+        )
+    return values
 
 
 def _on_host(buffers: tuple[AnyBuffer, ...], reduces: bool) -> bool:
@@ -439,9 +485,12 @@ class Communicator:
         p2p: bool = False,
         nccl: NcclBody | None = None,
         root: int = -1,
+        shapes: str | None = None,
     ) -> Work | None:
         """Number and queue (or run inline) one operation on ``buffers``; ``nccl``: what it
-        does on NCCL when its buffers are on a GPU (None: staged through host memory)."""
+        does on NCCL when its buffers are on a GPU (None: staged through host memory);
+        ``shapes``: how RINGCOMM_DEBUG's agreement check describes buffers whose sizes
+        differ by rank."""
         if timeout is not None and timeout <= 0:
             raise ValueError(f"{name}: timeout must be positive, got {timeout}")
         if not async_op and threading.current_thread() is self._thread:
@@ -471,7 +520,9 @@ class Communicator:
             if not inline:
                 future = concurrent.futures.Future()
                 future.set_running_or_notify_cancel()
-            item = _Op(name, seq, kind, body, timeout, reduce_op, bfloat16, future, buffers, root)
+            item = _Op(
+                name, seq, kind, body, timeout, reduce_op, bfloat16, future, buffers, root, shapes
+            )
             self._outstanding += 1
             if not inline:
                 self._queue.put(item)
@@ -706,6 +757,7 @@ class Communicator:
             async_op=async_op,
             timeout=timeout,
             nccl=lambda nc: nc.gather(o, i, root),
+            shapes=f"{i.count} x {i.dtype_name} per rank",
             root=root,
         )
 
@@ -736,6 +788,7 @@ class Communicator:
             async_op=async_op,
             timeout=timeout,
             nccl=lambda nc: nc.scatter(o, i, root),
+            shapes=f"{o.count} x {o.dtype_name} per rank",
             root=root,
         )
 
@@ -762,6 +815,182 @@ class Communicator:
             async_op=async_op,
             timeout=timeout,
             nccl=lambda nc: nc.all_to_all(o, i),
+        )
+
+    # -- variable-size collectives ----------------------------------------------------------
+    def all_gatherv(
+        self,
+        output: Any,
+        input: Any,
+        counts: Any,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Gather inputs of different sizes: rank r's ``input`` (``counts[r]`` elements)
+        lands in ``output`` after ranks 0..r-1's, on every rank.
+
+        Every rank passes the same ``counts`` (one per rank, zeros allowed), so no size
+        exchange is needed; ``output`` holds ``sum(counts)``. ``input`` may be rank r's
+        piece of ``output`` itself (in place).
+        """
+        cs = _counts(counts, self.size, "all_gatherv")
+        o, i = _intake_counts("all_gatherv", output, input, cs, self.rank, "output")
+        chunks = schedule.count_bounds(cs)
+        return self._submit(
+            "all_gatherv",
+            lambda ctx: ring.allgather(ctx, o.array, i.array, chunks),
+            (o, i),
+            async_op=async_op,
+            timeout=timeout,
+            shapes=f"counts {cs} x {o.dtype_name}",
+        )
+
+    def reduce_scatter_v(
+        self,
+        output: Any,
+        input: Any,
+        counts: Any,
+        op: ReduceOp = ReduceOp.SUM,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Reduce ``input`` (``sum(counts)`` elements) across ranks; rank r's ``output``
+        gets the ``counts[r]`` elements after ranks 0..r-1's pieces. Every rank passes the
+        same ``counts`` (zeros allowed); ``output`` may be rank r's piece of ``input``
+        (in place)."""
+        cs = _counts(counts, self.size, "reduce_scatter_v")
+        o, i = _intake_counts("reduce_scatter_v", output, input, cs, self.rank, "input")
+        rop = _reduce_op(op, o, "reduce_scatter_v")
+        chunks = schedule.count_bounds(cs)
+        return self._submit(
+            "reduce_scatter_v",
+            lambda ctx: ring.reduce_scatter(ctx, o.array, i.array, chunks),
+            (o, i),
+            async_op=async_op,
+            timeout=timeout,
+            shapes=f"counts {cs} x {o.dtype_name}",
+            reduce_op=rop,
+            bfloat16=o.bfloat16,
+        )
+
+    def all_to_allv(
+        self,
+        output: Any,
+        input: Any,
+        send_counts: Any,
+        recv_counts: Any,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """All-to-all with pieces of different sizes: ``send_counts[d]`` elements of
+        ``input`` (in rank order) go to rank d, and ``output`` receives ``recv_counts[s]``
+        elements from rank s (in rank order). Rank s's ``send_counts[d]`` must equal rank
+        d's ``recv_counts[s]``; zeros are allowed."""
+        name = "all_to_allv"
+        sc = _counts(send_counts, self.size, name, "send_counts")
+        rc = _counts(recv_counts, self.size, name, "recv_counts")
+        o = as_buffer(output, f"{name} output", writable=True, read=False)
+        i = as_buffer(input, f"{name} input", writable=False)
+        if i.count != sum(sc) or o.count != sum(rc):
+            raise ValueError(
+                f"{name}: input holds {i.count} elements and output {o.count}; they must "
+                f"hold sum(send_counts) = {sum(sc)} and sum(recv_counts) = {sum(rc)}"
+            )
+        if sc[self.rank] != rc[self.rank]:
+            raise ValueError(
+                f"{name}: rank {self.rank} sends itself {sc[self.rank]} elements but "
+                f"receives {rc[self.rank]} from itself"
+            )
+        _check_pair(name, o, i, "output", None)
+        sb, rb = schedule.count_bounds(sc), schedule.count_bounds(rc)
+        return self._submit(
+            name,
+            lambda ctx: linear.all_to_all(ctx, o.array, i.array, sb, rb),
+            (o, i),
+            async_op=async_op,
+            timeout=timeout,
+            shapes=f"{o.dtype_name} pieces",
+        )
+
+    def gatherv(
+        self,
+        output: Any,
+        input: Any,
+        counts: Any,
+        root: int = 0,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Gather inputs of different sizes on ``root``: rank r's ``input`` (``counts[r]``
+        elements) lands in ``output`` after ranks 0..r-1's. ``output`` (``sum(counts)``
+        elements) is needed on ``root`` only."""
+        self._check_rank(root, "gatherv root")
+        cs = _counts(counts, self.size, "gatherv")
+        if self.rank == root:
+            if output is None:
+                raise ValueError("gatherv: the root needs an output buffer")
+            o, i = _intake_counts("gatherv", output, input, cs, self.rank, "output")
+        else:
+            o, i = None, as_buffer(input, "gatherv input", writable=False)
+            if i.count != cs[self.rank]:
+                raise ValueError(
+                    f"gatherv: rank {self.rank}'s input holds {i.count} elements, "
+                    f"counts[{self.rank}] = {cs[self.rank]}"
+                )
+        bounds = schedule.count_bounds(cs)
+        return self._submit(
+            "gatherv",
+            lambda ctx: linear.gather(
+                ctx, o.array if o is not None else None, i.array, root, bounds
+            ),
+            (o, i),
+            async_op=async_op,
+            timeout=timeout,
+            shapes=f"counts {cs} x {i.dtype_name if i is not None else o.dtype_name}",
+            root=root,
+        )
+
+    def scatterv(
+        self,
+        output: Any,
+        input: Any,
+        counts: Any,
+        root: int = 0,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """Scatter pieces of different sizes from ``root``: rank r's ``output`` gets the
+        ``counts[r]`` elements of ``input`` after ranks 0..r-1's pieces. ``input``
+        (``sum(counts)`` elements) is needed on ``root`` only."""
+        self._check_rank(root, "scatterv root")
+        cs = _counts(counts, self.size, "scatterv")
+        if self.rank == root:
+            if input is None:
+                raise ValueError("scatterv: the root needs an input buffer")
+            o, i = _intake_counts("scatterv", output, input, cs, self.rank, "input")
+        else:
+            o, i = as_buffer(output, "scatterv output", writable=True, read=False), None
+            if o.count != cs[self.rank]:
+                raise ValueError(
+                    f"scatterv: rank {self.rank}'s output holds {o.count} elements, "
+                    f"counts[{self.rank}] = {cs[self.rank]}"
+                )
+        bounds = schedule.count_bounds(cs)
+        return self._submit(
+            "scatterv",
+            lambda ctx: linear.scatter(
+                ctx, o.array, i.array if i is not None else None, root, bounds
+            ),
+            (o, i),
+            async_op=async_op,
+            timeout=timeout,
+            shapes=f"counts {cs} x {i.dtype_name if i is not None else o.dtype_name}",
+            root=root,
         )
 
     # -- object collectives -----------------------------------------------------------------

@@ -39,6 +39,11 @@ def test_other_collectives(size: int) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_vector_collectives(size: int) -> None:
+    run_threads(size, collectives.vector_collectives, config=SMALL_SEGMENTS, timeout=240)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
 def test_object_collectives(size: int) -> None:
     run_threads(size, collectives.object_collectives, config=ringcomm.Config(segment_bytes=4096))
 

@@ -127,6 +127,10 @@ def test_debug_names_ranks_that_disagree_on_count_dtype_op_or_root() -> None:
         (lambda c: c.all_reduce(np.ones(8, np.float64 if c.rank else np.float32)), "float64"),
         (lambda c: c.all_reduce(np.ones(8), ringcomm.MAX if c.rank else ringcomm.SUM), "MAX"),
         (lambda c: c.broadcast(np.ones(8), root=c.rank), "root 1"),
+        (
+            lambda c: c.all_gatherv(np.ones(3 + c.rank), np.ones(1 + 2 * c.rank), [1, 2 + c.rank]),
+            "counts [1, 3]",
+        ),
     ]
     for call, detail in cases:
 
@@ -165,6 +169,17 @@ def test_debug_lets_agreeing_ranks_through() -> None:
         comm.all_reduce(x)
         assert (x == comm.size * (comm.size + 1) / 2).all()
         comm.broadcast(x, root=1)
+        # buffers whose sizes differ by rank, as these operations have them
+        n, r = comm.size, comm.rank
+        counts = [q + 1 for q in range(n)]
+        whole = np.zeros(sum(counts))
+        comm.gather(np.zeros(n * 100) if r == 0 else None, x, root=0)
+        comm.scatter(x, np.zeros(n * 100) if r == 1 else None, root=1)
+        comm.all_gatherv(whole, np.ones(r + 1), counts)
+        comm.reduce_scatter_v(np.zeros(r + 1), whole, counts)
+        comm.gatherv(whole if r == 2 else None, np.ones(r + 1), counts, root=2)
+        comm.scatterv(np.zeros(r + 1), whole if r == 0 else None, counts, root=0)
+        comm.all_to_allv(np.zeros(n * (r + 1)), np.zeros(sum(counts)), counts, [r + 1] * n)
         comm.barrier()
 
     run_threads(3, body, config=DEBUG)

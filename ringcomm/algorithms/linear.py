@@ -22,44 +22,85 @@ def recv_all(ctx: OpContext, src: int, step: int, out: np.ndarray, first: int = 
         ctx.recv_into(src, step, k, out[a:b])
 
 
-def gather(ctx: OpContext, output: np.ndarray | None, input: np.ndarray, root: int) -> None:
-    """Slot r of ``output`` on ``root`` gets rank r's ``input``."""
-    count = input.size
+Bounds = list[tuple[int, int]]
+
+
+def _even(count: int, size: int) -> Bounds:
+    return [(r * count, (r + 1) * count) for r in range(size)]
+
+
+def gather(
+    ctx: OpContext,
+    output: np.ndarray | None,
+    input: np.ndarray,
+    root: int,
+    bounds: Bounds | None = None,
+) -> None:
+    """Rank r's ``input`` lands in ``output[a:b]`` on ``root``, ``(a, b) = bounds[r]``
+    (default: slot r of ``size`` equal slots)."""
     if ctx.rank != root:
         send_all(ctx, root, 0, input)
     else:
         assert output is not None
-        np.copyto(output[root * count : (root + 1) * count], input)
+        bounds = bounds or _even(input.size, ctx.size)
         for src in range(ctx.size):
-            if src != root:
-                recv_all(ctx, src, 0, output[src * count : (src + 1) * count])
+            a, b = bounds[src]
+            if src == root:
+                np.copyto(output[a:b], input)
+            else:
+                recv_all(ctx, src, 0, output[a:b])
     ctx.flush()
 
 
-def scatter(ctx: OpContext, output: np.ndarray, input: np.ndarray | None, root: int) -> None:
-    """Rank r's ``output`` gets slot r of ``input`` on ``root``."""
-    count = output.size
+def scatter(
+    ctx: OpContext,
+    output: np.ndarray,
+    input: np.ndarray | None,
+    root: int,
+    bounds: Bounds | None = None,
+) -> None:
+    """Rank r's ``output`` gets ``input[a:b]`` of ``root``, ``(a, b) = bounds[r]``
+    (default: slot r of ``size`` equal slots)."""
     if ctx.rank != root:
         recv_all(ctx, root, 0, output)
         return
     assert input is not None
+    bounds = bounds or _even(output.size, ctx.size)
     for dst in range(ctx.size):
+        a, b = bounds[dst]
         if dst != root:
-            send_all(ctx, dst, 0, input[dst * count : (dst + 1) * count])
-    np.copyto(output, input[root * count : (root + 1) * count])
+            send_all(ctx, dst, 0, input[a:b])
+    a, b = bounds[root]
+    np.copyto(output, input[a:b])
     ctx.flush()
 
 
-def all_to_all(ctx: OpContext, output: np.ndarray, input: np.ndarray) -> None:
-    """Slot s of rank d's ``output`` gets slot d of rank s's ``input``; pairwise exchange:
-    at step k rank r sends to r+k and receives from r-k."""
+def all_to_all(
+    ctx: OpContext,
+    output: np.ndarray,
+    input: np.ndarray,
+    send_bounds: Bounds | None = None,
+    recv_bounds: Bounds | None = None,
+) -> None:
+    """Rank s's ``input[send_bounds[d]]`` lands in rank d's ``output[recv_bounds[s]]``
+    (default: slot d to slot s of ``size`` equal slots); pairwise exchange: at step k rank
+    r sends to r+k and receives from r-k. An empty piece still goes as an empty message, so
+    counts that disagree between ranks fail as a size mismatch, not a hang."""
     n, r = ctx.size, ctx.rank
-    count = input.size // n
-    np.copyto(output[r * count : (r + 1) * count], input[r * count : (r + 1) * count])
+    send_bounds = send_bounds or _even(input.size // n, n)
+    recv_bounds = recv_bounds or _even(output.size // n, n)
+    (a, b), (c, d) = send_bounds[r], recv_bounds[r]
+    if b - a != d - c:
+        raise ValueError(
+            f"all_to_allv: rank {r} sends itself {b - a} elements but receives {d - c} from itself"
+        )
+    np.copyto(output[c:d], input[a:b])
     for k in range(1, n):
         dst, src = (r + k) % n, (r - k) % n
-        send_all(ctx, dst, k, input[dst * count : (dst + 1) * count])
-        recv_all(ctx, src, k, output[src * count : (src + 1) * count])
+        a, b = send_bounds[dst]
+        send_all(ctx, dst, k, input[a:b])
+        a, b = recv_bounds[src]
+        recv_all(ctx, src, k, output[a:b])
     ctx.flush()
 
 

@@ -77,37 +77,55 @@ def allreduce(ctx: OpContext, buf: np.ndarray) -> None:
     )
 
 
-def reduce_scatter(ctx: OpContext, output: np.ndarray, input: np.ndarray) -> None:
+def reduce_scatter(
+    ctx: OpContext,
+    output: np.ndarray,
+    input: np.ndarray,
+    chunks: list[tuple[int, int]] | None = None,
+) -> None:
     """Ring reduce-scatter: ``output`` gets chunk ``rank`` of the reduction of ``input``.
 
+    ``chunks``: rank c's chunk of ``input`` is ``input[a:b]`` for ``(a, b) = chunks[c]``
+    (default: ``size`` equal chunks); chunks may differ in size, or be empty.
     ``input`` is read only; a partial sum is formed in a one-segment scratch and copied on
     the wire, so the scratch can be reused at once.
     """
-    n, count = ctx.size, output.size
+    n = ctx.size
+    if chunks is None:
+        chunks = [(c * output.size, (c + 1) * output.size) for c in range(n)]
     if n == 1:
         np.copyto(output, input)
         ctx.finish_average(output)
         return
     left = (ctx.rank - 1) % n
-    scratch = np.empty(min(count, max(1, ctx.segment_bytes // input.itemsize)), input.dtype)
+    biggest = max(b - a for a, b in chunks)
+    scratch = np.empty(min(biggest, max(1, ctx.segment_bytes // input.itemsize)), input.dtype)
 
     def land(s: int, step: RingStep, k: int, a: int, b: int) -> tuple[np.ndarray, bool]:
         last = s == n - 2  # the last step lands in the output
-        acc = output[a - step.recv * count : b - step.recv * count] if last else scratch[: b - a]
+        base = chunks[step.recv][0]
+        acc = output[a - base : b - base] if last else scratch[: b - a]
         np.copyto(acc, input[a:b])
         ctx.recv_reduce(left, s, k, acc)
         if last:
             ctx.finish_average(acc)
         return acc, True
 
-    chunks = [(c * count, (c + 1) * count) for c in range(n)]
     _run_ring(ctx, ring_reduce_scatter_steps(ctx.rank, n), chunks, input, land, input.itemsize)
 
 
-def allgather(ctx: OpContext, output: np.ndarray, input: np.ndarray) -> None:
-    """Ring allgather: slot r of ``output`` gets rank r's ``input``."""
-    n, count, r = ctx.size, input.size, ctx.rank
-    mine = output[r * count : (r + 1) * count]
+def allgather(
+    ctx: OpContext,
+    output: np.ndarray,
+    input: np.ndarray,
+    chunks: list[tuple[int, int]] | None = None,
+) -> None:
+    """Ring allgather: rank r's ``input`` lands in ``output[a:b]``, ``(a, b) = chunks[r]``
+    (default: slot r of ``size`` equal slots); chunks may differ in size, or be empty."""
+    n, r = ctx.size, ctx.rank
+    if chunks is None:
+        chunks = [(c * input.size, (c + 1) * input.size) for c in range(n)]
+    mine = output[chunks[r][0] : chunks[r][1]]
     if not np.shares_memory(mine, input) or mine.ctypes.data != input.ctypes.data:
         np.copyto(mine, input)
     if n == 1:
@@ -119,7 +137,6 @@ def allgather(ctx: OpContext, output: np.ndarray, input: np.ndarray) -> None:
         ctx.recv_into(left, s, k, seg)
         return seg, False
 
-    chunks = [(c * count, (c + 1) * count) for c in range(n)]
     _run_ring(ctx, ring_allgather_steps(r, n), chunks, output, land, output.itemsize)
 
 

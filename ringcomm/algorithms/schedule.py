@@ -8,6 +8,7 @@ cut into **segments**, the unit on the wire; a **step** is one send/recv round.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 
@@ -20,6 +21,15 @@ def chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:
         stop = start + base + (1 if i < extra else 0)
         bounds.append((start, stop))
         start = stop
+    return bounds
+
+
+def count_bounds(counts: Sequence[int]) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` of each of consecutive pieces of ``counts`` elements."""
+    bounds, start = [], 0
+    for c in counts:
+        bounds.append((start, start + c))
+        start += c
     return bounds
 
 

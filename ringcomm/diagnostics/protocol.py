@@ -34,10 +34,14 @@ PRESENCE_GRACE_SECONDS = 2.0
 _REDUCING = ("all_reduce", "reduce", "reduce_scatter")
 
 
-def describe(name: str, buffers: Iterable[Any], reduce_op: int, root: int) -> str:
-    """One line saying which operation this rank runs: name, count x dtype per buffer,
-    reduce op, root (``root`` < 0: none)."""
-    shapes = ", ".join(f"{b.count} x {b.dtype_name}" for b in buffers if b is not None)
+def describe(
+    name: str, buffers: Iterable[Any], reduce_op: int, root: int, shapes: str | None = None
+) -> str:
+    """One line saying which operation this rank runs: name, count x dtype per buffer (or
+    ``shapes``, what every rank agrees on where buffer sizes differ by rank), reduce op,
+    root (``root`` < 0: none)."""
+    if shapes is None:
+        shapes = ", ".join(f"{b.count} x {b.dtype_name}" for b in buffers if b is not None)
     text = f"{name}({shapes}"
     if name in _REDUCING:
         text += f", {ReduceOp(reduce_op).name}"

@@ -315,3 +315,66 @@ def object_collectives(comm: ringcomm.Communicator) -> None:
         part = comm.scatter_object([thing(q) for q in range(n)] if r == root else None, root)
         assert same(part, thing(r)), (root, r)
     assert comm.all_gather_object(None) == [None] * n
+
+
+def vector_collectives(comm: ringcomm.Communicator) -> None:
+    """all_gatherv, reduce_scatter_v, all_to_allv, gatherv and scatterv with skewed, zero
+    and all-zero counts, in and out of place, every root, against each rank's own input."""
+    n, r = comm.size, comm.rank
+    patterns = [
+        [1000 * 10 if q == 0 else 1000 for q in range(n)],  # one rank 10x the others
+        [0 if q % 2 else 7 * (q + 1) for q in range(n)],  # zeros between
+        [0] * n,
+        [q + 1 for q in range(n)],
+    ]
+    for dtype in ("int32", "float64", "float16"):
+        for counts in patterns:
+            what = f"{dtype} counts={counts} n={n}"
+            off = [sum(counts[:q]) for q in range(n + 1)]
+            total = off[n]
+            pieces = [make_input(dtype, ringcomm.SUM, q, counts[q], seed=3) for q in range(n)]
+            whole = np.concatenate(pieces)
+            # all_gatherv, out of place and in place
+            out = np.zeros(total, dtype)
+            comm.all_gatherv(out, pieces[r], counts)
+            np.testing.assert_array_equal(out, whole, err_msg="all_gatherv " + what)
+            out = np.zeros(total, dtype)
+            out[off[r] : off[r + 1]] = pieces[r]
+            comm.all_gatherv(out, out[off[r] : off[r + 1]], counts)
+            np.testing.assert_array_equal(out, whole, err_msg="in-place all_gatherv " + what)
+            # reduce_scatter_v: everyone's input is sum(counts) long
+            inputs = [make_input(dtype, ringcomm.SUM, q, total, seed=4) for q in range(n)]
+            want = reference(ringcomm.SUM, inputs)[off[r] : off[r + 1]]
+            part = np.zeros(counts[r], dtype)
+            before = inputs[r].copy()
+            comm.reduce_scatter_v(part, inputs[r], counts)
+            assert_reduced(part, want, ringcomm.SUM, "reduce_scatter_v " + what)
+            np.testing.assert_array_equal(inputs[r], before, err_msg="reduce_scatter_v input")
+            buf = inputs[r].copy()
+            comm.reduce_scatter_v(buf[off[r] : off[r + 1]], buf, counts)
+            assert_reduced(buf[off[r] : off[r + 1]], want, ringcomm.SUM, "in place " + what)
+            for root in sorted({0, n - 1}):
+                g = np.zeros(total, dtype) if r == root else None
+                comm.gatherv(g, pieces[r], counts, root)
+                if r == root:
+                    np.testing.assert_array_equal(g, whole, err_msg=f"gatherv {root} {what}")
+                s = np.zeros(counts[r], dtype)
+                comm.scatterv(s, whole if r == root else None, counts, root)
+                np.testing.assert_array_equal(s, pieces[r], err_msg=f"scatterv {root} {what}")
+
+            # all_to_allv: rank s sends (s + 2d) % 3 * counts[d] elements to d
+            def amount(s: int, d: int, counts: list[int] = counts) -> int:
+                return (s + 2 * d) % 3 * counts[d]
+
+            send = [amount(r, d) for d in range(n)]
+            recv = [amount(s, r) for s in range(n)]
+            src = make_input(dtype, ringcomm.SUM, r, sum(send), seed=5)
+            out = np.zeros(sum(recv), dtype)
+            comm.all_to_allv(out, src, send, recv)
+            expect = []
+            for s in range(n):
+                theirs = make_input(dtype, ringcomm.SUM, s, sum(amount(s, d) for d in range(n)), 5)
+                start = sum(amount(s, d) for d in range(r))
+                expect.append(theirs[start : start + amount(s, r)])
+            np.testing.assert_array_equal(out, np.concatenate(expect), err_msg="a2av " + what)
+    comm.barrier()
