@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
+import functools
 import hashlib
 import json
 import operator
@@ -19,7 +21,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,6 +29,7 @@ import numpy as np
 from ringcomm import diagnostics, hosts, logs
 from ringcomm.algorithms import (
     choice,
+    fusion,
     hierarchical,
     linear,
     objects,
@@ -91,6 +94,42 @@ class _Op(NamedTuple):
     buffers: tuple[Any, ...]  # Buffer / DeviceBuffer / None, for the recorder and debug checks
     root: int  # -1 where the operation has none
     shapes: str | None  # what every rank agrees on, where buffer sizes differ by rank
+
+
+class _Part(NamedTuple):
+    """An operation issued inside a :meth:`Communicator.group`, waiting for its end."""
+
+    name: str
+    body: Callable[[OpContext], Any]
+    buffers: tuple[Any, ...]
+    timeout: float | None
+    reduce_op: int
+    bfloat16: bool
+    p2p: bool
+    root: int
+    shapes: str | None
+    fuse: Buffer | None
+
+
+class Group:
+    """What :meth:`Communicator.group` yields: once its block ends, ``work`` is the
+    group's :class:`Work` (with ``async_op=True``; None otherwise)."""
+
+    def __init__(self) -> None:
+        self.ops: list[_Part] = []
+        # Settled with the group; the Work of every async call inside the group follows it.
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.future.set_running_or_notify_cancel()
+        self.work: Work | None = None
+
+
+def _settle(target: concurrent.futures.Future[Any], source: concurrent.futures.Future[Any]) -> None:
+    """Settle ``target`` as ``source`` was settled."""
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 def _nbytes(buffers: tuple[Any, ...]) -> int:
@@ -236,6 +275,7 @@ class Communicator:
         self._exec_lock = threading.RLock()  # held by whichever thread runs an operation
         self._outstanding = 0  # operations queued or running
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._grouping = threading.local()  # .group: the group() this thread has open
         self._closed = False
         self._broken: BaseException | None = None
         self._gpu: DeviceEngine | None = None  # made at the first operation on GPU buffers
@@ -310,7 +350,13 @@ class Communicator:
         return self._cross
 
     def _member_split(self, color: int, key: int) -> Communicator:
-        sub = self.split(color, key=key)
+        # Made at the first call that needs it, which may be inside a group(): the split
+        # runs at once all the same (every rank issues it at the same point).
+        group, self._grouping.group = getattr(self._grouping, "group", None), None
+        try:
+            sub = self.split(color, key=key)
+        finally:
+            self._grouping.group = group
         assert sub is not None  # every rank passes a color
         return sub
 
@@ -429,7 +475,11 @@ class Communicator:
         timeout one that names the ranks that never joined."""
         error = e
         waiting = self._transport.waiting_for  # before the presence exchange moves it
-        if isinstance(e, CommTimeoutError) and item.kind == KIND_COLLECTIVE:
+        if (
+            isinstance(e, CommTimeoutError)
+            and item.kind == KIND_COLLECTIVE
+            and item.name != "monitored_barrier"  # it names the absent ranks itself
+        ):
             error = protocol.name_absent_ranks(ctx, _describe(item), item.name, e)
         self._broken = error
         self._transport.retract()  # no send of it may read the caller's memory from now on
@@ -486,11 +536,17 @@ class Communicator:
         nccl: NcclBody | None = None,
         root: int = -1,
         shapes: str | None = None,
+        fuse: Buffer | None = None,
+        seqs: int = 1,
     ) -> Work | None:
         """Number and queue (or run inline) one operation on ``buffers``; ``nccl``: what it
         does on NCCL when its buffers are on a GPU (None: staged through host memory);
         ``shapes``: how RINGCOMM_DEBUG's agreement check describes buffers whose sizes
-        differ by rank."""
+        differ by rank; ``fuse``: an all_reduce buffer a group may pack with others;
+        ``seqs``: how many collective sequence numbers it takes (a group: one per part).
+
+        Inside a :meth:`group` opened by this thread, the operation is only recorded, and
+        runs as part of the group."""
         if timeout is not None and timeout <= 0:
             raise ValueError(f"{name}: timeout must be positive, got {timeout}")
         if not async_op and threading.current_thread() is self._thread:
@@ -502,14 +558,23 @@ class Communicator:
         for b in buffers:
             if type(b) is DeviceBuffer:
                 body = self._on_device(name, body, buffers, nccl)
+                fuse = None
                 break
+        grouping: Group | None = getattr(self._grouping, "group", None)
+        if grouping is not None:
+            grouping.ops.append(
+                _Part(name, body, buffers, timeout, reduce_op, bfloat16, p2p, root, shapes, fuse)
+            )
+            if async_op:
+                return Work(grouping.future, f"{name} (in a group)", buffers, self._thread)
+            return None
         with self._lock:  # numbering and queueing together keep issue order
             if self._closed:
                 how = "was aborted" if self._transport.aborted else "is closed"
                 raise CommClosedError(f"{name} on rank {self.rank}: the communicator {how}")
             if not p2p:
-                self._seq += 1
-                seq, kind = self._seq, KIND_COLLECTIVE
+                seq, kind = self._seq + 1, KIND_COLLECTIVE
+                self._seq += seqs
             else:
                 self._p2p_ops += 1
                 seq, kind = self._p2p_ops, KIND_P2P
@@ -590,36 +655,34 @@ class Communicator:
         """
         b = as_buffer(buf, "all_reduce buf", writable=True)
         rop = _reduce_op(op, b, "all_reduce")
-        name = choice.choose_allreduce(
-            b.nbytes,
-            self.size,
-            self._config,
-            algorithm,
-            self._topology,
-            _on_host((b,), reduces=True),
-        )
-        body: Callable[[OpContext], Any]
-        if name == "hierarchical":
-            h = self._hierarchy()
-            body = lambda ctx: hierarchical.allreduce(  # noqa: E731
-                h, b.array, rop, self.size, ctx.deadline
-            )
-        else:
-            run, order = _ALLREDUCE[name], self._flat
-            if order is None:
-                body = lambda ctx: run(ctx, b.array)  # noqa: E731
-            else:  # ranks placed across hosts out of rank order: the ring goes host by host
-                body = lambda ctx: run(OrderedContext.of(ctx, order), b.array)  # noqa: E731
+        run = self._allreduce_algorithm(b.nbytes, rop, _on_host((b,), reduces=True), algorithm)
         return self._submit(
             "all_reduce",
-            body,
+            lambda ctx: run(ctx, b.array),
             (b,),
             async_op=async_op,
             timeout=timeout,
             reduce_op=rop,
             bfloat16=b.bfloat16,
             nccl=lambda nc: nc.all_reduce(b, rop),
+            fuse=b if algorithm is None else None,
         )
+
+    def _allreduce_algorithm(
+        self, nbytes: int, rop: ReduceOp, host: bool, algorithm: str | None
+    ) -> Callable[[OpContext, np.ndarray], None]:
+        """The all_reduce to run on ``nbytes`` (``host``: see :func:`_on_host`)."""
+        name = choice.choose_allreduce(
+            nbytes, self.size, self._config, algorithm, self._topology, host
+        )
+        if name == "hierarchical":
+            h, size = self._hierarchy(), self.size
+            return lambda ctx, a: hierarchical.allreduce(h, a, rop, size, ctx.deadline)
+        run, order = _ALLREDUCE[name], self._flat
+        if order is None:
+            return run
+        # ranks placed across hosts out of rank order: the ring goes host by host
+        return lambda ctx, a: run(OrderedContext.of(ctx, order), a)
 
     def all_gather(
         self, output: Any, input: Any, *, async_op: bool = False, timeout: float | None = None
@@ -995,6 +1058,7 @@ class Communicator:
 
     # -- object collectives -----------------------------------------------------------------
     def _object_op(self, name: str, body: Callable[[OpContext], Any], timeout: float | None) -> Any:
+        self._not_grouped(name)
         result: list[Any] = []
         self._submit(
             name, lambda ctx: result.append(body(ctx)), (), async_op=False, timeout=timeout
@@ -1046,6 +1110,136 @@ class Communicator:
     def barrier(self, *, async_op: bool = False, timeout: float | None = None) -> Work | None:
         """Return once every rank has entered the barrier."""
         return self._submit("barrier", linear.barrier, (), async_op=async_op, timeout=timeout)
+
+    def monitored_barrier(
+        self, timeout: float | None = None, *, wait_all_ranks: bool = False
+    ) -> None:
+        """A barrier that says who is missing: past ``timeout`` seconds rank 0 raises
+        :class:`CommTimeoutError` naming the first rank that did not arrive (every one of
+        them with ``wait_all_ranks``), and the ranks waiting for rank 0's release raise
+        naming rank 0. It goes through rank 0 (O(n) messages there), so it is for
+        debugging hangs, not for every step; the communicator is unusable after it failed.
+        """
+        self._submit(
+            "monitored_barrier",
+            lambda ctx: linear.monitored_barrier(ctx, wait_all_ranks),
+            (),
+            async_op=False,
+            timeout=timeout,
+        )
+
+    # -- grouped operations -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def group(self, *, async_op: bool = False, timeout: float | None = None) -> Iterator[Group]:
+        """Run the collectives and sends/receives issued in this block (by this thread) as
+        one operation, when the block ends::
+
+            with comm.group():
+                for g in grads:
+                    comm.all_reduce(g)       # small ones are fused: one reduction
+                comm.send(x, right)
+                comm.recv(y, left)           # completes whatever order peers use
+
+        Inside the block, calls only check their arguments and return at once (a
+        :class:`Work` that completes with the group where ``async_op=True``); the block's
+        end runs them and waits (``async_op=True`` here: it returns and the yielded
+        :class:`Group`'s ``work`` follows the group). All sends go first, then the
+        collectives in issue order, then the receives, so a group's sends and receives
+        never deadlock on each other. all_reduce buffers below ``RINGCOMM_FUSION_BYTES``
+        are packed per dtype and op and reduced together (:mod:`ringcomm.algorithms.fusion`);
+        every rank must issue the same collectives in its group, as without one.
+        ``timeout`` covers the whole group (default: the largest given inside, else
+        ``RINGCOMM_TIMEOUT_SECONDS``). Groups do not nest; object collectives and
+        :meth:`split` cannot be grouped.
+        """
+        if getattr(self._grouping, "group", None) is not None:
+            raise RingcommError(f"group() on rank {self.rank}: groups do not nest")
+        group = Group()
+        self._grouping.group = group
+        try:
+            yield group
+        except BaseException:
+            group.future.set_exception(
+                RingcommError("the group() block raised before its operations ran; none ran")
+            )
+            raise
+        finally:
+            self._grouping.group = None
+        group.work = self._submit_group(group, async_op, timeout)
+
+    def _not_grouped(self, name: str) -> None:
+        if getattr(self._grouping, "group", None) is not None:
+            raise RingcommError(f"{name} on rank {self.rank} cannot run inside a group()")
+
+    def _submit_group(self, group: Group, async_op: bool, timeout: float | None) -> Work | None:
+        """Submit the operations issued inside ``group`` as one."""
+        ops = group.ops
+        sends = [o for o in ops if o.p2p and o.name == "send"]
+        recvs = [o for o in ops if o.p2p and o.name != "send"]
+        collectives = [o for o in ops if not o.p2p]
+        keys = [
+            None if o.fuse is None else ((o.fuse.dtype_name, o.reduce_op), o.fuse.nbytes)
+            for o in collectives
+        ]
+        units = [
+            [collectives[i] for i in unit] for unit in fusion.plan(keys, self._config.fusion_bytes)
+        ]
+        parts = [u[0] if len(u) == 1 else self._fused_allreduce(u) for u in units]
+        limits = [o.timeout for o in ops if o.timeout is not None]
+        if timeout is None and limits:
+            timeout = max(limits)
+
+        def body(ctx: OpContext) -> None:
+            p2p = ctx.part(0, KIND_P2P, ReduceOp.SUM, False)
+            for o in sends:
+                o.body(p2p)
+            for j, o in enumerate(parts, start=1):
+                o.body(ctx.part(ctx.seq + j, KIND_COLLECTIVE, int(o.reduce_op), o.bfloat16))
+            for o in recvs:
+                o.body(p2p)
+
+        shapes = f"{len(parts)} collectives"
+        if self._config.debug:  # what the agreement check compares (costly for big groups)
+            shapes = "; ".join(
+                protocol.describe(o.name, o.buffers, o.reduce_op, o.root, o.shapes) for o in parts
+            )
+        try:
+            work = self._submit(
+                "group",
+                body,
+                tuple(b for o in ops for b in o.buffers),
+                async_op=async_op,
+                timeout=timeout,
+                p2p=not parts,
+                shapes=shapes,
+                seqs=1 + len(parts),
+            )
+        except BaseException as e:
+            group.future.set_exception(e)
+            raise
+        if work is None:
+            group.future.set_result(None)
+        else:
+            work.get_future().add_done_callback(functools.partial(_settle, group.future))
+        return work
+
+    def _fused_allreduce(self, unit: list[_Part]) -> _Part:
+        """One part that all-reduces the buffers of ``unit`` (fusible all_reduce parts of one
+        dtype and op) packed into one fusion buffer."""
+        buffers = tuple(o.fuse for o in unit if o.fuse is not None)
+        nbytes = sum(b.nbytes for b in buffers)
+        first = unit[0]
+        run = self._allreduce_algorithm(
+            nbytes, ReduceOp(first.reduce_op), _on_host(buffers, reduces=True), None
+        )
+        arrays = [b.array for b in buffers]
+        return first._replace(
+            name="all_reduce",
+            body=lambda ctx: fusion.allreduce(ctx, arrays, run),
+            buffers=buffers,
+            shapes=f"{len(arrays)} fused, {nbytes // max(1, arrays[0].itemsize)} x "
+            f"{first.buffers[0].dtype_name}",
+        )
 
     # -- point to point ---------------------------------------------------------------------
     def send(
@@ -1107,6 +1301,7 @@ class Communicator:
 
             row = comm.split(color=comm.rank // 2)
         """
+        self._not_grouped("split")
         if color is not None and (not isinstance(color, int) or color < 0):
             raise ValueError(f"split: color must be a non-negative int or None, got {color!r}")
         if not isinstance(key, int):

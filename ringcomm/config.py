@@ -184,6 +184,16 @@ class Config:
         unit="bytes",
         minimum=0,
     )
+    fusion_bytes: int = setting(
+        4 << 20,
+        "RINGCOMM_FUSION_BYTES",
+        int,
+        "in a `group()`, all_reduce buffers smaller than this are packed, per dtype and "
+        "op, into fusion buffers of at most this size and reduced as one (Horovod's "
+        "fusion threshold); larger ones are reduced in place, with no copy; 0: no fusion",
+        unit="bytes",
+        minimum=0,
+    )
     allreduce_algorithm: str | None = setting(
         None,
         "RINGCOMM_ALLREDUCE_ALGORITHM",

@@ -77,6 +77,12 @@ def test_vector_collectives(size: int, transport: str) -> None:
 
 
 @TRANSPORTS
+@pytest.mark.parametrize("size", [2, 3])
+def test_grouped_operations(size: int, transport: str) -> None:
+    get_pool(size, transport).run(collectives.grouped_operations, timeout=120)
+
+
+@TRANSPORTS
 def test_object_collectives(transport: str) -> None:
     get_pool(3, transport).run(collectives.object_collectives, timeout=120)
 

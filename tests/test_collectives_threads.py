@@ -44,6 +44,12 @@ def test_vector_collectives(size: int) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_grouped_operations(size: int) -> None:
+    config = ringcomm.Config(segment_bytes=256, fusion_bytes=4096, timeout_seconds=30)
+    run_threads(size, collectives.grouped_operations, config=config, timeout=120)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
 def test_object_collectives(size: int) -> None:
     run_threads(size, collectives.object_collectives, config=ringcomm.Config(segment_bytes=4096))
 

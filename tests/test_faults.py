@@ -334,3 +334,22 @@ def test_trace_names_disagreement_and_a_rank_that_never_started() -> None:
     said = "\n".join(lines)
     assert "=> ranks disagree on operation #7: ranks [0]: all_reduce; ranks [1]: broadcast" in said
     assert "=> rank 2 is behind on all_reduce #7: it never started #7, its last is #6" in said
+
+
+def test_monitored_barrier_names_the_ranks_that_did_not_arrive() -> None:
+    def body(comm: ringcomm.Communicator) -> str:
+        comm.monitored_barrier(20)
+        comm.monitored_barrier(20, wait_all_ranks=True)
+        if comm.rank in (1, 2):
+            return "not in it"
+        try:
+            comm.monitored_barrier(1, wait_all_ranks=comm.rank == 0)
+        except ringcomm.CommTimeoutError as e:
+            return str(e)
+        return "passed"
+
+    got = run_threads(4, body, config=ringcomm.Config(timeout_seconds=20))
+    assert got[0] == "Ranks 1, 2 failed to pass monitoredBarrier in time", got
+    assert got[3].startswith("Rank 3 successfully reached monitoredBarrier, but received errors"), (
+        got
+    )

@@ -69,6 +69,10 @@ def test_backend_refuses_splits_it_cannot_serve_and_keeps_a_call_timeout() -> No
     run_ranks(2, "refusals")
 
 
+def test_monitored_barrier_names_the_missing_rank() -> None:
+    run_ranks(2, "monitored")
+
+
 def test_torchrun_with_the_ringcomm_backend() -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     cmd += ["--master-port", str(free_port()), SCRIPT, "backend"]

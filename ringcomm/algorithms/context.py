@@ -86,6 +86,15 @@ class OpContext:
         """``out = out (op) other`` with this operation's reduction."""
         native.reduce_into(out, other, self.op, self.bfloat16)
 
+    def part(self, seq: int, kind: int, op: int, bfloat16: bool) -> OpContext:
+        """The context of one part of a grouped operation: this one's transport, deadline
+        and timeline, with the part's own tag sequence, kind and reduction."""
+        part = dataclasses.replace(self, seq=seq, kind=kind, op=op, bfloat16=bfloat16)
+        timeline = getattr(self, "timeline", None)
+        if timeline is not None:  # a traced context's (set after it was made)
+            part.timeline = timeline  # type: ignore[attr-defined]
+        return part
+
     def finish_average(self, data: np.ndarray) -> None:
         """Divide by the world size if the op is AVG (its last step)."""
         if self.op == native.AVG:

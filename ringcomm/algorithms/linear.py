@@ -3,11 +3,14 @@ and the dissemination barrier."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ringcomm.algorithms.context import OpContext
 from ringcomm.algorithms.schedule import dissemination_partners
-from ringcomm.errors import TransportError
+from ringcomm.errors import CommTimeoutError, TransportError
+from ringcomm.transport.base import Tag
 
 
 def send_all(
@@ -110,6 +113,49 @@ def barrier(ctx: OpContext) -> None:
     for step, (to, frm) in enumerate(dissemination_partners(ctx.rank, ctx.size)):
         ctx.send(to, step, 0, empty)
         ctx.recv(frm, step, 0, empty)
+
+
+# After the deadline passed waiting for one rank, the others' arrivals are still looked for
+# this long (they may be in flight, not yet filed).
+_LATE_LOOK_SECONDS = 0.01
+
+
+def monitored_barrier(ctx: OpContext, wait_all_ranks: bool) -> None:
+    """A barrier through rank 0 that names who did not arrive: every rank reports to rank
+    0, which releases them all once everyone has. Past the deadline rank 0 raises naming
+    the first missing rank (or all of them, with ``wait_all_ranks``); a rank whose release
+    does not come raises naming rank 0."""
+    empty = np.empty(0, np.uint8)
+    if ctx.rank != 0:
+        ctx.send(0, 0, 0, empty)
+        try:
+            ctx.recv(0, 1, 0, empty)
+        except CommTimeoutError:
+            raise CommTimeoutError(
+                f"Rank {ctx.rank} successfully reached monitoredBarrier, but received errors "
+                "while waiting for send/recv from rank 0 (it timed out)"
+            ) from None
+        return
+    missing = []
+    for src in range(1, ctx.size):
+        try:
+            deadline = ctx.deadline if not missing else time.monotonic() + _LATE_LOOK_SECONDS
+            ctx.transport.recv(src, _barrier_tag(ctx, 0), 0, deadline)
+        except CommTimeoutError:
+            missing.append(src)
+            if not wait_all_ranks:
+                break
+    if len(missing) == 1:
+        raise CommTimeoutError(f"Rank {missing[0]} failed to pass monitoredBarrier in time")
+    if missing:
+        ranks = ", ".join(map(str, missing))
+        raise CommTimeoutError(f"Ranks {ranks} failed to pass monitoredBarrier in time")
+    for dst in range(1, ctx.size):
+        ctx.send(dst, 1, 0, empty)
+
+
+def _barrier_tag(ctx: OpContext, step: int) -> Tag:
+    return Tag(ctx.kind, ctx.seq, step, 0)
 
 
 def send(ctx: OpContext, dst: int, data: np.ndarray, tag: int) -> None:

@@ -11,21 +11,51 @@ import torch.distributed as dist
 import ringcomm
 
 
+def backend_error(error: BaseException) -> BaseException:
+    """ringcomm's ``error`` as torch.distributed callers expect a backend's failure: a
+    ``DistBackendError`` (a RuntimeError), "Timed out" first for a timeout, ringcomm's
+    error as its cause. Anything not ringcomm's passes unchanged."""
+    if not isinstance(error, ringcomm.RingcommError):
+        return error
+    text = f"ringcomm: {error}"
+    if isinstance(error, ringcomm.CommTimeoutError):
+        text = f"Timed out (ringcomm): {error}"
+    translated = dist.DistBackendError(text)
+    translated.__cause__ = error
+    return translated
+
+
 def torch_future(
-    work: ringcomm.Work, result: Callable[[], Any], devices: list[torch.device] | None = None
+    work: ringcomm.Work,
+    result: Callable[[], Any],
+    devices: list[torch.device] | None = None,
+    translate: bool = False,
 ) -> torch.futures.Future[Any]:
     """A torch future completed with ``result()`` (or the error) when ``work`` finishes.
 
     It completes on ringcomm's progress thread the moment the operation does, so DDP keeps
     overlapping the next buckets' backward with this one's communication. ``devices``: the
     CUDA devices of the result's tensors (torch then orders its users' streams after it).
+    ``translate``: fail with :func:`backend_error` of ringcomm's error.
     """
     fut: torch.futures.Future[Any] = torch.futures.Future(devices=devices or None)
+    settle_from(work, fut, result, translate)
+    return fut
+
+
+def settle_from(
+    work: ringcomm.Work,
+    fut: torch.futures.Future[Any],
+    result: Callable[[], Any],
+    translate: bool = False,
+) -> None:
+    """Complete ``fut`` with ``result()`` (or the error) when ``work`` finishes (see
+    :func:`torch_future`)."""
 
     def settle(done: Any) -> None:
         error = done.exception()
         if error is not None:
-            fut.set_exception(error)
+            fut.set_exception(backend_error(error) if translate else error)
             return
         try:
             fut.set_result(result())
@@ -33,7 +63,6 @@ def torch_future(
             fut.set_exception(e)
 
     work.get_future().add_done_callback(settle)
-    return fut
 
 
 def cuda_devices(*tensors: Any) -> list[torch.device]:
@@ -79,8 +108,38 @@ class _RingcommWork(dist.Work):
         return None
 
 
+class DeferredWork(_RingcommWork):
+    """The Work of an operation not yet started: ``start()`` runs before anything waits on
+    it or asks about it (the backend's deferred receives)."""
+
+    def __init__(self, future: torch.futures.Future[Any], start: Callable[[], None]) -> None:
+        super().__init__(future)
+        self._start = start
+
+    def wait(self, timeout: Any = None) -> bool:
+        self._start()
+        return super().wait(timeout)
+
+    def get_future(self) -> torch.futures.Future[Any]:
+        self._start()
+        return super().get_future()
+
+    def is_completed(self) -> bool:
+        self._start()
+        return super().is_completed()
+
+    def is_success(self) -> bool:
+        self._start()
+        return super().is_success()
+
+    def exception(self) -> BaseException | None:
+        self._start()
+        return super().exception()
+
+
 def c10d_work(
     work: ringcomm.Work, result: Callable[[], Any], devices: list[torch.device] | None = None
 ) -> dist.Work:
-    """A ``torch.distributed`` Work whose ``wait()``/``get_future()`` follow ``work``."""
-    return _RingcommWork(torch_future(work, result, devices))
+    """A ``torch.distributed`` Work whose ``wait()``/``get_future()`` follow ``work`` (and
+    fail as torch.distributed backends do: :func:`backend_error`)."""
+    return _RingcommWork(torch_future(work, result, devices, translate=True))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,7 +23,13 @@ from ringcomm.communicator import Communicator
 from ringcomm.errors import RendezvousError
 from ringcomm.rendezvous import form_world
 from ringcomm.rendezvous.store import Store
-from ringcomm.torch._futures import c10d_work, cuda_devices
+from ringcomm.torch._futures import (
+    DeferredWork,
+    backend_error,
+    c10d_work,
+    cuda_devices,
+    settle_from,
+)
 
 BACKEND_NAME = "ringcomm"
 
@@ -113,19 +121,21 @@ def _timeout(opts: Any) -> float | None:
     return limit.total_seconds()
 
 
-def _even_splits(name: str, tensor: torch.Tensor, splits: list[int], size: int) -> None:
-    """Refuse split sizes the backend cannot serve: anything but ``size`` equal splits that
-    cover ``tensor``'s rows (unequal splits are not supported yet)."""
+def _split_counts(
+    name: str, tensor: torch.Tensor, splits: list[int], size: int
+) -> list[int] | None:
+    """Element counts per rank of ``tensor`` cut by rows as ``splits`` (torch's split
+    sizes); None where ``splits`` is empty (equal splits)."""
     if not splits:
-        return
+        return None
     rows = tensor.shape[0] if tensor.dim() else 1
-    even = [rows // size] * size
-    if rows % size or list(splits) != even:
+    if len(splits) != size or sum(splits) != rows:
         raise ValueError(
-            f"all_to_all_single: the ringcomm backend needs {size} equal splits of the "
-            f"{name}'s {rows} rows ({even if rows % size == 0 else 'not divisible'}), got "
-            f"{list(splits)}"
+            f"all_to_all_single: {name} split sizes {list(splits)} must be {size} row counts "
+            f"summing to the {name}'s {rows} rows"
         )
+    per_row = tensor.numel() // rows if rows else 0
+    return [int(k) * per_row for k in splits]
 
 
 def _one(tensors: list[torch.Tensor], what: str) -> torch.Tensor:
@@ -142,6 +152,9 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
     def __init__(self, comm: Communicator) -> None:
         super().__init__(comm.rank, comm.size)
         self.comm = comm
+        # (tensor, src, tag, future) of receives not issued yet: see recv()
+        self._deferred_recvs: list[tuple[torch.Tensor, int, int, torch.futures.Future[Any]]] = []
+        self._recv_lock = threading.Lock()
 
     def getBackendName(self) -> str:
         return BACKEND_NAME
@@ -170,26 +183,25 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
         work = self.comm.all_gather(output, input, async_op=True, timeout=_timeout(opts))
         return c10d_work(work, lambda: [output], cuda_devices(output))
 
-    def allgather_into_tensor_coalesced(
-        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
-    ) -> dist.Work:
-        return self._allgather_base(_one(outputs, "all_gather"), _one(inputs, "all_gather"), opts)
-
     def allgather(
         self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None
     ) -> dist.Work:
         outputs, t = _one(output_lists, "allgather"), _one(inputs, "allgather")
         if len(outputs) != self.comm.size:
             raise ValueError(f"allgather: {len(outputs)} outputs for {self.comm.size} ranks")
-        flat = torch.empty((self.comm.size, *t.shape), dtype=t.dtype, device=t.device)
+        counts = [o.numel() for o in outputs]
+        flat = torch.empty(sum(counts), dtype=t.dtype, device=t.device)
         src = t.contiguous()
 
         def scatter_out() -> list[list[torch.Tensor]]:
-            for out, part in zip(outputs, flat, strict=True):
-                out.copy_(part)
+            for out, part in zip(outputs, flat.split(counts), strict=True):
+                out.copy_(part.view_as(out))
             return output_lists
 
-        work = self.comm.all_gather(flat, src, async_op=True, timeout=_timeout(opts))
+        if all(c == t.numel() for c in counts):
+            work = self.comm.all_gather(flat, src, async_op=True, timeout=_timeout(opts))
+        else:  # sizes that differ by rank, which torch allows here
+            work = self.comm.all_gatherv(flat, src, counts, async_op=True, timeout=_timeout(opts))
         return c10d_work(work, scatter_out, cuda_devices(t))
 
     def _reduce_scatter_base(
@@ -198,13 +210,6 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
         op = _reduce_op(opts.reduceOp)
         work = self.comm.reduce_scatter(output, input, op, async_op=True, timeout=_timeout(opts))
         return c10d_work(work, lambda: [output], cuda_devices(output))
-
-    def reduce_scatter_tensor_coalesced(
-        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any
-    ) -> dist.Work:
-        return self._reduce_scatter_base(
-            _one(outputs, "reduce_scatter"), _one(inputs, "reduce_scatter"), opts
-        )
 
     def reduce_scatter(
         self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]], opts: Any
@@ -220,10 +225,138 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
         input_split_sizes: list[int],
         opts: Any = None,
     ) -> dist.Work:
-        _even_splits("output", output, output_split_sizes, self.comm.size)
-        _even_splits("input", input, input_split_sizes, self.comm.size)
-        work = self.comm.all_to_all(output, input, async_op=True, timeout=_timeout(opts))
+        n = self.comm.size
+        recv = _split_counts("output", output, output_split_sizes, n)
+        send = _split_counts("input", input, input_split_sizes, n)
+        if recv is None and send is None:
+            work = self.comm.all_to_all(output, input, async_op=True, timeout=_timeout(opts))
+        else:
+            recv = recv or [output.numel() // n] * n
+            send = send or [input.numel() // n] * n
+            work = self.comm.all_to_allv(
+                output, input, send, recv, async_op=True, timeout=_timeout(opts)
+            )
         return c10d_work(work, lambda: [output], cuda_devices(output))
+
+    def alltoall(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+    ) -> dist.Work:
+        send = [t.numel() for t in inputs]
+        recv = [t.numel() for t in outputs]
+        flat_in = torch.cat([t.reshape(-1) for t in inputs])
+        flat_out = torch.empty(sum(recv), dtype=flat_in.dtype, device=flat_in.device)
+
+        def unpack() -> list[torch.Tensor]:
+            for out, part in zip(outputs, flat_out.split(recv), strict=True):
+                out.copy_(part.view_as(out))
+            return outputs
+
+        work = self.comm.all_to_allv(
+            flat_out, flat_in, send, recv, async_op=True, timeout=_timeout(opts)
+        )
+        return c10d_work(work, unpack, cuda_devices(*inputs))
+
+    # -- coalesced: many tensors, one fused group ---------------------------------------------
+    def _group(self, issue: Callable[[], None], opts: Any) -> ringcomm.Work:
+        with self.comm.group(async_op=True, timeout=_timeout(opts)) as g:
+            issue()
+        assert g.work is not None
+        return g.work
+
+    def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> dist.Work:
+        op = _reduce_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+
+        def issue() -> None:
+            for t in tensors:
+                self.comm.all_reduce(t, op)
+
+        return c10d_work(self._group(issue, opts), lambda: tensors, cuda_devices(*tensors))
+
+    def allgather_into_tensor_coalesced(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+    ) -> dist.Work:
+        def issue() -> None:
+            for out, t in zip(outputs, inputs, strict=True):
+                self.comm.all_gather(out, t)
+
+        return c10d_work(self._group(issue, opts), lambda: outputs, cuda_devices(*outputs))
+
+    def reduce_scatter_tensor_coalesced(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any
+    ) -> dist.Work:
+        op = _reduce_op(opts.reduceOp)
+
+        def issue() -> None:
+            for out, t in zip(outputs, inputs, strict=True):
+                self.comm.reduce_scatter(out, t, op)
+
+        return c10d_work(self._group(issue, opts), lambda: outputs, cuda_devices(*outputs))
+
+    def allgather_coalesced(
+        self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None
+    ) -> dist.Work:
+        n = self.comm.size
+        flats = [torch.empty((n, t.numel()), dtype=t.dtype, device=t.device) for t in inputs]
+
+        def issue() -> None:
+            for flat, t in zip(flats, inputs, strict=True):
+                self.comm.all_gather(flat, t.contiguous())
+
+        def unpack() -> list[list[torch.Tensor]]:
+            for outs, flat in zip(output_lists, flats, strict=True):
+                for out, part in zip(outs, flat, strict=True):
+                    out.copy_(part.view_as(out))
+            return output_lists
+
+        return c10d_work(self._group(issue, opts), unpack, cuda_devices(*inputs))
+
+    def gather(
+        self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any
+    ) -> dist.Work:
+        t, root = _one(inputs, "gather").contiguous(), opts.rootRank
+        flat = None
+        if self.comm.rank == root:
+            outs = _one(output_lists, "gather")
+            flat = torch.empty((self.comm.size, t.numel()), dtype=t.dtype, device=t.device)
+
+        def unpack() -> list[list[torch.Tensor]]:
+            if flat is not None:
+                for out, part in zip(outs, flat, strict=True):
+                    out.copy_(part.view_as(out))
+            return output_lists
+
+        work = self.comm.gather(flat, t, root, async_op=True, timeout=_timeout(opts))
+        return c10d_work(work, unpack, cuda_devices(t))
+
+    def scatter(
+        self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]], opts: Any
+    ) -> dist.Work:
+        out, root = _one(outputs, "scatter"), opts.rootRank
+        flat = None
+        if self.comm.rank == root:
+            flat = torch.cat([p.reshape(-1) for p in _one(input_lists, "scatter")])
+        dst = (
+            out
+            if out.is_contiguous()
+            else torch.empty_like(out, memory_format=torch.contiguous_format)
+        )
+
+        def unpack() -> list[torch.Tensor]:
+            if dst is not out:
+                out.copy_(dst)
+            return outputs
+
+        work = self.comm.scatter(dst, flat, root, async_op=True, timeout=_timeout(opts))
+        return c10d_work(work, unpack, cuda_devices(out))
+
+    def monitored_barrier(self, timeout: Any = None, wait_all_ranks: bool = False) -> None:
+        seconds = timeout.total_seconds() if timeout is not None else None
+        if seconds is not None and seconds <= 0:
+            raise RuntimeError(f"Rank {self.comm.rank} timed out in monitoredBarrier (timeout 0)")
+        try:
+            self.comm.monitored_barrier(seconds, wait_all_ranks=wait_all_ranks)
+        except ringcomm.RingcommError as e:
+            raise backend_error(e) from e
 
     # torch 2.13 calls these names from Python (all_gather_into_tensor, ...); older ones and
     # C++ callers use the underscored ones.
@@ -242,12 +375,30 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
         )
 
     def recv(self, tensors: list[torch.Tensor], src: int, tag: int) -> dist.Work:
+        """Deferred until something waits on (or asks about) this or a later receive, then
+        issued with every receive deferred before it, in order: gloo's receives never hold
+        up what is issued after them (``irecv`` then ``isend`` on both ranks, torch's
+        ``batch_isend_irecv`` in any order, a receive before a collective the sender runs
+        first), and ringcomm's would, as they run in issue order."""
         t = _one(tensors, "recv")
-        return c10d_work(
-            self.comm.recv(t, src, tag, async_op=True), lambda: tensors, cuda_devices(t)
-        )
+        fut: torch.futures.Future[Any] = torch.futures.Future(devices=cuda_devices(t) or None)
+        with self._recv_lock:
+            self._deferred_recvs.append((t, src, tag, fut))
+        return DeferredWork(fut, self._issue_deferred_recvs)
+
+    def _issue_deferred_recvs(self) -> None:
+        with self._recv_lock:
+            pending, self._deferred_recvs = self._deferred_recvs, []
+            for t, src, tag, fut in pending:
+                try:
+                    work = self.comm.recv(t, src, tag, async_op=True)
+                except BaseException as e:
+                    fut.set_exception(backend_error(e))
+                    continue
+                settle_from(work, fut, lambda t=t: [t], translate=True)
 
     def shutdown(self) -> None:
+        self._issue_deferred_recvs()
         self.comm.close()
 
     def __repr__(self) -> str:

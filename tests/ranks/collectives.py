@@ -378,3 +378,86 @@ def vector_collectives(comm: ringcomm.Communicator) -> None:
                 expect.append(theirs[start : start + amount(s, r)])
             np.testing.assert_array_equal(out, np.concatenate(expect), err_msg="a2av " + what)
     comm.barrier()
+
+
+def grouped_operations(comm: ringcomm.Communicator) -> None:
+    """group(): fused all_reduce of many buffers (dtypes, ops, sizes both sides of the fusion
+    threshold), other collectives and sends/receives in one group, receives issued before
+    the sends they need, p2p-only groups on a subset of ranks, async groups."""
+    n, r = comm.size, comm.rank
+    right, left = (r + 1) % n, (r - 1) % n
+    cases = []
+    for k in range(60):  # the comm's threshold is set to a few KiB in the tests
+        dtype = ("float32", "int64", "float16")[k % 3]
+        op = ringcomm.MAX if k % 4 == 0 else ringcomm.SUM
+        count = (0, 1, 7, 100, 900, 3000)[k % 6]
+        everyone = [make_input(dtype, op, q, count, seed=k) for q in range(n)]
+        cases.append((everyone[r].copy(), reference(op, everyone), op, f"#{k} {dtype} {count}"))
+    gathered = np.zeros(n * 5, np.int32)
+    bcast = np.full(4, r, np.int16)
+    got_left = np.zeros(100, np.int64)
+    got_right = np.zeros(3, np.float32)
+    with comm.group():
+        # receives first, in the order of the block: a group runs its sends first
+        comm.recv(got_left, left, tag=7)
+        if n > 1:
+            comm.recv(got_right, right, tag=8)
+        for buf, _, op, _ in cases:
+            comm.all_reduce(buf, op)
+        comm.all_gather(gathered, np.full(5, r, np.int32))
+        comm.broadcast(bcast, root=n - 1)
+        comm.send(np.full(100, r, np.int64), right, tag=7)
+        if n > 1:
+            comm.send(np.full(3, r, np.float32), left, tag=8)
+    for buf, want, op, what in cases:
+        assert_reduced(buf, want, op, "grouped all_reduce " + what)
+    np.testing.assert_array_equal(gathered, np.repeat(np.arange(n, dtype=np.int32), 5))
+    np.testing.assert_array_equal(bcast, np.full(4, n - 1, np.int16))
+    np.testing.assert_array_equal(got_left, np.full(100, left))
+    if n > 1:
+        np.testing.assert_array_equal(got_right, np.full(3, right, np.float32))
+    # A p2p-only group between ranks 0 and 1 takes no collective number: the collectives
+    # after it still line up with the ranks that were not in it.
+    if n > 1 and r < 2:
+        peer = 1 - r
+        mine, theirs = np.full(50_000, r, np.float64), np.zeros(50_000)
+        with comm.group():
+            comm.recv(theirs, peer)
+            comm.send(mine, peer)
+        np.testing.assert_array_equal(theirs, np.full(50_000, peer, np.float64))
+    # async: the group's work and the works of its calls
+    a, b = np.full(10, r + 1.0), np.full(3, r + 1, np.int32)
+    with comm.group(async_op=True) as g:
+        wa = comm.all_reduce(a, async_op=True)
+        comm.all_reduce(b, ringcomm.MAX)
+    assert g.work is not None
+    assert wa is not None and wa.wait() and g.work.wait()
+    np.testing.assert_array_equal(a, np.full(10, n * (n + 1) / 2))
+    np.testing.assert_array_equal(b, np.full(3, n, np.int32))
+    # what a group refuses
+    for refused in (
+        lambda: comm.group().__enter__(),
+        lambda: comm.all_gather_object(1),
+        lambda: comm.split(0),
+    ):
+        with comm.group():
+            try:
+                refused()
+            except ringcomm.RingcommError as e:
+                assert "group" in str(e), e
+            else:
+                raise AssertionError("a group accepted what it cannot run")
+    # a block that raises runs nothing, and its works say so
+    try:
+        with comm.group():
+            w = comm.all_reduce(a, async_op=True)
+            raise KeyError("user code")
+    except KeyError:
+        pass
+    try:
+        w.wait()
+    except ringcomm.RingcommError as e:
+        assert "none ran" in str(e)
+    else:
+        raise AssertionError("a work of an abandoned group completed")
+    comm.barrier()

@@ -28,6 +28,7 @@ def suite(comm: ringcomm.Communicator) -> None:
     collectives.other_collectives(comm, counts=(0, 1, 7, 1000))
     collectives.object_collectives(comm)
     collectives.vector_collectives(comm)
+    collectives.grouped_operations(comm)
     collectives.async_ops_in_flight(comm)
     collectives.p2p_size_mismatch_is_refused(comm)
     if comm.size >= 2:

@@ -8,6 +8,7 @@ a copy on the whole batch in one process and compares. Prints ``RESULT {json}`` 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -181,6 +182,80 @@ def backend_ops(mode: str) -> dict[str, object]:
         [torch.arange(r * 2, r * 2 + 2, dtype=torch.float32) + 100 * q for q in range(n)]
     )
     assert torch.equal(a2a, want), (a2a, want)
+    # all_to_all with unequal splits, single tensor and lists: rank s sends s + d + 1 rows
+    # of 2 to rank d
+    send = [r + d + 1 for d in range(n)]
+    recv = [s + r + 1 for s in range(n)]
+    src = torch.cat([torch.full((k, 2), float(100 * r + d)) for d, k in enumerate(send)])
+    got = torch.empty(sum(recv), 2)
+    dist.all_to_all_single(got, src, output_split_sizes=recv, input_split_sizes=send)
+    want = torch.cat([torch.full((k, 2), float(100 * s + r)) for s, k in enumerate(recv)])
+    assert torch.equal(got, want), (got, want)
+    outs = [torch.empty(k, 2) for k in recv]
+    dist.all_to_all(outs, list(src.split(send)))
+    assert torch.equal(torch.cat(outs), want)
+    # gather, scatter; all_gather of sizes that differ by rank
+    g = [torch.empty(3) for _ in range(n)] if r == n - 1 else None
+    dist.gather(torch.full((3,), float(r)), g, dst=n - 1)
+    if r == n - 1:
+        assert all(torch.equal(x, torch.full((3,), float(q))) for q, x in enumerate(g))
+    sc = torch.empty(2, 2)
+    pieces = [torch.full((2, 2), float(q)) for q in range(n)] if r == 0 else None
+    dist.scatter(sc, pieces, src=0)
+    assert torch.equal(sc, torch.full((2, 2), float(r)))
+    uneven = [torch.empty(q + 1) for q in range(n)]
+    dist.all_gather(uneven, torch.full((r + 1,), float(r)))
+    assert all(torch.equal(x, torch.full((q + 1,), float(q))) for q, x in enumerate(uneven))
+    # coalesced: many tensors as one fused group
+    many = [torch.full((k % 7 + 1,), float(r + k)) for k in range(30)]
+    dist.all_reduce_coalesced(many)
+    assert all(
+        torch.equal(t, torch.full_like(t, n * k + n * (n - 1) / 2)) for k, t in enumerate(many)
+    )
+    lists = [[torch.empty(k + 1) for _ in range(n)] for k in range(3)]
+    dist.all_gather_coalesced(lists, [torch.full((k + 1,), float(r * k)) for k in range(3)])
+    for k, outs in enumerate(lists):
+        assert all(torch.equal(x, torch.full((k + 1,), float(q * k))) for q, x in enumerate(outs))
+    from torch.distributed.distributed_c10d import _coalescing_manager
+
+    bigs, smalls = [torch.empty(n * 4) for _ in range(3)], [torch.empty(4) for _ in range(3)]
+    with _coalescing_manager(async_ops=True) as cm:  # (one kind of collective per manager)
+        for k in range(3):
+            dist.all_gather_into_tensor(bigs[k], torch.full((4,), float(r + k)))
+    cm.wait()
+    with _coalescing_manager():
+        for k in range(3):
+            dist.reduce_scatter_tensor(smalls[k], torch.full((n * 4,), float(k)))
+    for k in range(3):
+        assert torch.equal(bigs[k], (torch.arange(n, dtype=torch.float32) + k).repeat_interleave(4))
+        assert torch.equal(smalls[k], torch.full((4,), float(n * k)))
+    # batch_isend_irecv with the receives first, both directions
+    right, left = (r + 1) % n, (r - 1) % n
+    from_left, from_right = torch.empty(3), torch.empty(3)
+    ops = [
+        dist.P2POp(dist.irecv, from_left, left),
+        dist.P2POp(dist.irecv, from_right, right),
+        dist.P2POp(dist.isend, torch.full((3,), float(r)), right),
+        dist.P2POp(dist.isend, torch.full((3,), float(-r)), left),
+    ]
+    for w in dist.batch_isend_irecv(ops):
+        w.wait()
+    assert torch.equal(from_left, torch.full((3,), float(left)))
+    assert torch.equal(from_right, torch.full((3,), float(-right)))
+    # object collectives (torch builds them from the backend's collectives)
+    objs = [None] * n
+    dist.all_gather_object(objs, {"rank": r, "t": torch.arange(r + 1)})
+    assert [o["rank"] for o in objs] == list(range(n))
+    box = [{"from": "root"} if r == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    assert box[0] == {"from": "root"}
+    mine = [None]
+    dist.scatter_object_list(mine, [f"to {q}" for q in range(n)] if r == 0 else None, src=0)
+    assert mine[0] == f"to {r}", mine
+    # (dist.monitored_barrier refuses every backend but gloo by name; the group's method is
+    # the backend's)
+    world = dist.distributed_c10d._get_default_group()
+    world.monitored_barrier(datetime.timedelta(seconds=30), wait_all_ranks=True)
     dist.barrier()
     # async ops and their futures
     ts = [torch.full((100,), float(i + r)) for i in range(5)]
@@ -210,17 +285,17 @@ def backend_ops(mode: str) -> dict[str, object]:
 def backend_refusals(mode: str) -> dict[str, object]:
     """What the backend cannot serve is refused clearly, and a call's own timeout is kept:
     all_to_all_single with splits that do not match the tensor, then a barrier with a 1 s
-    timeout that rank 1 never joins."""
+    timeout that rank 1 never joins, then a monitored barrier that names rank 1."""
     import datetime
 
     dist.init_process_group("ringcomm")
     r, n = dist.get_rank(), dist.get_world_size()
     out, inp = torch.empty(n * 3), torch.arange(n * 3, dtype=torch.float32)
-    for splits in ([1] * n, [3] * (n - 1) + [2]):  # equal but short; unequal
+    for splits in ([1] * n, [3] * (n - 1) + [2], [n * 3]):  # short, short, too few
         try:
             dist.all_to_all_single(out, inp, output_split_sizes=splits, input_split_sizes=splits)
         except ValueError as e:
-            assert "equal splits" in str(e), e
+            assert "split sizes" in str(e), e
         else:
             raise AssertionError(f"all_to_all_single took splits {splits} of {n * 3} rows")
     dist.barrier()
@@ -228,14 +303,32 @@ def backend_refusals(mode: str) -> dict[str, object]:
         t0 = time.monotonic()
         try:
             dist.barrier(timeout=datetime.timedelta(seconds=1))
-        except Exception as e:  # torch wraps ringcomm's CommTimeoutError
-            assert "timed out" in str(e), e
+        except RuntimeError as e:  # a DistBackendError, as torch's backends raise
+            assert "Timed out" in str(e) and "timed out" in str(e), e
         else:
             raise AssertionError("a barrier rank 1 never joined returned")
         took = time.monotonic() - t0
         assert took < 15, f"the 1 s timeout took {took:.0f} s"
     else:
         time.sleep(4)  # not in the barrier: rank 0's must time out on its own limit
+    return {"ok": True}
+
+
+def monitored(mode: str) -> dict[str, object]:
+    """A monitored barrier rank 1 never joins: rank 0 names it."""
+    import datetime
+
+    dist.init_process_group("ringcomm")
+    if dist.get_rank() == 0:
+        try:
+            world = dist.distributed_c10d._get_default_group()
+            world.monitored_barrier(datetime.timedelta(seconds=1))
+        except RuntimeError as e:
+            assert "Rank 1 failed to pass monitoredBarrier" in str(e), e
+        else:
+            raise AssertionError("a monitored barrier rank 1 never joined returned")
+    else:
+        time.sleep(3)
     return {"ok": True}
 
 
@@ -247,6 +340,8 @@ def main() -> None:
         result = backend_ops(mode)
     elif mode == "refusals":
         result = backend_refusals(mode)
+    elif mode == "monitored":
+        result = monitored(mode)
     else:
         result = data_parallel(mode)
     rank = int(os.environ["RANK"])
