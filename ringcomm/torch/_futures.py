@@ -13,13 +13,13 @@ import ringcomm
 
 def backend_error(error: BaseException) -> BaseException:
     """ringcomm's ``error`` as torch.distributed callers expect a backend's failure: a
-    ``DistBackendError`` (a RuntimeError), "Timed out" first for a timeout, ringcomm's
+    ``DistBackendError`` (a RuntimeError), saying "Timed out" for a timeout, ringcomm's
     error as its cause. Anything not ringcomm's passes unchanged."""
     if not isinstance(error, ringcomm.RingcommError):
         return error
     text = f"ringcomm: {error}"
     if isinstance(error, ringcomm.CommTimeoutError):
-        text = f"Timed out (ringcomm): {error}"
+        text = f"ringcomm: Timed out ({error})"
     translated = dist.DistBackendError(text)
     translated.__cause__ = error
     return translated

@@ -159,6 +159,16 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
     def getBackendName(self) -> str:
         return BACKEND_NAME
 
+    # torch names the group after making it (``_set_group_name``) and reads ``group_name``
+    # back from Python (destroy_process_group); the C++ base keeps neither for a group
+    # made in Python, so they are kept here.
+    def _set_group_name(self, name: str) -> None:
+        self._group_name = name
+
+    @property
+    def group_name(self) -> str:
+        return getattr(self, "_group_name", "")
+
     # -- collectives -------------------------------------------------------------------------
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> dist.Work:
         t = _one(tensors, "allreduce")
@@ -295,7 +305,10 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
     def allgather_coalesced(
         self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None
     ) -> dist.Work:
+        """``output_lists[q][i]`` gets rank q's ``inputs[i]`` (torch's layout)."""
         n = self.comm.size
+        if len(output_lists) != n:
+            raise ValueError(f"allgather_coalesced: {len(output_lists)} output lists for {n} ranks")
         flats = [torch.empty((n, t.numel()), dtype=t.dtype, device=t.device) for t in inputs]
 
         def issue() -> None:
@@ -303,9 +316,9 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
                 self.comm.all_gather(flat, t.contiguous())
 
         def unpack() -> list[list[torch.Tensor]]:
-            for outs, flat in zip(output_lists, flats, strict=True):
-                for out, part in zip(outs, flat, strict=True):
-                    out.copy_(part.view_as(out))
+            for q, outs in enumerate(output_lists):
+                for out, flat in zip(outs, flats, strict=True):
+                    out.copy_(flat[q].view_as(out))
             return output_lists
 
         return c10d_work(self._group(issue, opts), unpack, cuda_devices(*inputs))

@@ -212,10 +212,15 @@ def backend_ops(mode: str) -> dict[str, object]:
     assert all(
         torch.equal(t, torch.full_like(t, n * k + n * (n - 1) / 2)) for k, t in enumerate(many)
     )
-    lists = [[torch.empty(k + 1) for _ in range(n)] for k in range(3)]
-    dist.all_gather_coalesced(lists, [torch.full((k + 1,), float(r * k)) for k in range(3)])
-    for k, outs in enumerate(lists):
-        assert all(torch.equal(x, torch.full((k + 1,), float(q * k))) for q, x in enumerate(outs))
+    # output_lists[q][k]: rank q's tensor k (more tensors than ranks, sizes by tensor)
+    lists = [[torch.empty(k + 1) for k in range(n + 2)] for _ in range(n)]
+    dist.all_gather_coalesced(
+        lists, [torch.full((k + 1,), float(10 * r + k)) for k in range(n + 2)]
+    )
+    for q, outs in enumerate(lists):
+        assert all(
+            torch.equal(x, torch.full((k + 1,), float(10 * q + k))) for k, x in enumerate(outs)
+        )
     from torch.distributed.distributed_c10d import _coalescing_manager
 
     bigs, smalls = [torch.empty(n * 4) for _ in range(3)], [torch.empty(4) for _ in range(3)]
