@@ -73,6 +73,14 @@ def test_monitored_barrier_names_the_missing_rank() -> None:
     run_ranks(2, "monitored")
 
 
+@pytest.mark.parametrize("mode", ["fsdp", "zero"])
+def test_sharded_training_over_ringcomm_equals_gloo(mode: str) -> None:
+    result = run_ranks(2, mode)
+    assert result["ringcomm_vs_gloo"] <= 1e-6, result
+    if result["ringcomm_vs_alone"] is not None:
+        assert result["ringcomm_vs_alone"] <= 1e-5, result
+
+
 def test_torchrun_with_the_ringcomm_backend() -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     cmd += ["--master-port", str(free_port()), SCRIPT, "backend"]

@@ -337,6 +337,60 @@ def monitored(mode: str) -> dict[str, object]:
     return {"ok": True}
 
 
+def sharded(mode: str) -> dict[str, object]:
+    """FSDP (``fully_shard``, per layer and the whole) or ``ZeroRedundancyOptimizer`` over
+    DDP, trained on each rank's slice of the batch over the ringcomm backend and over gloo
+    in the same launch: the parameters of the two, and of one process on the whole batch."""
+    rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("ringcomm")
+    gloo = dist.new_group(backend="gloo")
+    per = BATCH // n
+    trained = {}
+    for name, group in (("ringcomm", dist.group.WORLD), ("gloo", gloo)):
+        model = make_model()
+        if mode == "fsdp":
+            from torch.distributed.device_mesh import DeviceMesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = DeviceMesh.from_group(group, "cpu")
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            net: nn.Module = model
+            opt = torch.optim.SGD(model.parameters(), lr=LR)
+        else:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            net = DDP(model, process_group=group)
+            opt = ZeroRedundancyOptimizer(
+                net.parameters(), optimizer_class=torch.optim.Adam, lr=LR / 10, process_group=group
+            )
+        for x, y in batches():
+            xs, ys = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
+            opt.zero_grad()
+            nn.functional.mse_loss(net(xs), ys).backward()
+            opt.step()
+        params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+        trained[name] = [p.detach().clone() for p in params]
+    alone = make_model()
+    if mode == "fsdp":  # SGD alone: FSDP averages the gradients as DDP does
+        alone, _ = train_alone()
+        alone_params = list(alone.parameters())
+        vs_alone = max(
+            (p - q).abs().max().item()
+            for p, q in zip(trained["ringcomm"], alone_params, strict=True)
+        )
+    else:
+        vs_alone = None
+    diff = max(
+        (p - q).abs().max().item()
+        for p, q in zip(trained["ringcomm"], trained["gloo"], strict=True)
+    )
+    dist.destroy_process_group()
+    return {"ringcomm_vs_gloo": diff, "ringcomm_vs_alone": vs_alone}
+
+
 def main() -> None:
     mode = sys.argv[1]
     if mode == "pipeline":
@@ -347,6 +401,8 @@ def main() -> None:
         result = backend_refusals(mode)
     elif mode == "monitored":
         result = monitored(mode)
+    elif mode in ("fsdp", "zero"):
+        result = sharded(mode)
     else:
         result = data_parallel(mode)
     rank = int(os.environ["RANK"])
