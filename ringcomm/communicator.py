@@ -96,6 +96,11 @@ class _Op(NamedTuple):
     shapes: str | None  # what every rank agrees on, where buffer sizes differ by rank
 
 
+def _CHOSEN_BY_GROUP(ctx: OpContext) -> None:
+    """The body of an all_reduce recorded in a group: the group gives it its own."""
+    raise AssertionError("an all_reduce recorded in a group ran without the group's body")
+
+
 class _Part(NamedTuple):
     """An operation issued inside a :meth:`Communicator.group`, waiting for its end."""
 
@@ -276,6 +281,7 @@ class Communicator:
         self._outstanding = 0  # operations queued or running
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._grouping = threading.local()  # .group: the group() this thread has open
+        self._fusion_scratch: np.ndarray | None = None  # see _fused_allreduce
         self._closed = False
         self._broken: BaseException | None = None
         self._gpu: DeviceEngine | None = None  # made at the first operation on GPU buffers
@@ -655,7 +661,14 @@ class Communicator:
         """
         b = as_buffer(buf, "all_reduce buf", writable=True)
         rop = _reduce_op(op, b, "all_reduce")
-        run = self._allreduce_algorithm(b.nbytes, rop, _on_host((b,), reduces=True), algorithm)
+        host = type(b) is Buffer
+        if host and algorithm is None and getattr(self._grouping, "group", None) is not None:
+            # In a group: the group chooses, fused or not (see _submit_group).
+            return self._submit(
+                "all_reduce", _CHOSEN_BY_GROUP, (b,), async_op=async_op, timeout=timeout,
+                reduce_op=rop, bfloat16=b.bfloat16, fuse=b,
+            )  # fmt: skip
+        run = self._allreduce_algorithm(b.nbytes, rop, host and not b.bfloat16, algorithm)
         return self._submit(
             "all_reduce",
             lambda ctx: run(ctx, b.array),
@@ -665,7 +678,6 @@ class Communicator:
             reduce_op=rop,
             bfloat16=b.bfloat16,
             nccl=lambda nc: nc.all_reduce(b, rop),
-            fuse=b if algorithm is None else None,
         )
 
     def _allreduce_algorithm(
@@ -1184,7 +1196,9 @@ class Communicator:
         units = [
             [collectives[i] for i in unit] for unit in fusion.plan(keys, self._config.fusion_bytes)
         ]
-        parts = [u[0] if len(u) == 1 else self._fused_allreduce(u) for u in units]
+        parts = [
+            u[0] if u[0].body is not _CHOSEN_BY_GROUP else self._grouped_allreduce(u) for u in units
+        ]
         limits = [o.timeout for o in ops if o.timeout is not None]
         if timeout is None and limits:
             timeout = max(limits)
@@ -1223,9 +1237,10 @@ class Communicator:
             work.get_future().add_done_callback(functools.partial(_settle, group.future))
         return work
 
-    def _fused_allreduce(self, unit: list[_Part]) -> _Part:
-        """One part that all-reduces the buffers of ``unit`` (fusible all_reduce parts of one
-        dtype and op) packed into one fusion buffer."""
+    def _grouped_allreduce(self, unit: list[_Part]) -> _Part:
+        """One part that all-reduces the buffers of ``unit`` (all_reduce parts of one dtype
+        and op, as :func:`fusion.plan` put them together): in place where it is one buffer,
+        else packed into one fusion buffer."""
         buffers = tuple(o.fuse for o in unit if o.fuse is not None)
         nbytes = sum(b.nbytes for b in buffers)
         first = unit[0]
@@ -1233,9 +1248,19 @@ class Communicator:
             nbytes, ReduceOp(first.reduce_op), _on_host(buffers, reduces=True), None
         )
         arrays = [b.array for b in buffers]
+        if len(arrays) == 1:
+            return first._replace(body=lambda ctx: run(ctx, arrays[0]))
+
+        def body(ctx: OpContext) -> None:
+            # One fusion buffer per communicator, at most RINGCOMM_FUSION_BYTES: parts run
+            # one at a time, under the execution lock.
+            if self._fusion_scratch is None or self._fusion_scratch.nbytes < nbytes:
+                self._fusion_scratch = np.empty(self._config.fusion_bytes, np.uint8)
+            fusion.allreduce(ctx, arrays, run, self._fusion_scratch)
+
         return first._replace(
             name="all_reduce",
-            body=lambda ctx: fusion.allreduce(ctx, arrays, run),
+            body=body,
             buffers=buffers,
             shapes=f"{len(arrays)} fused, {nbytes // max(1, arrays[0].itemsize)} x "
             f"{first.buffers[0].dtype_name}",

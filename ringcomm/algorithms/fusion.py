@@ -37,11 +37,16 @@ def plan(entries: Sequence[tuple[Hashable, int] | None], threshold: int) -> list
 
 
 def allreduce(
-    ctx: OpContext, arrays: list[np.ndarray], run: Callable[[OpContext, np.ndarray], None]
+    ctx: OpContext,
+    arrays: list[np.ndarray],
+    run: Callable[[OpContext, np.ndarray], None],
+    scratch: np.ndarray,
 ) -> None:
-    """All-reduce ``arrays`` (one dtype) as one: pack them into a fusion buffer, reduce it
-    with ``run``, unpack."""
-    fused = np.empty(sum(a.size for a in arrays), arrays[0].dtype)
+    """All-reduce ``arrays`` (one dtype) as one: pack them into the fusion buffer (the
+    front of ``scratch``, bytes, reused from group to group: a fresh one would page-fault
+    its way in every time), reduce it with ``run``, unpack."""
+    count = sum(a.size for a in arrays)
+    fused = scratch[: count * arrays[0].itemsize].view(arrays[0].dtype)
     np.concatenate(arrays, out=fused)
     run(ctx, fused)
     start = 0
