@@ -1293,17 +1293,30 @@ class Communicator:
     def recv(
         self,
         buf: Any,
-        src: int,
+        src: int | None,
         tag: int = 0,
         *,
         async_op: bool = False,
         timeout: float | None = None,
-    ) -> Work | None:
+    ) -> Work | int | None:
         """Receive into ``buf`` the message that rank ``src`` sent with ``tag``; its size
-        must match ``buf``."""
-        self._check_rank(src, "recv src")
+        must match ``buf``. ``src=None``: from whichever rank's message with ``tag`` comes
+        first; the call returns that rank (with ``async_op``, the Work's future's result)."""
+        if src is not None:
+            self._check_rank(src, "recv src")
         self._check_tag(tag)
         b = as_buffer(buf, "recv buf", writable=True, read=False)
+        if src is None:
+            sender: list[int] = []
+            work = self._submit(
+                "recv",
+                lambda ctx: sender.append(linear.recv_any(ctx, b.array, tag)) or sender[-1],
+                (b,),
+                async_op=async_op,
+                timeout=timeout,
+                p2p=True,
+            )
+            return work if work is not None or not sender else sender[0]
         return self._submit(
             "recv",
             lambda ctx: linear.recv(ctx, src, b.array, tag),

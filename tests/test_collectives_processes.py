@@ -83,6 +83,12 @@ def test_grouped_operations(size: int, transport: str) -> None:
 
 
 @TRANSPORTS
+@pytest.mark.parametrize("size", [2, 4])
+def test_any_source_receives(size: int, transport: str) -> None:
+    get_pool(size, transport).run(collectives.any_source_receives, timeout=60)
+
+
+@TRANSPORTS
 def test_object_collectives(transport: str) -> None:
     get_pool(3, transport).run(collectives.object_collectives, timeout=120)
 

@@ -49,6 +49,24 @@ def test_grouped_operations(size: int) -> None:
     run_threads(size, collectives.grouped_operations, config=config, timeout=120)
 
 
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_any_source_receives(size: int) -> None:
+    run_threads(size, collectives.any_source_receives)
+
+
+def test_any_source_receive_times_out_naming_the_tag() -> None:
+    def body(comm: ringcomm.Communicator) -> str:
+        if comm.rank == 0:
+            try:
+                comm.recv(np.zeros(3), None, tag=5, timeout=0.5)
+            except ringcomm.CommTimeoutError as e:
+                return str(e)
+        return "no error"
+
+    err = run_threads(2, body)[0]
+    assert "waiting for a message with tag 5 from any rank" in err, err
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
 def test_object_collectives(size: int) -> None:
     run_threads(size, collectives.object_collectives, config=ringcomm.Config(segment_bytes=4096))

@@ -1,9 +1,10 @@
 """torch's own distributed test suite against the ringcomm backend, with gloo's test list
 (bench/torch_suite.py), on a fixed subset that covers what the backend serves beyond single
 tensors: coalesced operations, gather and scatter, object scatter, batched sends and
-receives in any order, group destruction, a group's timeout. (gloo's list skips torch's
-all-to-all tests; tests/ranks/pytorch.py covers unequal splits.) The whole suite, both
-backends side by side: ``python bench/torch_suite.py``."""
+receives in any order, receives from any source, sparse all_reduce, group destruction,
+a group's timeout.
+(gloo's list skips torch's all-to-all tests; tests/ranks/pytorch.py covers unequal
+splits.) The whole suite, both backends side by side: ``python bench/torch_suite.py``."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ SUBSET = [
     "test_batch_isend_irecv_gloo",
     "test_batch_isend_irecv_gloo_tags",
     "test_destroy_group",
+    "test_send_recv_any_source",
+    "test_sparse_all_reduce_sum",
     "test_barrier_timeout_full_group",
 ]
 

@@ -183,3 +183,12 @@ def recv(ctx: OpContext, src: int, out: np.ndarray, tag: int) -> None:
             f"tag {tag} but rank {src} sent {int(header[0])}; sizes must match"
         )
     recv_all(ctx, src, tag, out, first=1)
+
+
+def recv_any(ctx: OpContext, out: np.ndarray, tag: int) -> int:
+    """Point-to-point receive from whichever rank's message with ``tag`` comes first (the
+    transport probes for it); returns that rank."""
+    ctx.transport.waiting_for = None
+    src = ctx.transport.probe_p2p(tag, ctx.deadline)
+    recv(ctx, src, out, tag)
+    return src

@@ -115,6 +115,15 @@ class DeferredWork(_RingcommWork):
     def __init__(self, future: torch.futures.Future[Any], start: Callable[[], None]) -> None:
         super().__init__(future)
         self._start = start
+        self.source: Callable[[], int] | None = None  # a receive from any source: its sender
+
+    def _source_rank(self) -> int:
+        """The rank a receive from any source took its message from (torch asks after
+        ``wait()``)."""
+        self.wait()
+        if self.source is None:
+            raise RuntimeError("_source_rank: this Work is not a receive from any source")
+        return self.source()
 
     def wait(self, timeout: Any = None) -> bool:
         self._start()

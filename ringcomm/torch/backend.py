@@ -8,6 +8,7 @@ rendezvous. Operations run asynchronously on ringcomm's progress thread and retu
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import threading
@@ -152,8 +153,10 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
     def __init__(self, comm: Communicator) -> None:
         super().__init__(comm.rank, comm.size)
         self.comm = comm
-        # (tensor, src, tag, future) of receives not issued yet: see recv()
-        self._deferred_recvs: list[tuple[torch.Tensor, int, int, torch.futures.Future[Any]]] = []
+        # (tensor, src or None, tag, future, work) of receives not issued yet: see recv()
+        self._deferred_recvs: list[
+            tuple[torch.Tensor, int | None, int, torch.futures.Future[Any], DeferredWork]
+        ] = []
         self._recv_lock = threading.Lock()
 
     def getBackendName(self) -> str:
@@ -173,8 +176,36 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> dist.Work:
         t = _one(tensors, "allreduce")
         op = _reduce_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        if t.is_sparse:
+            return self._sparse_allreduce(t, op, opts)
         work = self.comm.all_reduce(t, op, async_op=True, timeout=_timeout(opts))
         return c10d_work(work, lambda: tensors, cuda_devices(t))
+
+    def _sparse_allreduce(self, t: torch.Tensor, op: ringcomm.ReduceOp, opts: Any) -> dist.Work:
+        """SUM of sparse COO tensors, as gloo has it: every rank's indices and values are
+        gathered (``all_gatherv``, after the counts) and summed; ``t`` takes the result in
+        place. Runs before it returns (the Work it gives back is done)."""
+        if op != ringcomm.SUM:
+            raise ValueError(f"allreduce: the ringcomm backend sums sparse tensors only, not {op}")
+        n, timeout = self.comm.size, _timeout(opts)
+        mine = t.coalesce()
+        indices = mine.indices().t().contiguous()  # (nnz, sparse dims): one row per entry
+        values = mine.values().contiguous()  # (nnz, *dense shape)
+        nnz = torch.full((1,), indices.shape[0], dtype=torch.int64)
+        counts = torch.empty(n, dtype=torch.int64)
+        self.comm.all_gather(counts, nnz, timeout=timeout)
+        rows = counts.tolist()
+        index_width, value_width = indices.shape[1], values.shape[1:].numel()
+        all_indices = torch.empty((sum(rows), index_width), dtype=indices.dtype)
+        all_values = torch.empty((sum(rows), *values.shape[1:]), dtype=values.dtype)
+        with self.comm.group(timeout=timeout):
+            self.comm.all_gatherv(all_indices, indices, [k * index_width for k in rows])
+            self.comm.all_gatherv(all_values, values, [k * value_width for k in rows])
+        total = torch.sparse_coo_tensor(all_indices.t(), all_values, t.shape).coalesce()
+        t.copy_(total)
+        done = concurrent.futures.Future()
+        done.set_result(None)
+        return c10d_work(ringcomm.Work(done, "sparse allreduce", ()), lambda: [t])
 
     def broadcast(self, tensors: list[torch.Tensor], opts: Any) -> dist.Work:
         t = _one(tensors, "broadcast")
@@ -393,21 +424,32 @@ class ProcessGroupRingcomm(dist.ProcessGroup):
         up what is issued after them (``irecv`` then ``isend`` on both ranks, torch's
         ``batch_isend_irecv`` in any order, a receive before a collective the sender runs
         first), and ringcomm's would, as they run in issue order."""
-        t = _one(tensors, "recv")
+        return self._defer_recv(_one(tensors, "recv"), src, tag)
+
+    def recv_anysource(self, tensors: list[torch.Tensor], tag: int) -> dist.Work:
+        """A receive from whichever rank's message with ``tag`` comes first (``dist.recv``
+        without ``src``); deferred as :meth:`recv` is."""
+        return self._defer_recv(_one(tensors, "recv"), None, tag)
+
+    def _defer_recv(self, t: torch.Tensor, src: int | None, tag: int) -> DeferredWork:
         fut: torch.futures.Future[Any] = torch.futures.Future(devices=cuda_devices(t) or None)
+        work = DeferredWork(fut, self._issue_deferred_recvs)
         with self._recv_lock:
-            self._deferred_recvs.append((t, src, tag, fut))
-        return DeferredWork(fut, self._issue_deferred_recvs)
+            self._deferred_recvs.append((t, src, tag, fut, work))
+        return work
 
     def _issue_deferred_recvs(self) -> None:
         with self._recv_lock:
             pending, self._deferred_recvs = self._deferred_recvs, []
-            for t, src, tag, fut in pending:
+            for t, src, tag, fut, deferred in pending:
                 try:
                     work = self.comm.recv(t, src, tag, async_op=True)
                 except BaseException as e:
                     fut.set_exception(backend_error(e))
                     continue
+                assert isinstance(work, ringcomm.Work)
+                if src is None:  # its future's result is the sender
+                    deferred.source = work.get_future().result
                 settle_from(work, fut, lambda t=t: [t], translate=True)
 
     def shutdown(self) -> None:

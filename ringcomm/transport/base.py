@@ -187,6 +187,19 @@ class Transport(abc.ABC):
         reduce straight out of where the message arrived."""
         reduce(out, np.frombuffer(self.recv(src, tag, out.nbytes, deadline), out.dtype))
 
+    def probe_p2p(self, tag: int, deadline: float) -> int:
+        """Wait for a point-to-point message with user tag ``tag`` from any rank and return
+        that rank (the next message with that tag from it is then this one); raise
+        :class:`CommTimeoutError` past ``deadline``."""
+        raise TransportError(f"the {self.name} transport cannot receive from any source")
+
+    def any_source_timeout(self, tag: int) -> CommTimeoutError:
+        """The error for a receive from any source that missed its deadline."""
+        return CommTimeoutError(
+            f"{self.current_op} timed out on rank {self.rank} waiting for a message with "
+            f"tag {tag} from any rank; set the limit with timeout= or RINGCOMM_TIMEOUT_SECONDS"
+        )
+
     @abc.abstractmethod
     def close(self) -> None:
         """Close the transport; a receive blocked in another thread fails soon after."""
@@ -389,6 +402,20 @@ class FramedTransport(Transport):
         if self._window is not None and tag.kind == KIND_COLLECTIVE and src != self.rank:
             self._took(src, got)
         return payload
+
+    def stashed_p2p_source(self, tag: int) -> int | None:
+        """A rank whose point-to-point message with user tag ``tag`` has arrived, if any."""
+        want = Tag(KIND_P2P, 0, tag, 0)
+        for (src, got), queue in self._stash.items():
+            if got == want and queue:
+                return src
+        return None
+
+    def probe_p2p(self, tag: int, deadline: float) -> int:
+        """See :meth:`Transport.probe_p2p`."""
+        while (src := self.stashed_p2p_source(tag)) is None:
+            self._receive_one(deadline, self.rank, lambda: self.any_source_timeout(tag))
+        return src
 
     def _receive_one(
         self, deadline: float, src: int, timeout_error: Callable[[], Exception]

@@ -200,6 +200,25 @@ class MpiTransport(Transport):
         self._recv(src, tag, landed, deadline)
         reduce(out, landed.view(out.dtype))
 
+    def probe_p2p(self, tag: int, deadline: float) -> int:
+        """See :meth:`Transport.probe_p2p`: MPI's own probe, polled (a blocking probe could
+        not be interrupted by close or abort), sleeping in growing pauses."""
+        status = self._mpi.Status()
+        pause = 0.0
+        spin_until = time.monotonic() + SPIN_SECONDS
+        while not self._p2p.Iprobe(self._mpi.ANY_SOURCE, tag & self._tag_mask, status):
+            now = time.monotonic()
+            if self._closed or self.aborted:
+                raise self.closed_error()
+            if now >= deadline:
+                raise self.any_source_timeout(tag)
+            if now < spin_until:
+                os.sched_yield()
+            else:
+                pause = min(_MAX_PAUSE_SECONDS, pause * 2 or 50e-6)
+                time.sleep(pause)
+        return int(status.Get_source())
+
     def retract(self) -> None:
         """See :meth:`Transport.retract`: pending sends are cancelled (see _cancel for what
         MPI cannot cancel, which is logged)."""

@@ -461,3 +461,34 @@ def grouped_operations(comm: ringcomm.Communicator) -> None:
     else:
         raise AssertionError("a work of an abandoned group completed")
     comm.barrier()
+
+
+def any_source_receives(comm: ringcomm.Communicator) -> None:
+    """recv(src=None): rank 0 receives three messages from every other rank, in whatever
+    order they come, each with its sender's rank, and each sender's in the order sent;
+    blocking and async."""
+    n, r = comm.size, comm.rank
+    rounds = 3
+    if r == 0:
+        seen: dict[int, int] = {}
+        for k in range(rounds * (n - 1)):
+            got = np.zeros(1000, np.int64)
+            if k % 2:
+                work = comm.recv(got, None, tag=3, async_op=True)
+                assert isinstance(work, ringcomm.Work)
+                work.wait()
+                src = work.get_future().result()
+            else:
+                src = comm.recv(got, None, tag=3)
+            assert isinstance(src, int) and 0 < src < n, src
+            np.testing.assert_array_equal(got, np.full(1000, src * 10 + seen.get(src, 0)))
+            seen[src] = seen.get(src, 0) + 1
+        assert seen == dict.fromkeys(range(1, n), rounds), seen
+    else:
+        for round_ in range(rounds):
+            comm.send(np.full(1000, r * 10 + round_, np.int64), 0, tag=3)
+    if n == 1:  # a message to oneself
+        comm.send(np.arange(4), 0, tag=9)
+        got = np.zeros(4, np.int64)
+        assert comm.recv(got, None, tag=9) == 0 and (got == np.arange(4)).all()
+    comm.barrier()

@@ -29,6 +29,7 @@ def suite(comm: ringcomm.Communicator) -> None:
     collectives.object_collectives(comm)
     collectives.vector_collectives(comm)
     collectives.grouped_operations(comm)
+    collectives.any_source_receives(comm)
     collectives.async_ops_in_flight(comm)
     collectives.p2p_size_mismatch_is_refused(comm)
     if comm.size >= 2:

@@ -247,6 +247,25 @@ def backend_ops(mode: str) -> dict[str, object]:
         w.wait()
     assert torch.equal(from_left, torch.full((3,), float(left)))
     assert torch.equal(from_right, torch.full((3,), float(-right)))
+    # sparse all_reduce (SUM): rank q holds 1 at (q, q) and q at (0, 1); rows of 3 values
+    sparse = torch.sparse_coo_tensor([[r, 0], [r, 1]], [[1.0] * 3, [float(r)] * 3], (n, n, 3))
+    dist.all_reduce(sparse)
+    dense = torch.zeros(n, n, 3)
+    for q in range(n):
+        dense[q, q] += 1
+        dense[0, 1] += q
+    assert sparse.is_sparse and torch.equal(sparse.to_dense(), dense), sparse
+    # receives from any source: dist.recv without src returns the sender
+    if r == 0:
+        senders = set()
+        for _ in range(n - 1):
+            got = torch.empty(2)
+            sender = dist.recv(got)
+            assert torch.equal(got, torch.full((2,), float(sender))), (sender, got)
+            senders.add(sender)
+        assert senders == set(range(1, n)), senders
+    else:
+        dist.send(torch.full((2,), float(r)), 0)
     # object collectives (torch builds them from the backend's collectives)
     objs = [None] * n
     dist.all_gather_object(objs, {"rank": r, "t": torch.arange(r + 1)})

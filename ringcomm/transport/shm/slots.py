@@ -56,7 +56,7 @@ from ringcomm.errors import (
 )
 from ringcomm.logs import get_logger
 from ringcomm.native import shm as native_shm
-from ringcomm.transport.base import FramedTransport, Tag, Transport, Unmatched
+from ringcomm.transport.base import KIND_P2P, FramedTransport, Tag, Transport, Unmatched
 from ringcomm.transport.shm import syscalls
 from ringcomm.transport.shm.segment import (
     ATTACHED,
@@ -444,6 +444,50 @@ class ShmTransport(Transport):
             self._take(peer, tag, total, deadline, header)  # keep the inbox in step
             raise self.size_error(src, tag, nbytes, total)
         self._consume(peer, tag, total, deadline, land, into, header)
+
+    def probe_p2p(self, tag: int, deadline: float) -> int:
+        """See :meth:`Transport.probe_p2p`. Records ahead of the message in a peer's inbox
+        are stashed, as a receive from that peer would; ranks on other hosts are looked at
+        every millisecond (their sockets do not ring our futex)."""
+        want = Tag(KIND_P2P, 0, tag, 0)
+        while True:
+            src = self._probe_once(want, deadline)
+            if src is not None:
+                return src
+            now = time.monotonic()
+            if now >= deadline:
+                raise self.any_source_timeout(tag)
+            nap = 0.001 if self._sockets is not None else CHECK_SECONDS
+            with contextlib.suppress(CommTimeoutError):
+                self._wait(self._any_record, min(deadline, now + nap), self._probe_timeout)
+
+    def _probe_once(self, want: Tag, deadline: float) -> int | None:
+        for (src, got), queue in self._stash.items():
+            if got == want and queue:
+                return src
+        for src, peer in self._peers.items():
+            while self._any_record_from(peer):
+                header = self._next_record(peer, want, deadline)
+                if header[:TAG_WORDS] == want:
+                    return src
+                key, total = Tag(*header[:TAG_WORDS]), header[MESSAGE_BYTES_WORD]
+                self._stash[(src, key)].append(self._take(peer, key, total, deadline, header))
+                self._unmatched.add(total, self)
+        if self._sockets is not None:
+            self._sockets.progress()
+            return self._sockets.stashed_p2p_source(want.step)
+        return None
+
+    def _any_record_from(self, peer: Peer) -> bool:
+        if peer.head_seen <= peer.tail:
+            peer.head_seen = native_shm.load_acquire(peer.inbox.counters, HEAD)
+        return peer.head_seen > peer.tail
+
+    def _any_record(self) -> bool:
+        return any(self._any_record_from(peer) for peer in self._peers.values())
+
+    def _probe_timeout(self) -> CommTimeoutError:
+        return CommTimeoutError("(a slice of a wait for any source)")
 
     def _take(
         self, peer: Peer, tag: Tag, total: int, deadline: float, header: tuple[int, ...]
