@@ -990,6 +990,27 @@ class Communicator:
             shapes=f"{o.dtype_name} pieces",
         )
 
+    def _intake_rooted(
+        self, name: str, output: Any, input: Any, counts: list[int], root: int, big: str
+    ) -> tuple[AnyBuffer | None, AnyBuffer | None]:
+        """Take the buffers of gatherv (``big`` = "output") or scatterv ("input"): the big
+        one exists on ``root`` only; this rank's piece holds ``counts[rank]`` elements."""
+        if self.rank == root:
+            if (output if big == "output" else input) is None:
+                raise ValueError(f"{name}: the root needs an {big} buffer")
+            return _intake_counts(name, output, input, counts, self.rank, big)
+        if big == "output":
+            piece, what = as_buffer(input, f"{name} input", writable=False), "input"
+        else:
+            piece = as_buffer(output, f"{name} output", writable=True, read=False)
+            what = "output"
+        if piece.count != counts[self.rank]:
+            raise ValueError(
+                f"{name}: rank {self.rank}'s {what} holds {piece.count} elements, "
+                f"counts[{self.rank}] = {counts[self.rank]}"
+            )
+        return (None, piece) if big == "output" else (piece, None)
+
     def gatherv(
         self,
         output: Any,
@@ -1005,17 +1026,7 @@ class Communicator:
         elements) is needed on ``root`` only."""
         self._check_rank(root, "gatherv root")
         cs = _counts(counts, self.size, "gatherv")
-        if self.rank == root:
-            if output is None:
-                raise ValueError("gatherv: the root needs an output buffer")
-            o, i = _intake_counts("gatherv", output, input, cs, self.rank, "output")
-        else:
-            o, i = None, as_buffer(input, "gatherv input", writable=False)
-            if i.count != cs[self.rank]:
-                raise ValueError(
-                    f"gatherv: rank {self.rank}'s input holds {i.count} elements, "
-                    f"counts[{self.rank}] = {cs[self.rank]}"
-                )
+        o, i = self._intake_rooted("gatherv", output, input, cs, root, "output")
         bounds = schedule.count_bounds(cs)
         return self._submit(
             "gatherv",
@@ -1044,17 +1055,7 @@ class Communicator:
         (``sum(counts)`` elements) is needed on ``root`` only."""
         self._check_rank(root, "scatterv root")
         cs = _counts(counts, self.size, "scatterv")
-        if self.rank == root:
-            if input is None:
-                raise ValueError("scatterv: the root needs an input buffer")
-            o, i = _intake_counts("scatterv", output, input, cs, self.rank, "input")
-        else:
-            o, i = as_buffer(output, "scatterv output", writable=True, read=False), None
-            if o.count != cs[self.rank]:
-                raise ValueError(
-                    f"scatterv: rank {self.rank}'s output holds {o.count} elements, "
-                    f"counts[{self.rank}] = {cs[self.rank]}"
-                )
+        o, i = self._intake_rooted("scatterv", output, input, cs, root, "input")
         bounds = schedule.count_bounds(cs)
         return self._submit(
             "scatterv",

@@ -156,3 +156,46 @@ def test_close_from_a_completion_callback_does_not_deadlock() -> None:
     assert done.wait(10), "close() inside a done-callback hung"
     with pytest.raises(ringcomm.CommClosedError):
         c.barrier()
+
+
+def test_vector_collectives_check_their_counts() -> None:
+    def body(c: ringcomm.Communicator) -> list[str]:
+        errors = []
+        calls = [
+            lambda: c.all_gatherv(np.zeros(3), np.zeros(1), [1, 2, 0]),  # one count per rank
+            lambda: c.all_gatherv(np.zeros(3), np.zeros(1), [1, -2]),  # negative
+            lambda: c.all_gatherv(np.zeros(3), np.zeros(1), [1.5, 1]),  # not integers
+            lambda: c.all_gatherv(np.zeros(4), np.zeros(1), [1, 2]),  # output != sum
+            lambda: c.reduce_scatter_v(np.zeros(5), np.zeros(3), [1, 2]),  # output != counts[r]
+            lambda: c.all_to_allv(np.zeros(3), np.zeros(3), [1, 2], [2, 2]),  # recv sum
+            lambda: c.all_to_allv(np.zeros(3), np.zeros(3), [2, 1], [1, 2]),  # self mismatch
+            lambda: c.gatherv(None, np.zeros(1), [1, 2], root=0),  # root without output
+            lambda: c.scatterv(np.zeros(5), None, [1, 2], root=1),  # piece != counts[r]
+            lambda: c.all_gatherv(np.zeros(3, np.float32), np.zeros(1), [1, 2]),  # dtypes
+        ]
+        for call in calls:
+            try:
+                call()
+            except (ValueError, TypeError) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+            else:
+                errors.append("accepted")
+        return errors
+
+    for errors in run_threads(2, body):
+        assert "accepted" not in errors, errors
+        assert "hold 2 non-negative counts" in errors[0], errors
+        assert "sequence of integers" in errors[2], errors
+        assert "sum(counts) = 3" in errors[3], errors
+        assert "sends itself" in errors[6], errors
+
+
+def test_group_refuses_nesting_and_runs_nothing_after_an_error(comm) -> None:
+    buf = np.ones(4)
+    with comm.group(), pytest.raises(ringcomm.RingcommError, match="do not nest"), comm.group():
+        pass
+    with pytest.raises(KeyError), comm.group():
+        w = comm.all_reduce(buf, async_op=True)
+        raise KeyError("user code")
+    with pytest.raises(ringcomm.RingcommError, match="none ran"):
+        w.wait()
