@@ -12,7 +12,7 @@ Run a part of it with pytest (``SUITE_BACKEND`` is ringcomm or gloo, ``WORLD_SIZ
 
 or the whole suite for both backends, printing the comparison::
 
-    python bench/torch_suite.py --world-size 2 [--jobs 2] [-k EXPR]
+    python bench/torch_suite.py --world-size 2 [-k EXPR] [--out DIR [--reuse]]
 """
 
 from __future__ import annotations
@@ -85,11 +85,15 @@ def main() -> None:
     p.add_argument("-k", dest="expr", help="pytest -k expression (default: the whole suite)")
     p.add_argument("--backends", default="gloo,ringcomm")
     p.add_argument("--out", default=".", help="folder for the junit reports")
+    p.add_argument(
+        "--reuse", action="store_true", help="take a backend's report from --out where one is"
+    )
     args = p.parse_args()
     results = {}
     for backend in args.backends.split(","):
         report = os.path.join(args.out, f"torch-suite-{backend}-{args.world_size}.xml")
-        _run_suite(backend, args.world_size, args.expr, report)
+        if not (args.reuse and os.path.exists(report)):
+            _run_suite(backend, args.world_size, args.expr, report)
         results[backend] = _outcomes(report)
     names = sorted(set().union(*results.values()))
     print(f"\n# torch distributed suite, WORLD_SIZE={args.world_size}")
