@@ -96,7 +96,7 @@ class _Op(NamedTuple):
     shapes: str | None  # what every rank agrees on, where buffer sizes differ by rank
 
 
-def _CHOSEN_BY_GROUP(ctx: OpContext) -> None:
+def _group_chooses(ctx: OpContext) -> None:
     """The body of an all_reduce recorded in a group: the group gives it its own."""
     raise AssertionError("an all_reduce recorded in a group ran without the group's body")
 
@@ -665,7 +665,7 @@ class Communicator:
         if host and algorithm is None and getattr(self._grouping, "group", None) is not None:
             # In a group: the group chooses, fused or not (see _submit_group).
             return self._submit(
-                "all_reduce", _CHOSEN_BY_GROUP, (b,), async_op=async_op, timeout=timeout,
+                "all_reduce", _group_chooses, (b,), async_op=async_op, timeout=timeout,
                 reduce_op=rop, bfloat16=b.bfloat16, fuse=b,
             )  # fmt: skip
         run = self._allreduce_algorithm(b.nbytes, rop, host and not b.bfloat16, algorithm)
@@ -1198,7 +1198,7 @@ class Communicator:
             [collectives[i] for i in unit] for unit in fusion.plan(keys, self._config.fusion_bytes)
         ]
         parts = [
-            u[0] if u[0].body is not _CHOSEN_BY_GROUP else self._grouped_allreduce(u) for u in units
+            u[0] if u[0].body is not _group_chooses else self._grouped_allreduce(u) for u in units
         ]
         limits = [o.timeout for o in ops if o.timeout is not None]
         if timeout is None and limits:
