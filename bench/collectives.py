@@ -19,6 +19,9 @@ is this rank's slot of the input (in place). all_reduce, broadcast and reduce wo
 only; their out-of-place form is what a caller with separate buffers does: copy the input into
 the output, then run in place (the copy is timed). all_to_all has no in-place form (N/A).
 
+``--barrier`` puts an untimed barrier before every timed iteration, so ranks enter each
+operation together from a wait (as between phases of compute) instead of back to back.
+
 Time: each rank takes the median over its timed iterations (an iteration of ``-m K`` runs K
 operations and counts for its time / K); ``-a`` combines the ranks' medians: 0 rank 0's,
 1 the average, 2 the fastest, 3 the slowest (the default). The header names the statistic.
@@ -26,7 +29,8 @@ operations and counts for its time / K); ``-a`` combines the ranks' medians: 0 r
 ``--peer`` adds, per row, the same op on the same sizes by (comma-separated): ``gloo``
 (torch.distributed, torch.set_num_threads(1): its fastest setting here), ``mpi`` (mpi4py's
 Allreduce / Allgather / Reduce_scatter_block / Bcast / Reduce / Alltoall; needs an MPI
-launch), ``zmq`` (ringcomm itself over ZeroMQ sockets, beside a run over another transport).
+launch; timed for every size before ringcomm initialises, because ringcomm in the process
+slows MPI), ``zmq`` (ringcomm itself over ZeroMQ sockets, beside a run over another transport).
 Peers run the op's natural form (in place for all_reduce, broadcast and reduce, out of place
 for the others); each gets time, busbw, #wrong and the ratio of ringcomm's busbw in the same
 form to the peer's.
@@ -390,7 +394,48 @@ class Peer:
             self.comm.close()
 
 
-def combine(comm: ringcomm.Communicator, value: float, average: int) -> float:
+class MpiWorld:
+    """What :func:`measure` asks of a communicator, over mpi4py: the MPI peer is timed
+    before ringcomm initialises, since ringcomm slows MPI in its own process (see
+    bench/side_effects.py)."""
+
+    def __init__(self) -> None:
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self._world = MPI.COMM_WORLD
+        self.rank, self.size = self._world.Get_rank(), self._world.Get_size()
+
+    def broadcast(self, a: np.ndarray, root: int) -> None:
+        self._world.Bcast(a, root)
+
+    def all_reduce(self, a: np.ndarray, op: ringcomm.ReduceOp) -> None:
+        mpi = self._mpi
+        mpi_op = {ringcomm.MIN: mpi.MIN, ringcomm.MAX: mpi.MAX}.get(op, mpi.SUM)
+        self._world.Allreduce(mpi.IN_PLACE, a, mpi_op)
+        if op == ringcomm.AVG:
+            a /= self.size
+
+    def barrier(self) -> None:
+        self._world.Barrier()
+
+
+def measure_mpi_untouched(args: argparse.Namespace, sizes: list[int]) -> dict[int, Any]:
+    """The MPI peer's figures for every size, taken before ringcomm initialises."""
+    world = MpiWorld()
+    dtype = np.dtype(args.dtype)
+    results: dict[int, Any] = {}
+    for size in sizes:
+        pcase = Case(
+            args.op, size, dtype, world.rank, world.size, args.redop,
+            root=args.root, in_place=args.op in IN_PLACE_NATURAL,
+        )  # fmt: skip
+        prun = mpi_runner(pcase, args)
+        results[size] = None if prun is None else measure(world, prun, pcase, args, world.barrier)
+    return results
+
+
+def combine(comm: Any, value: float, average: int) -> float:
     """One figure from every rank's ``value``, as ``-a`` says."""
     v = np.array([value], np.float64)
     if average == 0:
@@ -403,14 +448,15 @@ def combine(comm: ringcomm.Communicator, value: float, average: int) -> float:
 
 
 def measure(
-    comm: ringcomm.Communicator,
+    comm: Any,
     issue: Callable[[], Waiter],
     case: Case,
     args: argparse.Namespace,
     barrier: Callable[[], None],
 ) -> dict[str, Any]:
     """Time ``issue`` on ``case``; return time_us (as ``-a`` combines the ranks' medians),
-    wrong (summed over ranks, None without checks) and extra_mib (max over ranks)."""
+    wrong (summed over ranks, None without checks) and extra_mib (max over ranks). ``comm``
+    combines the ranks' figures (a ringcomm communicator, or :class:`MpiWorld`)."""
 
     def run_once() -> None:
         waiters = [issue() for _ in range(args.agg)]
@@ -432,6 +478,8 @@ def measure(
     _reset_peak()
     times, wrong, checks, peak = [], 0, 0, 0
     for it in range(1, args.iters + 1):
+        if args.barrier:
+            barrier()  # untimed: every rank enters the operation at once, from a wait
         t0 = time.perf_counter()
         run_once()
         times.append((time.perf_counter() - t0) / args.agg)
@@ -504,13 +552,16 @@ def header(args: argparse.Namespace, comm: ringcomm.Communicator, bound: float) 
         f"warmup iters: {args.warmup} iters: {args.iters} agg iters: {args.agg} "
         f"validation: {check} blocking: {int(args.blocking)}",
         f"# time: the median over {args.iters} timed iterations on each rank, then "
-        f"{AVERAGES[args.average]} (-a {args.average})",
+        f"{AVERAGES[args.average]} (-a {args.average}); "
+        + ("a barrier (untimed) before each" if args.barrier else "back to back"),
         f"# bound: busbw / {bound:.2f} GB/s, the memory-copy bandwidth of each rank with all "
         f"{n} copying at once",
     ]
     if peers:
         form = "in place" if args.op in IN_PLACE_NATURAL else "out of place"
         lines.append(f"# peers run {args.op} {form}; ratio = ringcomm's busbw {form} / the peer's")
+    if "mpi" in peers:
+        lines.append("# mpi: timed before ringcomm initialised (untouched by it), same launch")
     groups = f"# {'':>53}{'out-of-place':>20}{'in-place':>33}"
     head = (
         f"{'size':>10} {'count':>10} {'type':>8} {'redop':>5} {'root':>5} "
@@ -591,6 +642,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "does; 0: the -m operations of an iteration are issued (async_op=True), then waited for",
     )
     parser.add_argument("-r", "--root", type=int, default=0, help="root of broadcast and reduce")
+    parser.add_argument(
+        "--barrier",
+        action="store_true",
+        help="a barrier (untimed) before every timed iteration: ranks enter each operation "
+        "together from a wait, as between phases of compute, instead of back to back",
+    )
     parser.add_argument("-d", "--dtype", default="float32")
     parser.add_argument("-o", "--redop", default="sum", choices=sorted(REDOPS))
     parser.add_argument("--algorithm", default=None, help="all_reduce algorithm to force")
@@ -621,6 +678,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sizes = []
+    s = args.minbytes
+    while s <= args.maxbytes:
+        sizes.append(s)
+        s *= args.stepfactor
+    untouched = measure_mpi_untouched(args, sizes) if "mpi" in args.peers else {}
     comm = ringcomm.init()
     rank, n = comm.rank, comm.size
     if not 0 <= args.root < n:
@@ -629,11 +692,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dtype = np.dtype(args.dtype)
     peers = [Peer(p, comm, args) for p in args.peers]
-    sizes = []
-    s = args.minbytes
-    while s <= args.maxbytes:
-        sizes.append(s)
-        s *= args.stepfactor
     bound = memcpy_gbs(comm)
     root = args.root if args.op in ROOTED else -1
     redop = args.redop if args.op in REDUCING else "none"
@@ -699,12 +757,16 @@ def main(argv: list[str] | None = None) -> int:
                 args.op, size, dtype, rank, n, args.redop,
                 root=args.root, in_place=args.op in IN_PLACE_NATURAL,
             )  # fmt: skip
-            prun = peer.runner(pcase, args)
-            if prun is None:
+            if peer.name == "mpi":
+                measured = untouched[size]  # timed before ringcomm initialised
+            else:
+                prun = peer.runner(pcase, args)
+                measured = None if prun is None else measure(comm, prun, pcase, args, peer.barrier)
+            if measured is None:
                 row["peers"][peer.name] = None
                 line += f" | {'n/a':>9} {'':>7} {'':>6} {'':>5}"
                 continue
-            fig = _group(pcase.nbytes, factor, measure(comm, prun, pcase, args, peer.barrier))
+            fig = _group(pcase.nbytes, factor, measured)
             assert fig is not None
             fig["ratio"] = natural["busbw"] / fig["busbw"]
             row["peers"][peer.name] = fig

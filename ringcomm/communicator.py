@@ -29,6 +29,7 @@ import numpy as np
 from ringcomm import diagnostics, hosts, logs
 from ringcomm.algorithms import (
     choice,
+    direct,
     fusion,
     hierarchical,
     linear,
@@ -39,6 +40,7 @@ from ringcomm.algorithms import (
     schedule,
     star,
     tree,
+    tuning,
 )
 from ringcomm.algorithms.context import OpContext, OrderedContext
 from ringcomm.buffers import Buffer, as_buffer
@@ -272,6 +274,12 @@ class Communicator:
         self.size = transport.size
         self._topology = topology if topology is not None else self._exchange_hosts()
         self._flat = self._flat_order()  # the order of flat algorithms; None: rank order
+        # Every rank on this host over shared memory: collectives may run on the board
+        # (ringcomm.algorithms.direct).
+        self._board = bool(getattr(transport, "board_possible", False))
+        # What chooses algorithms: the settings, with the tune file's measured choices
+        # where the user forced none.
+        self._choosing = tuning.apply(config, transport.name, self.size)
         self._local: Communicator | None = None  # split_local(), made at the first call
         self._cross: Communicator | None = None  # split_cross(), likewise
         self._seq = 0
@@ -388,6 +396,13 @@ class Communicator:
         if order is None:
             return lambda ctx: run(ctx, root)
         return lambda ctx: run(OrderedContext.of(ctx, order), order.index(root))
+
+    def _direct(
+        self, op: str, nbytes: int, buffers: tuple[AnyBuffer, ...], algorithm: str | None
+    ) -> bool:
+        """Whether this all_gather / reduce_scatter / reduce runs on the board."""
+        board = self._board and all(type(b) is Buffer for b in buffers)
+        return choice.use_direct(op, nbytes, self.size, self._choosing, algorithm, board)
 
     def _hierarchical(self, buffers: tuple[AnyBuffer, ...], reduces: bool) -> bool:
         """Whether this all_gather / reduce_scatter runs hierarchically."""
@@ -647,7 +662,8 @@ class Communicator:
                 buffer-protocol object; GPU buffers: see :mod:`ringcomm.gpu.engine`.
             op: how to combine (:class:`ReduceOp`); AVG divides the sum by ``size``.
             async_op: return a :class:`Work` instead of waiting.
-            algorithm: ``"ring"``, ``"recursive_doubling"`` or ``"star"`` (default: by size).
+            algorithm: ``"direct"`` (ranks of one host), ``"ring"``,
+                ``"recursive_doubling"``, ``"star"`` (default: by size).
             timeout: seconds before :class:`CommTimeoutError` (default
                 ``RINGCOMM_TIMEOUT_SECONDS``).
 
@@ -690,12 +706,17 @@ class Communicator:
         )
 
     def _allreduce_algorithm(
-        self, nbytes: int, rop: ReduceOp, host: bool, algorithm: str | None
+        self, nbytes: int, rop: ReduceOp, host: bool, algorithm: str | None, board: bool = True
     ) -> Callable[[OpContext, np.ndarray], None]:
-        """The all_reduce to run on ``nbytes`` (``host``: see :func:`_on_host`)."""
+        """The all_reduce to run on ``nbytes`` (``host``: see :func:`_on_host`; ``board``:
+        may it run on the board)."""
         name = choice.choose_allreduce(
-            nbytes, self.size, self._config, algorithm, self._topology, host
-        )
+            nbytes, self.size, self._choosing, algorithm, self._topology, host,
+            board and self._board,
+        )  # fmt: skip
+        if name == "direct":  # what runs where the ranks cannot have a board after all
+            fallback = self._allreduce_algorithm(nbytes, rop, host, algorithm, board=False)
+            return lambda ctx, a: direct.allreduce(ctx, a, fallback)
         if name == "hierarchical":
             h, size = self._hierarchy(), self.size
             return lambda ctx, a: hierarchical.allreduce(h, a, rop, size, ctx.deadline)
@@ -706,18 +727,27 @@ class Communicator:
         return lambda ctx, a: run(OrderedContext.of(ctx, order), a)
 
     def all_gather(
-        self, output: Any, input: Any, *, async_op: bool = False, timeout: float | None = None
+        self,
+        output: Any,
+        input: Any,
+        *,
+        async_op: bool = False,
+        algorithm: str | None = None,
+        timeout: float | None = None,
     ) -> Work | None:
         """Gather every rank's ``input`` into ``output`` on every rank, in rank order.
 
         ``output`` holds ``size * input.size`` elements; ``input`` may be slot ``rank`` of
-        ``output`` itself (in place).
+        ``output`` itself (in place). ``algorithm``: ``"direct"`` or ``"ring"`` (default:
+        by size).
         """
         o, i = _intake_pair(
             "all_gather", output, input, self.size, "output", allow_in_place=self.rank
         )
         body: Callable[[OpContext], Any] = lambda ctx: ring.allgather(ctx, o.array, i.array)  # noqa: E731
-        if self._hierarchical((o, i), reduces=False):
+        if self._direct("all_gather", o.nbytes, (o, i), algorithm):
+            body = lambda ctx: direct.allgather(ctx, o.array, i.array, ring.allgather)  # noqa: E731
+        elif self._hierarchical((o, i), reduces=False):
             h = self._hierarchy()
             body = lambda ctx: hierarchical.all_gather(h, o.array, i.array, ctx.deadline)  # noqa: E731
         return self._submit(
@@ -736,19 +766,23 @@ class Communicator:
         op: ReduceOp = ReduceOp.SUM,
         *,
         async_op: bool = False,
+        algorithm: str | None = None,
         timeout: float | None = None,
     ) -> Work | None:
         """Reduce ``input`` across ranks; rank r's ``output`` gets chunk r of the result.
 
         ``input`` holds ``size * output.size`` elements and is left unchanged, except when
-        ``output`` is slot ``rank`` of ``input`` itself (in place).
+        ``output`` is slot ``rank`` of ``input`` itself (in place). ``algorithm``:
+        ``"direct"`` or ``"ring"`` (default: by size).
         """
         o, i = _intake_pair(
             "reduce_scatter", output, input, self.size, "input", allow_in_place=self.rank
         )
         rop = _reduce_op(op, o, "reduce_scatter")
         body: Callable[[OpContext], Any] = lambda ctx: ring.reduce_scatter(ctx, o.array, i.array)  # noqa: E731
-        if self._hierarchical((o, i), reduces=True):
+        if self._direct("reduce_scatter", i.nbytes, (o, i), algorithm):
+            body = lambda ctx: direct.reduce_scatter(ctx, o.array, i.array, ring.reduce_scatter)  # noqa: E731
+        elif self._hierarchical((o, i), reduces=True):
             h = self._hierarchy()
             body = lambda ctx: hierarchical.reduce_scatter(  # noqa: E731
                 h, o.array, i.array, rop, self.size, ctx.deadline
@@ -773,10 +807,19 @@ class Communicator:
         algorithm: str | None = None,
         timeout: float | None = None,
     ) -> Work | None:
-        """Copy ``buf`` from ``root`` to every rank (``algorithm``: binomial or chain)."""
+        """Copy ``buf`` from ``root`` to every rank (``algorithm``: direct, binomial or
+        chain; default: by size)."""
         self._check_rank(root, "broadcast root")
         b = as_buffer(buf, "broadcast buf", writable=self.rank != root, read=self.rank == root)
-        run = _BROADCAST[choice.choose_broadcast(b.nbytes, self.size, self._config, algorithm)]
+        board = self._board and type(b) is Buffer
+        name = choice.choose_broadcast(b.nbytes, self.size, self._choosing, algorithm, board)
+        if name == "direct":
+            fallback = _BROADCAST[
+                choice.choose_broadcast(b.nbytes, self.size, self._choosing, None)
+            ]
+            run: Callable[..., None] = lambda ctx, a, r: direct.broadcast(ctx, a, r, fallback)  # noqa: E731
+        else:
+            run = _BROADCAST[name]
         return self._submit(
             "broadcast",
             self._rooted(lambda ctx, r: run(ctx, b.array, r), root),
@@ -794,16 +837,20 @@ class Communicator:
         op: ReduceOp = ReduceOp.SUM,
         *,
         async_op: bool = False,
+        algorithm: str | None = None,
         timeout: float | None = None,
     ) -> Work | None:
         """Reduce ``buf`` across ranks into ``buf`` on ``root``; other ranks' buffers are
-        left unchanged."""
+        left unchanged. ``algorithm``: ``"direct"`` or ``"binomial"`` (default: by size)."""
         self._check_rank(root, "reduce root")
         b = as_buffer(buf, "reduce buf", writable=self.rank == root)
         rop = _reduce_op(op, b, "reduce")
+        run: Callable[..., None] = tree.reduce_binomial
+        if self._direct("reduce", b.nbytes, (b,), algorithm):
+            run = lambda ctx, a, r: direct.reduce(ctx, a, r, tree.reduce_binomial)  # noqa: E731
         return self._submit(
             "reduce",
-            self._rooted(lambda ctx, r: tree.reduce_binomial(ctx, b.array, r), root),
+            self._rooted(lambda ctx, r: run(ctx, b.array, r), root),
             (b,),
             async_op=async_op,
             timeout=timeout,
@@ -1131,7 +1178,10 @@ class Communicator:
 
     def barrier(self, *, async_op: bool = False, timeout: float | None = None) -> Work | None:
         """Return once every rank has entered the barrier."""
-        return self._submit("barrier", linear.barrier, (), async_op=async_op, timeout=timeout)
+        body: Callable[[OpContext], Any] = linear.barrier
+        if self._board:
+            body = lambda ctx: direct.barrier(ctx, linear.barrier)  # noqa: E731
+        return self._submit("barrier", body, (), async_op=async_op, timeout=timeout)
 
     def monitored_barrier(
         self, timeout: float | None = None, *, wait_all_ranks: bool = False

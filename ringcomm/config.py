@@ -16,8 +16,59 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-ALLREDUCE_ALGORITHMS = ("ring", "recursive_doubling", "star", "hierarchical")
-BROADCAST_ALGORITHMS = ("binomial", "chain")
+# The algorithms each collective can be forced to (RINGCOMM_<OP>_ALGORITHM). "direct" runs
+# on the shared-memory board (ranks of one host; elsewhere the choice by size).
+ALLREDUCE_ALGORITHMS = ("direct", "recursive_doubling", "ring", "star", "hierarchical")
+BROADCAST_ALGORITHMS = ("direct", "binomial", "chain")
+ALLGATHER_ALGORITHMS = ("direct", "ring")
+REDUCE_SCATTER_ALGORITHMS = ("direct", "ring")
+REDUCE_ALGORITHMS = ("direct", "binomial")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``4096``, ``4K``, ``16M``, ``1G`` (binary units)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (bytes, or with K, M, G)") from None
+
+
+def parse_algorithms(text: str, choices: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    """``name`` (every size) or ``name:LO-HI;name:LO-;...`` (bytes from LO up to, not
+    including, HI; sizes as :func:`parse_size`) as ``(name, lo, hi)`` ranges."""
+    ranges = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, _, span = part.partition(":")
+        name = name.strip()
+        if name not in choices:
+            raise ValueError(
+                f"unknown algorithm {name!r} in {text!r}: expected one of {', '.join(choices)}"
+            )
+        lo, hi = 0, 1 << 62
+        if span:
+            a, sep, b = span.partition("-")
+            if not sep:
+                raise ValueError(f"{part!r} in {text!r}: expected name:LO-HI (HI may be empty)")
+            lo = parse_size(a) if a.strip() else 0
+            hi = parse_size(b) if b.strip() else hi
+            if hi <= lo:
+                raise ValueError(f"{part!r} in {text!r}: the range is empty")
+        ranges.append((name, lo, hi))
+    if not ranges:
+        raise ValueError(f"no algorithm in {text!r}")
+    return tuple(ranges)
+
+
+def _algorithms(choices: tuple[str, ...]) -> Callable[[Any], None]:
+    def validate(value: Any) -> None:
+        parse_algorithms(value, choices)
+
+    return validate
+
+
 RING_ORDERS = ("hosts", "ranks")
 HIERARCHY_MODES = ("auto", "off")
 # auto: shared memory between ranks of one host, ZeroMQ sockets between hosts; shm: shared
@@ -60,6 +111,7 @@ class Setting:
     # "auto" in the environment means "choose for me": the field's None (or its default).
     auto_is_none: bool = False
     normalize: Callable[[str], str] | None = None  # applied to a str value as read
+    validate: Callable[[Any], None] | None = None  # raises ValueError for a bad value
     name: str = ""  # the Config field (set by Config)
 
     def parse(self, raw: str) -> Any:
@@ -85,6 +137,11 @@ class Setting:
             return
         if self.choices and value not in self.choices:
             raise ValueError(f"{label}={value!r}: expected one of {', '.join(self.choices)}")
+        if self.validate is not None:
+            try:
+                self.validate(value)
+            except ValueError as e:
+                raise ValueError(f"{label}: {e}") from None
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"{label} must be at least {self.minimum:g}, got {value}")
         if self.maximum is not None and value > self.maximum:
@@ -198,10 +255,30 @@ class Config:
         None,
         "RINGCOMM_ALLREDUCE_ALGORITHM",
         str,
-        "force an all_reduce algorithm: `ring`, `recursive_doubling`, `star` or "
-        "`hierarchical` (across hosts with as many ranks on each; elsewhere the choice by "
-        "size)",
-        choices=ALLREDUCE_ALGORITHMS,
+        "force the all_reduce algorithm: one of `direct` (the shared-memory board), "
+        "`recursive_doubling`, `ring`, `star`, `hierarchical`, or one per size range, "
+        "`direct:0-256K;ring:256K-` (sizes left out are chosen as by default; `direct` "
+        "where the ranks span hosts and `hierarchical` where it cannot run are the default "
+        "too)",
+        validate=_algorithms(ALLREDUCE_ALGORITHMS),
+        auto_is_none=True,
+        default_text=_AUTO,
+    )
+    allgather_algorithm: str | None = setting(
+        None,
+        "RINGCOMM_ALLGATHER_ALGORITHM",
+        str,
+        "force the all_gather algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: `direct` or `ring`",
+        validate=_algorithms(ALLGATHER_ALGORITHMS),
+        auto_is_none=True,
+        default_text=_AUTO,
+    )
+    reduce_scatter_algorithm: str | None = setting(
+        None,
+        "RINGCOMM_REDUCE_SCATTER_ALGORITHM",
+        str,
+        "force the reduce_scatter algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: `direct` or `ring`",
+        validate=_algorithms(REDUCE_SCATTER_ALGORITHMS),
         auto_is_none=True,
         default_text=_AUTO,
     )
@@ -209,10 +286,29 @@ class Config:
         None,
         "RINGCOMM_BROADCAST_ALGORITHM",
         str,
-        "force a broadcast algorithm: `binomial` or `chain`",
-        choices=BROADCAST_ALGORITHMS,
+        "force the broadcast algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: `direct`, "
+        "`binomial` or `chain`",
+        validate=_algorithms(BROADCAST_ALGORITHMS),
         auto_is_none=True,
         default_text=_AUTO,
+    )
+    reduce_algorithm: str | None = setting(
+        None,
+        "RINGCOMM_REDUCE_ALGORITHM",
+        str,
+        "force the reduce algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: `direct` or `binomial`",
+        validate=_algorithms(REDUCE_ALGORITHMS),
+        auto_is_none=True,
+        default_text=_AUTO,
+    )
+    tune_file: str = setting(
+        "",
+        "RINGCOMM_TUNE_FILE",
+        str,
+        "the file of measured algorithm choices `bench/tune.py` writes, read at init "
+        "(where it has an entry for the transport and world size, it chooses for every "
+        "operation and size not forced by the variables above); `none`: read none",
+        default_text="`$XDG_CACHE_HOME/ringcomm/tune.json` (`~/.cache` without it)",
     )
     hierarchy: str = setting(
         "auto",
@@ -298,6 +394,18 @@ class Config:
         "(smaller slots are used, with a warning, where /dev/shm is short)",
         unit="bytes",
         minimum=64,
+        multiple_of=64,
+    )
+    shm_board_bytes: int = setting(
+        1 << 20,
+        "RINGCOMM_SHM_BOARD_BYTES",
+        int,
+        "bytes of each of the two areas a rank publishes collective data in on the "
+        "shared-memory board (made on a communicator's first direct collective, where all "
+        "its ranks share the host); larger operations go through it in pieces of this "
+        "size; 0: no board, point-to-point algorithms only",
+        unit="bytes",
+        minimum=0,
         multiple_of=64,
     )
     shm_by_address_bytes: int = setting(

@@ -112,6 +112,28 @@ def test_torch_tensors() -> None:
     get_pool(3).run(collectives.torch_tensors)
 
 
+@pytest.mark.parametrize("size", [2, 3, 4, 8])
+def test_board_collectives(size: int) -> None:
+    """The shared-memory board: every collective forced onto it, against numpy; a 4 KiB
+    board cuts larger operations into pieces. n=8 on this 2-core machine too."""
+    pool = RankPool(size, env={"RINGCOMM_SHM_BOARD_BYTES": "4096"})
+    try:
+        results = pool.run(collectives.board_collectives, timeout=300 if size > 4 else 120)
+    finally:
+        pool.close()
+    pieces = {res["pieces"] for res in results}
+    assert len(pieces) == 1 and pieces.pop() > 100, "every rank numbers the same pieces"
+    assert all(res["area"] == 4096 for res in results)
+    for res in results[1:]:
+        for got, want in zip(res["bits"], results[0]["bits"], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_board_goes_without_when_a_rank_cannot_make_one() -> None:
+    results = get_pool(3).run(collectives.board_goes_without)
+    assert results == [{"board": False, "possible": False}] * 3, results
+
+
 @TRANSPORTS
 def test_idle_rank_does_not_burn_cpu(transport: str) -> None:
     cpu_share = get_pool(2, transport).run(collectives.idle_rank_burns_no_cpu)[0]

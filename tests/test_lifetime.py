@@ -109,8 +109,11 @@ def ours():
     '''Threads of ringcomm's (Python ones, and ZeroMQ's I/O and reaper threads).'''
     names = []
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/comm") as f:
-            names.append(f.read().strip())
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # a thread that ended since the listing
+            pass
     zmq_threads = [n for n in names if n.startswith("ZMQbg")]
     return zmq_threads + [t.name for t in threading.enumerate() if t.name != "MainThread"]
 

@@ -81,14 +81,17 @@ def test_oversubscribed_ranks_finish() -> None:
     assert_passed("clean", 6, results, text)
 
 
-@pytest.mark.parametrize("transport", ["auto", "zmq"])
-def test_killed_peer_is_named_within_seconds(transport: str) -> None:
-    """On shared memory the waiters watch their peers' processes; over sockets the dropped
-    connection (a process's sockets close when it dies) gives it away."""
+@pytest.mark.parametrize(
+    ("transport", "mode"),
+    [("auto", "peer_killed"), ("auto", "peer_killed_on_board"), ("zmq", "peer_killed")],
+)
+def test_killed_peer_is_named_within_seconds(transport: str, mode: str) -> None:
+    """On shared memory the waiters watch their peers' processes (on the board too); over
+    sockets the dropped connection (a process's sockets close when it dies) gives it away."""
     n = 3
-    results, codes, text = run_ranks("peer_killed", n, env={"RINGCOMM_TRANSPORT": transport})
+    results, codes, text = run_ranks(mode, n, env={"RINGCOMM_TRANSPORT": transport})
     assert codes[n - 1] == -signal.SIGKILL, text
-    assert_passed("peer_killed", n, results, text, ranks=range(n - 1))
+    assert_passed(mode, n, results, text, ranks=range(n - 1))
     for r in range(n - 1):
         assert f"rank {n - 1}" in results[r]["error"], results[r]
         assert results[r]["seconds"] < 5, results[r]
@@ -118,6 +121,16 @@ def test_launcher_removes_what_a_rank_killed_while_connecting_left(tmp_path: Pat
     res = subprocess.run(
         [*cmd, "killed_while_connecting"], capture_output=True, text=True, timeout=120
     )
+    assert res.returncode != 0
+    assert "rank 1 failed (killed by SIGKILL)" in res.stderr, res.stderr[-2000:]
+    assert "removed" in res.stderr and "shared-memory segment" in res.stderr, res.stderr[-2000:]
+
+
+def test_launcher_removes_the_board_of_a_rank_killed_while_making_it() -> None:
+    """Rank 1 dies with its board file made and not yet unlinked (that happens once every
+    rank has mapped every board): rank 0 names it, the launcher removes the file."""
+    cmd = [sys.executable, "-m", "ringcomm.run", "-n", "2", sys.executable, SCRIPT]
+    res = subprocess.run([*cmd, "killed_on_board"], capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "rank 1 failed (killed by SIGKILL)" in res.stderr, res.stderr[-2000:]
     assert "removed" in res.stderr and "shared-memory segment" in res.stderr, res.stderr[-2000:]
@@ -166,6 +179,8 @@ def test_full_dev_shm_is_a_clear_error_not_a_crash() -> None:
 
 @needs_private_shm
 def test_short_dev_shm_gets_smaller_slots_and_works() -> None:
-    """3 MiB cannot hold 4 x 1 MiB slots per rank: each rank shrinks its own and says so."""
+    """3 MiB cannot hold 4 x 1 MiB slots per rank: each rank shrinks its own and says so.
+    Nor two boards of 2 MiB: the ranks agree to go without and still run everything."""
     _, out = _in_small_dev_shm("3m", "small_shm")
     assert "using 512 KiB" in out or "using 256 KiB" in out, out[-3000:]
+    assert "no board for the direct collectives" in out, out[-3000:]

@@ -1,7 +1,31 @@
-"""The choice of algorithm by size.
+"""The choice of algorithm by operation, size, world size and transport.
 
-Choice by size, measured on this 2-core machine over ZeroMQ ipc:// with float32 (median of
-20-50 iterations, ``bench/collectives.py --algorithm ...``):
+Order: the caller's ``algorithm=``, else ``RINGCOMM_<OP>_ALGORITHM`` for this size (one
+name, or one per size range), else the tune file's measured choice for this transport and
+world size (:mod:`ringcomm.algorithms.tuning`, written by ``bench/tune.py``), else the
+defaults below. ``direct`` (the shared-memory board) applies only where every rank of the
+communicator shares this host over shared memory; ``hierarchical`` only across hosts.
+
+Defaults on the board (:data:`BOARD_DEFAULTS`), measured on this 2-core machine with
+``ringcomm-run -n N python bench/tune.py --dry-run`` (2026-11-30; float32, median of the
+slowest rank, candidates taking turns; microseconds, direct vs the best point-to-point):
+
+- n=2: all_reduce 4 KiB 14.5 vs 16.2 (recursive doubling), 64 KiB 27 vs 24, 1 MiB 122 vs
+  88: the board only below 64 KiB, since recursive doubling at n=2 is one exchange read by
+  address. all_gather direct up to 4 MiB (1.1 vs 1.2 ms), ring from 16 MiB (2.6 vs 4.8 ms).
+  reduce_scatter direct below 1 MiB (95 vs 100 us at 256 KiB; 294 vs 122 us at 1 MiB).
+  broadcast: within 5% of binomial and chain up to 256 KiB, then behind. reduce: the
+  binomial tree from 64 KiB (one by-address exchange).
+- n=4 (ranks outnumber cores): all_reduce 4 KiB 144 vs 249, 1 MiB 343 vs 643, 16 MiB 7.1
+  vs 8.8 ms; all_gather 1 MiB 207 vs 480 us; reduce_scatter 1 MiB 296 vs 566 us, 16 MiB 4.6
+  vs 10.0 ms: the board at every size. broadcast: the board below 64 KiB and from 4 MiB
+  (4 MiB 0.63 vs 1.24 ms), binomial and chain between. reduce: binomial below 256 KiB
+  (30 vs 59 us at 4 KiB), the board above (1 MiB 295 vs 658 us).
+- This machine's two vCPUs are sometimes 10x slower at moving data between processes than
+  at other times (a 1 MiB broadcast took 38 us in one hour and 400 us in the next, every
+  algorithm alike): compare algorithms only side by side, in turns.
+
+Point-to-point defaults, measured over ZeroMQ ipc:// with float32:
 
 - all_reduce below ``Config.small_message_bytes`` (2 MiB) uses recursive doubling, above it
   the ring. Recursive doubling pays log2(n) message latencies where the ring pays 2(n-1),
@@ -17,19 +41,72 @@ Choice by size, measured on this 2-core machine over ZeroMQ ipc:// with float32 
 
 from __future__ import annotations
 
-from ringcomm.config import ALLREDUCE_ALGORITHMS, BROADCAST_ALGORITHMS, Config
+import functools
+
+from ringcomm.config import (
+    ALLGATHER_ALGORITHMS,
+    ALLREDUCE_ALGORITHMS,
+    BROADCAST_ALGORITHMS,
+    REDUCE_ALGORITHMS,
+    REDUCE_SCATTER_ALGORITHMS,
+    Config,
+    parse_algorithms,
+)
 from ringcomm.topology import Topology
 
 BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
+# Where the ranks can have a board, the sizes each operation runs on it by default, for two
+# ranks and for more (measured with bench/tune.py, see the module docstring); other sizes
+# take the point-to-point choice below.
+BOARD_DEFAULTS = {
+    ("all_reduce", False): "direct:0-64K",
+    ("all_reduce", True): "direct",
+    ("all_gather", False): "direct:0-16M",
+    ("all_gather", True): "direct",
+    ("reduce_scatter", False): "direct:0-1M",
+    ("reduce_scatter", True): "direct",
+    ("broadcast", False): "direct:0-256K",
+    ("broadcast", True): "direct:0-64K;direct:4M-",
+    ("reduce", False): "direct:0-64K",
+    ("reduce", True): "direct:256K-",
+}
+CHOICES = {
+    "all_reduce": ALLREDUCE_ALGORITHMS,
+    "all_gather": ALLGATHER_ALGORITHMS,
+    "reduce_scatter": REDUCE_SCATTER_ALGORITHMS,
+    "broadcast": BROADCAST_ALGORITHMS,
+    "reduce": REDUCE_ALGORITHMS,
+}
 
 
-def _forced(
-    requested: str | None, configured: str | None, choices: tuple[str, ...], op: str
-) -> str | None:
-    name = requested or configured
-    if name is not None and name not in choices:
-        raise ValueError(f"unknown {op} algorithm {name!r}: expected one of {', '.join(choices)}")
-    return name
+@functools.lru_cache(maxsize=64)
+def _ranges(text: str, op: str) -> tuple[tuple[str, int, int], ...]:
+    return parse_algorithms(text, CHOICES[op])
+
+
+def _forced(requested: str | None, configured: str | None, op: str, nbytes: int) -> str | None:
+    """The algorithm the caller (``requested``) or the configuration forces for ``nbytes``."""
+    if requested is not None:
+        if requested not in CHOICES[op]:
+            raise ValueError(
+                f"unknown {op} algorithm {requested!r}: expected one of {', '.join(CHOICES[op])}"
+            )
+        return requested
+    if configured is not None:
+        for name, lo, hi in _ranges(configured, op):
+            if lo <= nbytes < hi:
+                return name
+    return None
+
+
+def _direct(op: str, nbytes: int, size: int, forced: str | None, board: bool) -> bool:
+    """Whether ``op`` on ``nbytes`` runs on the board (``board``: the ranks can have one)."""
+    if not board or forced not in (None, "direct"):
+        return False
+    if forced == "direct":
+        return True
+    ranges = _ranges(BOARD_DEFAULTS[op, size > 2], op)
+    return any(lo <= nbytes < hi for _, lo, hi in ranges)
 
 
 def hierarchy_applies(topology: Topology) -> bool:
@@ -54,11 +131,17 @@ def choose_allreduce(
     requested: str | None,
     topology: Topology | None = None,
     host_buffer: bool = True,
+    board: bool = False,
 ) -> str:
-    """Name of the all_reduce algorithm: ``requested``, else the config's, else
-    ``hierarchical`` where :func:`use_hierarchy`, else by size. A forced ``hierarchical``
-    where it cannot run is the choice by size."""
-    forced = _forced(requested, config.allreduce_algorithm, ALLREDUCE_ALGORITHMS, "all_reduce")
+    """Name of the all_reduce algorithm: ``requested``, else the config's for this size,
+    else ``hierarchical`` where :func:`use_hierarchy`, else ``direct`` where ``board``
+    (every rank on this host over shared memory) and the size is below its threshold, else
+    by size. A forced ``hierarchical`` or ``direct`` where it cannot run is the default."""
+    forced = _forced(requested, config.allreduce_algorithm, "all_reduce", nbytes)
+    if _direct("all_reduce", nbytes, size, forced, board and host_buffer):
+        return "direct"
+    if forced == "direct":
+        forced = None
     if topology is None or topology.num_nodes == 1:  # the usual call: one host
         hierarchical = False
     elif forced is None:
@@ -72,9 +155,27 @@ def choose_allreduce(
     return "recursive_doubling" if nbytes < config.small_message_bytes else "ring"
 
 
-def choose_broadcast(nbytes: int, size: int, config: Config, requested: str | None) -> str:
-    """Name of the broadcast algorithm: ``requested``, else the config's, else by size."""
-    forced = _forced(requested, config.broadcast_algorithm, BROADCAST_ALGORITHMS, "broadcast")
-    if forced is not None:
-        return forced
+def choose_broadcast(
+    nbytes: int, size: int, config: Config, requested: str | None, board: bool = False
+) -> str:
+    """Name of the broadcast algorithm: ``requested``, else the config's, else ``direct``
+    where ``board`` and below its threshold, else by size."""
+    forced = _forced(requested, config.broadcast_algorithm, "broadcast", nbytes)
+    if _direct("broadcast", nbytes, size, forced, board):
+        return "direct"
+    if forced not in (None, "direct"):
+        return forced  # type: ignore[return-value]
     return "binomial" if nbytes < BINOMIAL_BROADCAST_BELOW_BYTES or size <= 2 else "chain"
+
+
+def use_direct(
+    op: str, nbytes: int, size: int, config: Config, requested: str | None, board: bool
+) -> bool:
+    """Whether all_gather, reduce_scatter or reduce on ``nbytes`` (the whole gathered or
+    scattered buffer) runs on the board rather than its point-to-point algorithm."""
+    configured = {
+        "all_gather": config.allgather_algorithm,
+        "reduce_scatter": config.reduce_scatter_algorithm,
+        "reduce": config.reduce_algorithm,
+    }[op]
+    return _direct(op, nbytes, size, _forced(requested, configured, op, nbytes), board)

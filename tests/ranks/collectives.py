@@ -492,3 +492,88 @@ def any_source_receives(comm: ringcomm.Communicator) -> None:
         got = np.zeros(4, np.int64)
         assert comm.recv(got, None, tag=9) == 0 and (got == np.arange(4)).all()
     comm.barrier()
+
+
+def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
+    """Every collective forced onto the shared-memory board, against numpy: every op and
+    dtype of all_reduce, the other collectives in and out of place, every root, sizes on
+    both sides of the one-step threshold and across several pieces (the pool's board is
+    small), interleaved with point-to-point algorithms on the same communicator. Returns
+    what the board did, and a float all_reduce's bits (identical on every rank)."""
+    n, r = comm.size, comm.rank
+    counts = (0, 1, 5, 1000, 40_000)  # 40,000 float32: past 64 KiB, so two steps
+    allreduce_matrix(comm, ("direct",), counts=(0, 1, 7, 1000))
+    for dtype in ("int8", "float32", "float64"):
+        for count in counts:
+            what = f"{dtype} count={count} n={n}"
+            everyone = [make_input(dtype, ringcomm.SUM, q, count, seed=3) for q in range(n)]
+            mine = everyone[r]
+            for alg in ("direct", "ring"):  # the board and the slots, one after the other
+                out = np.zeros(n * count, dtype)
+                comm.all_gather(out, mine, algorithm=alg)
+                np.testing.assert_array_equal(out, np.concatenate(everyone), err_msg=what)
+            out[:] = 0
+            out[r * count : (r + 1) * count] = mine
+            comm.all_gather(out, out[r * count : (r + 1) * count], algorithm="direct")
+            np.testing.assert_array_equal(out, np.concatenate(everyone), err_msg="in place")
+            big = [make_input(dtype, ringcomm.SUM, q, n * count, seed=4) for q in range(n)]
+            want = reference(ringcomm.SUM, big)[r * count : (r + 1) * count]
+            part = np.zeros(count, dtype)
+            before = big[r].copy()
+            comm.reduce_scatter(part, big[r], algorithm="direct")
+            np.testing.assert_array_equal(part, want, err_msg="reduce_scatter " + what)
+            np.testing.assert_array_equal(big[r], before, err_msg="reduce_scatter input")
+            whole = big[r].copy()
+            comm.reduce_scatter(whole[r * count : (r + 1) * count], whole, algorithm="direct")
+            np.testing.assert_array_equal(whole[r * count : (r + 1) * count], want)
+            for root in range(n):
+                buf = everyone[root].copy() if r == root else np.zeros(count, dtype)
+                comm.broadcast(buf, root, algorithm="direct")
+                np.testing.assert_array_equal(buf, everyone[root], err_msg=f"bcast {what}")
+                for op in (ringcomm.SUM, ringcomm.MAX):
+                    buf = mine.copy()
+                    comm.reduce(buf, root, op, algorithm="direct")
+                    want_r = reference(op, everyone) if r == root else mine
+                    np.testing.assert_array_equal(buf, want_r, err_msg=f"reduce {root} {what}")
+        comm.barrier()
+    rng = np.random.default_rng(r)
+    bits = []
+    for count in (1000, 40_000):  # one step and two steps
+        buf = rng.standard_normal(count).astype(np.float32)
+        comm.all_reduce(buf, ringcomm.AVG, algorithm="direct")
+        bits.append(buf)
+    board = comm._transport.board  # type: ignore[attr-defined]
+    return {"pieces": board.count, "area": board.area_bytes, "bits": bits}
+
+
+def board_goes_without(comm: ringcomm.Communicator) -> dict[str, bool]:
+    """Rank 1 cannot make its board (the name is taken): every rank goes without it alike,
+    and the collectives forced onto it run point to point instead."""
+    import os
+
+    from ringcomm.transport.shm.board import board_path
+
+    n, r = comm.size, comm.rank
+    sub = comm.split(0)  # a fresh communicator: its board is made at its first use
+    assert sub is not None
+    t = sub._transport  # type: ignore[attr-defined]
+    blocker = board_path(t.job_id, t.comm_id, 1)
+    if r == 1:
+        open(blocker, "w").close()
+    sub.barrier()  # the first board collective: the board is made (or not) here
+    try:
+        a = np.full(10, r + 1, np.float32)
+        sub.all_reduce(a, algorithm="direct")
+        np.testing.assert_array_equal(a, np.full(10, n * (n + 1) / 2, np.float32))
+        out = np.zeros(3 * n, np.int32)
+        sub.all_gather(out, np.full(3, r, np.int32), algorithm="direct")
+        np.testing.assert_array_equal(out, np.repeat(np.arange(n, dtype=np.int32), 3))
+        b = np.full(4, r, np.int64)
+        sub.broadcast(b, n - 1, algorithm="direct")
+        np.testing.assert_array_equal(b, np.full(4, n - 1))
+        sub.barrier()
+        return {"board": t.board is not None, "possible": t.board_possible}
+    finally:
+        if r == 1:
+            os.unlink(blocker)
+        sub.close()

@@ -4,6 +4,7 @@ ringcomm-run or directly with RINGCOMM_* variables). A rank that passes prints
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -131,9 +132,9 @@ def ticker_error_reaches_the_next_operation(comm: ringcomm.Communicator) -> dict
     return {}
 
 
-def peer_killed(comm: ringcomm.Communicator) -> dict:
+def peer_killed(comm: ringcomm.Communicator, count: int = 4 << 20) -> dict:
     """The last rank is killed mid-run; the others fail naming it, without hanging."""
-    buf = np.ones(4 << 20, np.float32)
+    buf = np.ones(count, np.float32)
     for i in range(1000):
         if comm.rank == comm.size - 1 and i == 3:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -159,6 +160,8 @@ MODES = {
     "mismatch": mismatch,
     "p2p_waits_for_nobody": p2p_waits_for_nobody,
     "peer_killed": peer_killed,
+    # 1,000 floats: the all_reduce runs on the shared-memory board
+    "peer_killed_on_board": functools.partial(peer_killed, count=1000),
     "ticker_error_reaches_the_next_operation": ticker_error_reaches_the_next_operation,
 }
 
@@ -187,6 +190,23 @@ def main() -> None:
         if os.environ["RINGCOMM_RANK"] == "1":  # dies with its segment made, not yet unlinked
             shm.ShmTransport._attach = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
         ringcomm.init(timeout=30)
+        return
+    if mode == "killed_on_board":
+        from ringcomm.transport.shm import board
+
+        join = board.join
+
+        def join_and_die(transport, area_bytes, agree):  # type: ignore[no-untyped-def]
+            def die(value: int) -> int:  # its board file made, not yet unlinked
+                os.kill(os.getpid(), signal.SIGKILL)
+                return value
+
+            return join(transport, area_bytes, die)
+
+        if os.environ["RINGCOMM_RANK"] == "1":
+            board.join = join_and_die
+        comm = ringcomm.init(timeout=30)
+        comm.all_reduce(np.ones(10, np.float32), timeout=20)
         return
     comm = ringcomm.init(timeout=30)
     result = MODES[mode](comm)

@@ -1,0 +1,226 @@
+"""Collectives run directly on the shared-memory board: one or two steps whatever n is.
+
+For a communicator whose ranks all share this host over the shared-memory transport (see
+:mod:`ringcomm.transport.shm.board` for the board and its counters). Each operation is cut
+into pieces that fit an area; per piece:
+
+- all_reduce: every rank publishes its piece. Small pieces: every rank reduces the whole
+  piece from every area, in rank order, so every rank gets the same bits (one step). Larger
+  ones: rank r reduces slice r of every area into its own area, publishes it, and every
+  rank copies the n reduced slices (two steps, each rank reducing 1/n).
+- reduce_scatter: every rank publishes its input; rank r reduces chunk r from every area.
+- all_gather: every rank publishes its input; every rank copies every area.
+- broadcast: the root publishes; the others copy.
+- reduce: as all_reduce's two steps, with only the root copying the reduced slices (small
+  pieces: the root reduces every area).
+- barrier: every rank raises READY and waits for every peer's.
+
+Every function takes the point-to-point algorithm to fall back on: it runs instead when the
+communicator cannot have a board (its ranks span hosts, another transport, /dev/shm full
+on some rank; every rank decides alike).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ringcomm import native
+from ringcomm.algorithms import recursive_doubling
+from ringcomm.algorithms.context import OpContext
+from ringcomm.algorithms.schedule import chunk_bounds
+
+if TYPE_CHECKING:
+    from ringcomm.transport.shm.board import Board
+
+# all_reduce and reduce pieces below this reduce every area on every rank (one step, n-1
+# reductions of the whole piece); from it up each rank reduces its slice (two steps).
+# Measured: see ringcomm.algorithms.choice.
+ONE_STEP_BELOW_BYTES = 64 << 10
+
+
+def board(ctx: OpContext) -> Board | None:
+    """The communicator's board (made on first use, by every rank alike), or None where it
+    cannot have one."""
+    transport: Any = ctx.transport
+    state = getattr(transport, "board", None)
+    if state is not None or not getattr(transport, "board_possible", False):
+        return state  # type: ignore[no-any-return]
+    from ringcomm.transport.shm import board as shm_board
+
+    def agree(area_bytes: int) -> int:
+        # The smallest area of all ranks (0: some rank has none). The exchange goes over
+        # the transport with this operation's tags; the direct algorithms send nothing, and
+        # a fallback's messages follow on each pair in order.
+        v = np.array([area_bytes], np.int64)
+        recursive_doubling.allreduce(ctx.part(ctx.seq, ctx.kind, native.MIN, False), v)
+        return int(v[0])
+
+    transport.board = shm_board.join(transport, transport.board_area_bytes, agree)
+    if transport.board is None:
+        transport.board_possible = False
+    return transport.board  # type: ignore[no-any-return]
+
+
+def _view(area: np.ndarray, dtype: np.dtype, count: int) -> np.ndarray:
+    return area[: count * dtype.itemsize].view(dtype)
+
+
+def allreduce(ctx: OpContext, data: np.ndarray, fallback: Callable[..., None]) -> None:
+    """In-place all_reduce of ``data`` on the board."""
+    b = board(ctx)
+    if b is None:
+        fallback(ctx, data)
+        return
+    rank, size, deadline, dtype = ctx.rank, ctx.size, ctx.deadline, data.dtype
+    step = max(1, b.area_bytes // data.itemsize)
+    for start in range(0, max(1, data.size), step):  # (one, empty, piece for none)
+        piece = data[start : start + step]
+        m = piece.size
+        k = b.next(deadline)
+        _view(b.area(rank, k), dtype, m)[...] = piece
+        b.publish(k, data.nbytes)
+        b.wait_published(k, data.nbytes, deadline)
+        if piece.nbytes < ONE_STEP_BELOW_BYTES:
+            piece[...] = _view(b.area(0, k), dtype, m)
+            for r in range(1, size):
+                ctx.reduce(piece, _view(b.area(r, k), dtype, m))
+        else:
+            bounds = chunk_bounds(m, size)
+            lo, hi = bounds[rank]
+            mine = _view(b.area(rank, k), dtype, m)[lo:hi]
+            for r in b.others:
+                ctx.reduce(mine, _view(b.area(r, k), dtype, m)[lo:hi])
+            b.raise_counter(b.REDUCED, k)
+            b.wait(b.REDUCED, k, deadline)
+            for r, (lo, hi) in enumerate(bounds):
+                piece[lo:hi] = _view(b.area(r, k), dtype, m)[lo:hi]
+        b.raise_counter(b.DONE, k)
+    ctx.finish_average(data)
+
+
+def reduce(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., None]) -> None:
+    """Reduce ``data`` into ``data`` on ``root`` on the board; other ranks' data stays."""
+    b = board(ctx)
+    if b is None:
+        fallback(ctx, data, root)
+        return
+    rank, size, deadline, dtype = ctx.rank, ctx.size, ctx.deadline, data.dtype
+    step = max(1, b.area_bytes // data.itemsize)
+    for start in range(0, max(1, data.size), step):  # (one, empty, piece for none)
+        piece = data[start : start + step]
+        m = piece.size
+        k = b.next(deadline)
+        _view(b.area(rank, k), dtype, m)[...] = piece
+        if piece.nbytes < ONE_STEP_BELOW_BYTES:  # the root reduces everything
+            if rank != root:
+                b.publish(k, data.nbytes, done=True)  # it reads nothing of this piece
+                continue
+            b.publish(k, data.nbytes)
+            b.wait_published(k, data.nbytes, deadline)
+            for r in b.others:
+                ctx.reduce(piece, _view(b.area(r, k), dtype, m))
+        else:
+            b.publish(k, data.nbytes)
+            b.wait_published(k, data.nbytes, deadline)
+            bounds = chunk_bounds(m, size)
+            lo, hi = bounds[rank]
+            mine = _view(b.area(rank, k), dtype, m)[lo:hi]
+            for r in b.others:
+                ctx.reduce(mine, _view(b.area(r, k), dtype, m)[lo:hi])
+            b.raise_counter(b.REDUCED, k)
+            if rank == root:
+                b.wait(b.REDUCED, k, deadline)
+                for r, (lo, hi) in enumerate(bounds):
+                    piece[lo:hi] = _view(b.area(r, k), dtype, m)[lo:hi]
+        b.raise_counter(b.DONE, k)
+    if rank == root:
+        ctx.finish_average(data)
+
+
+def allgather(
+    ctx: OpContext, out: np.ndarray, inp: np.ndarray, fallback: Callable[..., None]
+) -> None:
+    """Gather every rank's ``inp`` into ``out`` (rank order) on the board."""
+    b = board(ctx)
+    if b is None:
+        fallback(ctx, out, inp)
+        return
+    rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
+    c = inp.size
+    in_place = np.shares_memory(out, inp)
+    step = max(1, b.area_bytes // inp.itemsize)
+    for start in range(0, max(1, c), step):
+        stop = min(c, start + step)
+        m = stop - start
+        k = b.next(deadline)
+        _view(b.area(rank, k), dtype, m)[...] = inp[start:stop]
+        b.publish(k, inp.nbytes)
+        if not in_place:
+            out[rank * c + start : rank * c + stop] = inp[start:stop]
+        b.wait_published(k, inp.nbytes, deadline)
+        for r in b.others:
+            out[r * c + start : r * c + stop] = _view(b.area(r, k), dtype, m)
+        b.raise_counter(b.DONE, k)
+
+
+def reduce_scatter(
+    ctx: OpContext, out: np.ndarray, inp: np.ndarray, fallback: Callable[..., None]
+) -> None:
+    """Reduce ``inp`` across ranks; this rank's ``out`` gets chunk ``rank``, on the board."""
+    b = board(ctx)
+    size = ctx.size
+    if b is None or b.area_bytes < size * inp.itemsize:
+        fallback(ctx, out, inp)
+        return
+    rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
+    c = out.size
+    chunks = inp.reshape(size, c)
+    step = max(1, b.area_bytes // (size * inp.itemsize))
+    for start in range(0, max(1, c), step):
+        stop = min(c, start + step)
+        m = stop - start
+        k = b.next(deadline)
+        mine = _view(b.area(rank, k), dtype, size * m).reshape(size, m)
+        mine[...] = chunks[:, start:stop]
+        b.publish(k, inp.nbytes)
+        b.wait_published(k, inp.nbytes, deadline)
+        piece = out[start:stop]
+        piece[...] = mine[rank]
+        for r in b.others:
+            ctx.reduce(piece, _view(b.area(r, k), dtype, size * m).reshape(size, m)[rank])
+        b.raise_counter(b.DONE, k)
+    ctx.finish_average(out)
+
+
+def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., None]) -> None:
+    """Copy ``data`` from ``root`` to every rank on the board."""
+    b = board(ctx)
+    if b is None:
+        fallback(ctx, data, root)
+        return
+    rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
+    step = max(1, b.area_bytes // data.itemsize)
+    for start in range(0, max(1, data.size), step):  # (one, empty, piece for none)
+        piece = data[start : start + step]
+        k = b.next(deadline)
+        if rank == root:
+            _view(b.area(rank, k), dtype, piece.size)[...] = piece
+            b.publish(k, data.nbytes, done=True)  # the root reads nothing
+        else:
+            b.wait_published(k, data.nbytes, deadline, [root])
+            piece[...] = _view(b.area(root, k), dtype, piece.size)
+            b.raise_counter(b.DONE, k)
+
+
+def barrier(ctx: OpContext, fallback: Callable[[OpContext], None]) -> None:
+    """Return once every rank has arrived, on the board."""
+    b = board(ctx)
+    if b is None:
+        fallback(ctx)
+        return
+    k = b.next(ctx.deadline)
+    b.publish(k, 0, done=True)
+    b.wait_published(k, 0, ctx.deadline)

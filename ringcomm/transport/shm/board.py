@@ -1,0 +1,249 @@
+"""The board: shared memory on which the ranks of one host run collectives directly.
+
+Point-to-point algorithms take O(n) steps (a ring: 2(n-1)), and every step is a Python
+send, wait and reduce. On the board a collective takes one or two steps whatever n is, as
+MPI libraries' shared-memory collectives do (Open MPI's coll/sm and xhc, MPICH's
+release-gather): each rank copies its data once into its own area, raises a counter, and
+reads or reduces what it needs straight out of its peers' areas.
+
+Each rank of a communicator whose ranks all share this host owns one board file::
+
+    control page   magic, pid | READY, SIZE[2] | REDUCED | DONE   (a cache line each)
+    area 0         data of the operations with an even number
+    area 1         ... odd
+
+Operations on the board are numbered 1, 2, ... in issue order (the same on every rank: an
+operation too large for an area is cut into pieces, each numbered). A rank raises READY to
+k once its data for operation k is in area k % 2 (and the operation's size in SIZE[k % 2],
+which its readers compare with their own: ranks that pass different sizes fail as they do
+point to point, never reading past what was written), REDUCED to k once its share of a
+reduction is, and DONE to k once it read everything it needed of operation k. Two areas let
+a rank publish operation k while a slow peer still reads operation k - 1; before it writes
+area k % 2 again it waits until every peer's DONE has reached k - 2 (usually long true).
+
+Waiting is the transport's: poll, spin while yielding, then sleep on the futex in the
+rank's segment, which a peer rings after it raised a counter (so an idle rank does not burn
+a core, and a host with more ranks than cores does not collapse). A peer that exits or
+closes is noticed as in any other wait.
+
+Boards are made on first use, so communicators that never run a board collective cost no
+/dev/shm: every rank creates its file, the ranks agree through the transport that all of
+them could (a full /dev/shm on one rank turns the board off for the communicator, on every
+rank alike), map each other's files, agree once more, and unlink their own: a name lives
+only while the board is being made (a rank killed then leaves it to the launcher's cleanup,
+as a segment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from ringcomm.errors import CommTimeoutError, TransportError
+from ringcomm.logs import get_logger
+from ringcomm.native import shm as native_shm
+from ringcomm.transport.shm.segment import (
+    LINE,
+    MAGIC,
+    NAME_PREFIX,
+    PAGE,
+    wake_owner,
+)
+from ringcomm.transport.shm.slots import ShmTransport
+
+log = get_logger(__name__)
+
+# Counter words in the control page, a cache line apart (peers poll them).
+C_MAGIC, C_PID = 0, 1
+READY = LINE // 8
+SIZE = READY + 1  # SIZE and SIZE + 1: the bytes of the operation of READY's parity
+REDUCED = 2 * LINE // 8
+DONE = 3 * LINE // 8
+_NO_BOARD = "shared memory: no board for the direct collectives (%s); point to point instead"
+_WHAT = {READY: "publish its data", REDUCED: "publish its reduced share", DONE: "finish reading"}
+
+
+def board_path(job: str, comm_id: int, rank: int) -> str:
+    """Where rank ``rank`` of communicator ``comm_id`` of job ``job`` keeps its board (the
+    launcher's cleanup finds it by the segments' prefix)."""
+    from ringcomm import hosts
+
+    return os.path.join(hosts.SHM_DIR, f"{NAME_PREFIX}{job}-{comm_id:016x}-{rank}-board")
+
+
+class Board:
+    """Every rank's board file, mapped: counters and the two areas of each rank."""
+
+    READY, REDUCED, DONE = READY, REDUCED, DONE
+
+    def __init__(self, transport: ShmTransport, area_bytes: int, maps: list[mmap.mmap]) -> None:
+        self.transport = transport
+        self.rank = transport.rank
+        self.size = transport.size
+        self.area_bytes = area_bytes
+        self.count = 0  # operations (pieces) run on the board so far
+        self._maps = maps
+        self.counters = [np.frombuffer(m, np.uint64, PAGE // 8) for m in maps]
+        self.areas = [
+            [np.frombuffer(m, np.uint8, area_bytes, PAGE + p * area_bytes) for p in (0, 1)]
+            for m in maps
+        ]
+        self.others = [r for r in range(self.size) if r != self.rank]
+        self._segments = [transport.peer_segment(r) for r in self.others]
+
+    def next(self, deadline: float) -> int:
+        """Number the next operation (piece) on the board, once this rank may write its
+        area and counters for it: no peer still reads those of two operations back."""
+        self.count += 1
+        k = self.count
+        if k > 2:
+            self.wait(DONE, k - 2, deadline)
+        return k
+
+    def area(self, rank: int, k: int) -> np.ndarray:
+        """``rank``'s area for operation ``k`` (bytes)."""
+        return self.areas[rank][k & 1]
+
+    def raise_counter(self, word: int, k: int) -> None:
+        """Set this rank's counter ``word`` to ``k`` (after everything written before it)
+        and wake the peers that sleep."""
+        native_shm.store_fenced(self.counters[self.rank], word, k)
+        for segment in self._segments:
+            wake_owner(segment)
+
+    def publish(self, k: int, nbytes: int, *, done: bool = False) -> None:
+        """Raise READY to ``k``: this rank's data of operation ``k``, an operation of
+        ``nbytes`` bytes in all, is in its area. ``done``: it reads nothing of operation
+        ``k`` either, so DONE goes up too (one wake-up)."""
+        own = self.counters[self.rank]
+        own[SIZE + (k & 1)] = nbytes
+        if done:
+            native_shm.store_release(own, DONE, k)
+        self.raise_counter(READY, k)
+
+    def wait_published(
+        self, k: int, nbytes: int, deadline: float, ranks: list[int] | None = None
+    ) -> None:
+        """Until every rank of ``ranks`` (default: every peer) published operation ``k``;
+        then check they did so for an operation of ``nbytes`` bytes, as this rank."""
+        ranks = self.others if ranks is None else ranks
+        self.wait(READY, k, deadline, ranks)
+        word = SIZE + (k & 1)
+        for r in ranks:
+            theirs = self.counters[r].item(word)
+            if theirs != nbytes:
+                t = self.transport
+                raise TransportError(
+                    f"{t.current_op}: rank {t.rank} expected {nbytes} bytes from rank {r} on "
+                    f"the shared-memory board, got {theirs}: do the ranks pass buffers of "
+                    "different sizes, or call different operations?"
+                )
+
+    def wait(self, word: int, k: int, deadline: float, ranks: list[int] | None = None) -> None:
+        """Until counter ``word`` of every rank in ``ranks`` (default: every peer) reached
+        ``k``."""
+        counters = self.counters
+        pending = [
+            r for r in (self.others if ranks is None else ranks) if counters[r].item(word) < k
+        ]
+        if pending:
+
+            def arrived() -> bool:
+                nonlocal pending
+                pending = [r for r in pending if native_shm.load_acquire(counters[r], word) < k]
+                if pending:
+                    self.transport.waiting_for = pending[0]
+                    return False
+                return True
+
+            def timeout() -> CommTimeoutError:
+                t = self.transport
+                who = f"rank {pending[0]}" if len(pending) == 1 else f"ranks {pending}"
+                return CommTimeoutError(
+                    f"{t.current_op} timed out on rank {t.rank} waiting for {who} to "
+                    f"{_WHAT[word]} on the shared-memory board (board operation {k})"
+                )
+
+            self.transport._wait(arrived, deadline, timeout)
+
+    def close(self) -> None:
+        self.counters = []
+        self.areas = []
+        for m in self._maps:
+            with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps it
+                m.close()
+        self._maps = []
+
+
+def join(transport: ShmTransport, area_bytes: int, agree: Callable[[int], int]) -> Board | None:
+    """Make this rank's board and map every peer's; a collective call of every rank.
+    ``agree(area_bytes)`` returns the smallest of every rank's area (0: a rank has none; it
+    exchanges over the transport). None where any rank could not make its board: the
+    caller goes without. Called twice: the second time once every rank has mapped every
+    board, so each rank unlinks its own name before any operation runs on it."""
+    path = board_path(transport.job_id, transport.comm_id, transport.rank)
+    total = PAGE + 2 * area_bytes
+    own: mmap.mmap | None = None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:  # (not ours to remove)
+        log.warning(_NO_BOARD, e)
+    else:
+        try:
+            os.posix_fallocate(fd, 0, total)  # a full /dev/shm fails here, not with SIGBUS
+            own = mmap.mmap(fd, total)
+        except OSError as e:
+            log.warning(_NO_BOARD, e)
+            os.unlink(path)
+        finally:
+            os.close(fd)
+    if own is None:
+        agree(0)  # (every rank learns that this one has none)
+        return None
+    try:
+        return _map_all(transport, path, own, area_bytes, agree)
+    except BaseException:
+        own.close()
+        raise
+    finally:
+        # Every rank has mapped every board (or this one failed): the kernel frees the
+        # board with the processes from here on.
+        os.unlink(path)
+
+
+def _map_all(
+    transport: ShmTransport,
+    path: str,
+    own: mmap.mmap,
+    area_bytes: int,
+    agree: Callable[[int], int],
+) -> Board | None:
+    control = np.frombuffer(own, np.uint64, PAGE // 8)
+    control[C_PID] = os.getpid()
+    native_shm.store_release(control, C_MAGIC, MAGIC)
+    del control
+    agreed = agree(area_bytes)
+    if not agreed:  # some rank has none
+        own.close()
+        return None
+    total = PAGE + 2 * agreed  # every file holds at least this much
+    maps = [own]
+    try:
+        for r in range(transport.size):
+            if r != transport.rank:
+                fd = os.open(board_path(transport.job_id, transport.comm_id, r), os.O_RDWR)
+                try:
+                    maps.append(mmap.mmap(fd, total))
+                finally:
+                    os.close(fd)
+        agree(agreed)  # every rank has mapped every board
+    except BaseException:
+        for m in maps[1:]:
+            m.close()
+        raise
+    maps.insert(transport.rank, maps.pop(0))  # in rank order
+    return Board(transport, agreed, maps)
