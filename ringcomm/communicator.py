@@ -65,6 +65,7 @@ _ALLREDUCE = {
 }  # (and "hierarchical", which runs over sub-communicators: see all_reduce)
 _BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain}
 _SPLIT_RECORD_BYTES = 512
+_CHOSEN_LIMIT = 256  # all_reduce choices remembered per communicator (by size, op, ...)
 _HOST_RECORD_BYTES = 320  # a hostname (at most 255 bytes), "/" and a boot id
 # OpContext methods the timeline records as steps.
 _TRACED_STEPS = ("send", "recv", "recv_into", "recv_reduce", "reduce", "flush")
@@ -245,6 +246,10 @@ def _counts(counts: Any, size: int, name: str, what: str = "counts") -> list[int
     return values
 
 
+def _alone(ctx: OpContext, data: np.ndarray) -> None:
+    """all_reduce of a world of one: nothing to do."""
+
+
 def _on_host(buffers: tuple[AnyBuffer, ...], reduces: bool) -> bool:
     """Whether the hierarchical algorithms can carry ``buffers``: host buffers, and not
     bfloat16 where the operation reduces (the sub-communicators would see integers)."""
@@ -280,6 +285,7 @@ class Communicator:
         # What chooses algorithms: the settings, with the tune file's measured choices
         # where the user forced none.
         self._choosing = tuning.apply(config, transport.name, self.size)
+        self._allreduce_chosen: dict[tuple[Any, ...], Callable[[OpContext, np.ndarray], None]] = {}
         self._local: Communicator | None = None  # split_local(), made at the first call
         self._cross: Communicator | None = None  # split_cross(), likewise
         self._seq = 0
@@ -693,7 +699,12 @@ class Communicator:
                 "all_reduce", _group_chooses, (b,), async_op=async_op, timeout=timeout,
                 reduce_op=rop, bfloat16=b.bfloat16, fuse=b,
             )  # fmt: skip
-        run = self._allreduce_algorithm(b.nbytes, rop, host and not b.bfloat16, algorithm)
+        key = (b.nbytes, rop, host and not b.bfloat16, algorithm)
+        run = self._allreduce_chosen.get(key)
+        if run is None:  # (choosing costs ~1 us: training loops repeat a few sizes)
+            if len(self._allreduce_chosen) >= _CHOSEN_LIMIT:
+                self._allreduce_chosen.clear()
+            run = self._allreduce_chosen[key] = self._allreduce_algorithm(*key)
         return self._submit(
             "all_reduce",
             lambda ctx: run(ctx, b.array),
@@ -710,6 +721,8 @@ class Communicator:
     ) -> Callable[[OpContext, np.ndarray], None]:
         """The all_reduce to run on ``nbytes`` (``host``: see :func:`_on_host`; ``board``:
         may it run on the board)."""
+        if self.size == 1:
+            return _alone  # the buffer already holds the result (AVG divides by 1)
         name = choice.choose_allreduce(
             nbytes, self.size, self._choosing, algorithm, self._topology, host,
             board and self._board,

@@ -6,24 +6,29 @@ world size (:mod:`ringcomm.algorithms.tuning`, written by ``bench/tune.py``), el
 defaults below. ``direct`` (the shared-memory board) applies only where every rank of the
 communicator shares this host over shared memory; ``hierarchical`` only across hosts.
 
-Defaults on the board (:data:`BOARD_DEFAULTS`), measured on this 2-core machine with
-``ringcomm-run -n N python bench/tune.py --dry-run`` (2026-11-30; float32, median of the
-slowest rank, candidates taking turns; microseconds, direct vs the best point-to-point):
+Defaults on the board (:data:`BOARD_DEFAULTS`), 2026-11-30 on this 2-core machine, float32,
+median of the slowest rank. Two sources: ``ringcomm-run -n N python bench/tune.py --dry-run``
+(the candidates take turns within one launch: the fairer comparison on a machine whose
+speed drifts) and ``bench/collectives.py`` before and after the board, in alternating
+launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point algorithm:
 
 - n=2: all_reduce 4 KiB 14.5 vs 16.2 (recursive doubling), 64 KiB 27 vs 24, 1 MiB 122 vs
   88: the board only below 64 KiB, since recursive doubling at n=2 is one exchange read by
-  address. all_gather direct up to 4 MiB (1.1 vs 1.2 ms), ring from 16 MiB (2.6 vs 4.8 ms).
-  reduce_scatter direct below 1 MiB (95 vs 100 us at 256 KiB; 294 vs 122 us at 1 MiB).
-  broadcast: within 5% of binomial and chain up to 256 KiB, then behind. reduce: the
-  binomial tree from 64 KiB (one by-address exchange).
-- n=4 (ranks outnumber cores): all_reduce 4 KiB 144 vs 249, 1 MiB 343 vs 643, 16 MiB 7.1
-  vs 8.8 ms; all_gather 1 MiB 207 vs 480 us; reduce_scatter 1 MiB 296 vs 566 us, 16 MiB 4.6
-  vs 10.0 ms: the board at every size. broadcast: the board below 64 KiB and from 4 MiB
-  (4 MiB 0.63 vs 1.24 ms), binomial and chain between. reduce: binomial below 256 KiB
-  (30 vs 59 us at 4 KiB), the board above (1 MiB 295 vs 658 us).
-- This machine's two vCPUs are sometimes 10x slower at moving data between processes than
-  at other times (a 1 MiB broadcast took 38 us in one hour and 400 us in the next, every
-  algorithm alike): compare algorithms only side by side, in turns.
+  address. all_gather: the board up to 4 MiB (1.08 vs 1.23 ms), the ring from 16 MiB (3.4
+  vs 4.1 ms). reduce_scatter: the board below 1 MiB (97 vs 105 us at 256 KiB; 296 vs 123
+  us at 1 MiB). broadcast: the board below 64 KiB (11 vs 12-13 us at 4 KiB), then within
+  5% of binomial and chain. reduce: the binomial tree from 64 KiB (one exchange by address).
+- n=4 (ranks outnumber cores), before -> after in alternating launches: all_reduce 4 KiB
+  146 -> 96, 256 KiB 462 -> 228, 4 MiB 4.0 -> 2.6 ms, but 16 MiB 9.1 -> 10.3 and 64 MiB 37
+  -> 66 ms: the board below 16 MiB. all_gather 1.2-1.8x faster up to 4 MiB, 0.83x at 16
+  MiB: below 16 MiB. reduce_scatter 1.04-2.1x at every size: always. broadcast 0.36-0.85x
+  up to 1 MiB (the tree lets the root run further ahead), 1.34-2.08x from 4 MiB: from 4
+  MiB. reduce (bench/tune.py): binomial below 256 KiB (30 vs 59 us at 4 KiB), the board
+  above (1 MiB 295 vs 658 us).
+- This machine's two vCPUs sometimes share a last-level cache and sometimes not (it
+  changes from launch to launch): a 1 MiB broadcast then takes 38 us or 400 us, every
+  algorithm alike, because a rank writing lines its peer just read pays a cross-chiplet
+  invalidation per line. Compare algorithms side by side, in turns.
 
 Point-to-point defaults, measured over ZeroMQ ipc:// with float32:
 
@@ -58,15 +63,15 @@ BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
 # Where the ranks can have a board, the sizes each operation runs on it by default, for two
 # ranks and for more (measured with bench/tune.py, see the module docstring); other sizes
 # take the point-to-point choice below.
-BOARD_DEFAULTS = {
+BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
     ("all_reduce", False): "direct:0-64K",
-    ("all_reduce", True): "direct",
+    ("all_reduce", True): "direct:0-16M",
     ("all_gather", False): "direct:0-16M",
-    ("all_gather", True): "direct",
+    ("all_gather", True): "direct:0-16M",
     ("reduce_scatter", False): "direct:0-1M",
     ("reduce_scatter", True): "direct",
-    ("broadcast", False): "direct:0-256K",
-    ("broadcast", True): "direct:0-64K;direct:4M-",
+    ("broadcast", False): "direct:0-64K",
+    ("broadcast", True): "direct:4M-",
     ("reduce", False): "direct:0-64K",
     ("reduce", True): "direct:256K-",
 }
@@ -105,8 +110,8 @@ def _direct(op: str, nbytes: int, size: int, forced: str | None, board: bool) ->
         return False
     if forced == "direct":
         return True
-    ranges = _ranges(BOARD_DEFAULTS[op, size > 2], op)
-    return any(lo <= nbytes < hi for _, lo, hi in ranges)
+    default = BOARD_DEFAULTS[op, size > 2]
+    return default is not None and any(lo <= nbytes < hi for _, lo, hi in _ranges(default, op))
 
 
 def hierarchy_applies(topology: Topology) -> bool:

@@ -222,5 +222,6 @@ def barrier(ctx: OpContext, fallback: Callable[[OpContext], None]) -> None:
         fallback(ctx)
         return
     k = b.next(ctx.deadline)
-    b.publish(k, 0, done=True)
+    b.publish(k, 0)
     b.wait_published(k, 0, ctx.deadline)
+    b.raise_counter(b.DONE, k)  # (only now: the peers' counters were read)

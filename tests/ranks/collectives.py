@@ -536,6 +536,14 @@ def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
                     want_r = reference(op, everyone) if r == root else mine
                     np.testing.assert_array_equal(buf, want_r, err_msg=f"reduce {root} {what}")
         comm.barrier()
+    # A root runs ahead (it waits for nobody) into what a slow rank still reads: the
+    # barrier's counters (two pieces on, same parity) or the other area.
+    for i in range(300):
+        comm.barrier()
+        for j in range(2):
+            buf = np.full(1000, i + j if r == 0 else -1, np.int32)
+            comm.broadcast(buf, 0, algorithm="direct")
+            assert buf[0] == i + j and buf[-1] == i + j, (i, j, buf[:3])
     rng = np.random.default_rng(r)
     bits = []
     for count in (1000, 40_000):  # one step and two steps

@@ -118,7 +118,7 @@ class Board:
     def publish(self, k: int, nbytes: int, *, done: bool = False) -> None:
         """Raise READY to ``k``: this rank's data of operation ``k``, an operation of
         ``nbytes`` bytes in all, is in its area. ``done``: it reads nothing of operation
-        ``k`` either, so DONE goes up too (one wake-up)."""
+        ``k``, not even the peers' counters, so DONE goes up too (one wake-up)."""
         own = self.counters[self.rank]
         own[SIZE + (k & 1)] = nbytes
         if done:
