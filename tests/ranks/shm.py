@@ -65,8 +65,12 @@ def clean(comm: ringcomm.Communicator) -> dict:
     assert sub is not None and sub.transport in ("shm", "zmq")
     comm.barrier()  # the other color's sub-communicator has connected too
     assert job_segments() == [], job_segments()
+    # A board's names live while it is made (at a communicator's first board collective):
+    # no rank starts one before every rank has looked, nor looks while one is made.
+    comm.barrier()
     check_ops(sub)
     sub.close()
+    comm.barrier()
     return {"transport": comm.transport}
 
 

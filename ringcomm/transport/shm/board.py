@@ -43,9 +43,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ringcomm.errors import CommTimeoutError, TransportError
+from ringcomm.errors import CommTimeoutError, PeerLostError, TransportError
 from ringcomm.logs import get_logger
 from ringcomm.native import shm as native_shm
+from ringcomm.transport.shm import syscalls
 from ringcomm.transport.shm.segment import (
     LINE,
     MAGIC,
@@ -61,6 +62,9 @@ log = get_logger(__name__)
 C_MAGIC, C_PID = 0, 1
 READY = LINE // 8
 SIZE = READY + 1  # SIZE and SIZE + 1: the bytes of the operation of READY's parity
+# ADDRESS and ADDRESS + 1: where the data of the operation of that parity lies in the
+# publisher's memory, for peers to read it themselves (0: it is in the area).
+ADDRESS = SIZE + 2
 REDUCED = 2 * LINE // 8
 DONE = 3 * LINE // 8
 _NO_BOARD = "shared memory: no board for the direct collectives (%s); point to point instead"
@@ -114,6 +118,27 @@ class Board:
         native_shm.store_fenced(self.counters[self.rank], word, k)
         for segment in self._segments:
             wake_owner(segment)
+
+    def publish_address(self, k: int, data: np.ndarray | None) -> None:
+        """Say where ``data`` (the whole operation ``k``) lies in this process, for the
+        peers to read it by address; None: it goes through the area."""
+        address = 0 if data is None else syscalls.address_of(data)
+        self.counters[self.rank][ADDRESS + (k & 1)] = address
+
+    def read_published(self, rank: int, k: int, out: np.ndarray) -> bool:
+        """Read what ``rank`` published by address for operation ``k`` into ``out``;
+        False where it published into its area instead."""
+        address = self.counters[rank].item(ADDRESS + (k & 1))
+        if not address:
+            return False
+        try:
+            syscalls.read_remote(self.transport.peer_pid(rank), address, out.view(np.uint8))
+        except OSError as e:
+            t = self.transport
+            raise PeerLostError(
+                f"{t.current_op}: rank {t.rank} could not read rank {rank}'s memory ({e})"
+            ) from None
+        return True
 
     def publish(self, k: int, nbytes: int, *, done: bool = False) -> None:
         """Raise READY to ``k``: this rank's data of operation ``k``, an operation of

@@ -226,6 +226,19 @@ class ShmTransport(Transport):
         for r, peer in self._peers.items():
             peer.by_address = int(control[C_ATTACHED + r]) == ATTACHED_CMA
 
+    def readable_by_all(self) -> bool:
+        """Whether every peer may read this process's memory (``process_vm_readv``)."""
+        return all(p.by_address for p in self._peers.values())
+
+    @property
+    def by_address_bytes(self) -> int:
+        """Messages this large go by address (``RINGCOMM_SHM_BY_ADDRESS_BYTES``)."""
+        return self._by_address_bytes
+
+    def peer_pid(self, rank: int) -> int:
+        """The process id of ``rank`` (on this host)."""
+        return self._peers[rank].pid
+
     def peer_segment(self, rank: int) -> Segment:
         """The segment of ``rank`` (on this host): ringing its bell wakes it."""
         return self._peers[rank].segment
