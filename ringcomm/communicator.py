@@ -286,6 +286,7 @@ class Communicator:
         # where the user forced none.
         self._choosing = tuning.apply(config, transport.name, self.size)
         self._allreduce_chosen: dict[tuple[Any, ...], Callable[[OpContext, np.ndarray], None]] = {}
+        self._broadcast_chosen: dict[tuple[Any, ...], Callable[..., None]] = {}
         self._local: Communicator | None = None  # split_local(), made at the first call
         self._cross: Communicator | None = None  # split_cross(), likewise
         self._seq = 0
@@ -824,15 +825,12 @@ class Communicator:
         chain; default: by size)."""
         self._check_rank(root, "broadcast root")
         b = as_buffer(buf, "broadcast buf", writable=self.rank != root, read=self.rank == root)
-        board = self._board and type(b) is Buffer
-        name = choice.choose_broadcast(b.nbytes, self.size, self._choosing, algorithm, board)
-        if name == "direct":
-            fallback = _BROADCAST[
-                choice.choose_broadcast(b.nbytes, self.size, self._choosing, None)
-            ]
-            run: Callable[..., None] = lambda ctx, a, r: direct.broadcast(ctx, a, r, fallback)  # noqa: E731
-        else:
-            run = _BROADCAST[name]
+        key = (b.nbytes, algorithm, self._board and type(b) is Buffer)
+        run = self._broadcast_chosen.get(key)
+        if run is None:  # (as for all_reduce: choosing costs about a microsecond)
+            if len(self._broadcast_chosen) >= _CHOSEN_LIMIT:
+                self._broadcast_chosen.clear()
+            run = self._broadcast_chosen[key] = self._broadcast_algorithm(*key)
         return self._submit(
             "broadcast",
             self._rooted(lambda ctx, r: run(ctx, b.array, r), root),
@@ -842,6 +840,16 @@ class Communicator:
             nccl=lambda nc: nc.broadcast(b, root),
             root=root,
         )
+
+    def _broadcast_algorithm(
+        self, nbytes: int, algorithm: str | None, board: bool
+    ) -> Callable[[OpContext, np.ndarray, int], None]:
+        """The broadcast to run on ``nbytes`` (``board``: may it run on the board)."""
+        name = choice.choose_broadcast(nbytes, self.size, self._choosing, algorithm, board)
+        if name != "direct":
+            return _BROADCAST[name]
+        fallback = _BROADCAST[choice.choose_broadcast(nbytes, self.size, self._choosing, None)]
+        return lambda ctx, a, r: direct.broadcast(ctx, a, r, fallback)
 
     def reduce(
         self,

@@ -182,6 +182,21 @@ def setting(default: Any, variable: str, kind: type, meaning: str, **more: Any) 
 _AUTO = "unset or `auto`: chosen by size"
 
 
+def _forced_algorithm(op: str, variable: str, choices: tuple[str, ...]) -> Any:
+    """The setting that forces ``op``'s algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM does."""
+    names = ", ".join(f"`{c}`" for c in choices)
+    return setting(
+        None,
+        variable,
+        str,
+        f"force the {op} algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: one of {names}, or one "
+        "per size range",
+        validate=_algorithms(choices),
+        auto_is_none=True,
+        default_text=_AUTO,
+    )
+
+
 def _job_id(raw: str) -> str:
     return "".join(c for c in raw if c.isalnum())[:32] or "0"
 
@@ -264,42 +279,17 @@ class Config:
         auto_is_none=True,
         default_text=_AUTO,
     )
-    allgather_algorithm: str | None = setting(
-        None,
-        "RINGCOMM_ALLGATHER_ALGORITHM",
-        str,
-        "force the all_gather algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: `direct` or `ring`",
-        validate=_algorithms(ALLGATHER_ALGORITHMS),
-        auto_is_none=True,
-        default_text=_AUTO,
+    allgather_algorithm: str | None = _forced_algorithm(
+        "all_gather", "RINGCOMM_ALLGATHER_ALGORITHM", ALLGATHER_ALGORITHMS
     )
-    reduce_scatter_algorithm: str | None = setting(
-        None,
-        "RINGCOMM_REDUCE_SCATTER_ALGORITHM",
-        str,
-        "force the reduce_scatter algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: `direct` or `ring`",
-        validate=_algorithms(REDUCE_SCATTER_ALGORITHMS),
-        auto_is_none=True,
-        default_text=_AUTO,
+    reduce_scatter_algorithm: str | None = _forced_algorithm(
+        "reduce_scatter", "RINGCOMM_REDUCE_SCATTER_ALGORITHM", REDUCE_SCATTER_ALGORITHMS
     )
-    broadcast_algorithm: str | None = setting(
-        None,
-        "RINGCOMM_BROADCAST_ALGORITHM",
-        str,
-        "force the broadcast algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: `direct`, "
-        "`binomial` or `chain`",
-        validate=_algorithms(BROADCAST_ALGORITHMS),
-        auto_is_none=True,
-        default_text=_AUTO,
+    broadcast_algorithm: str | None = _forced_algorithm(
+        "broadcast", "RINGCOMM_BROADCAST_ALGORITHM", BROADCAST_ALGORITHMS
     )
-    reduce_algorithm: str | None = setting(
-        None,
-        "RINGCOMM_REDUCE_ALGORITHM",
-        str,
-        "force the reduce algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: `direct` or `binomial`",
-        validate=_algorithms(REDUCE_ALGORITHMS),
-        auto_is_none=True,
-        default_text=_AUTO,
+    reduce_algorithm: str | None = _forced_algorithm(
+        "reduce", "RINGCOMM_REDUCE_ALGORITHM", REDUCE_ALGORITHMS
     )
     tune_file: str = setting(
         "",

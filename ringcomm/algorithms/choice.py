@@ -15,9 +15,12 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
 - n=2: all_reduce 4 KiB 14.5 vs 16.2 (recursive doubling), 64 KiB 27 vs 24, 1 MiB 122 vs
   88: the board only below 64 KiB, since recursive doubling at n=2 is one exchange read by
   address. all_gather: the board up to 4 MiB (1.08 vs 1.23 ms), the ring from 16 MiB (3.4
-  vs 4.1 ms). reduce_scatter: the board below 1 MiB (97 vs 105 us at 256 KiB; 296 vs 123
-  us at 1 MiB). broadcast: the board below 64 KiB (11 vs 12-13 us at 4 KiB), then within
-  5% of binomial and chain. reduce: the binomial tree from 64 KiB (one exchange by address).
+  vs 4.1 ms). reduce_scatter: bench/tune.py finds the board faster below 1 MiB (97 vs 105 us
+  at 256 KiB; 296 vs 123 us at 1 MiB), but alternating launches found it 7-25% slower from
+  16 KiB to 256 KiB (and 1.21x faster at 4 KiB): the board below 16 KiB. broadcast: the
+  board below 64 KiB (11 vs 12-13 us at 4 KiB in turns; 11.8 vs 11.0 in alternating
+  launches), then within 5% of binomial and chain. reduce: the binomial tree from 64 KiB
+  (one exchange by address).
 - n=4 (ranks outnumber cores), before -> after in alternating launches: all_reduce 4 KiB
   146 -> 96, 256 KiB 462 -> 228, 4 MiB 4.0 -> 2.6 ms, but 16 MiB 9.1 -> 10.3 and 64 MiB 37
   -> 66 ms: the board below 16 MiB. all_gather 1.2-1.8x faster up to 4 MiB, 0.83x at 16
@@ -68,7 +71,7 @@ BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
     ("all_reduce", True): "direct:0-16M",
     ("all_gather", False): "direct:0-16M",
     ("all_gather", True): "direct:0-16M",
-    ("reduce_scatter", False): "direct:0-1M",
+    ("reduce_scatter", False): "direct:0-16K",
     ("reduce_scatter", True): "direct",
     ("broadcast", False): "direct:0-64K",
     ("broadcast", True): "direct:4M-",

@@ -22,7 +22,7 @@ on some rank; every rank decides alike).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,19 +68,39 @@ def _view(area: np.ndarray, dtype: np.dtype, count: int) -> np.ndarray:
     return area[: count * dtype.itemsize].view(dtype)
 
 
+def _own_pieces(b: Board, data: np.ndarray, deadline: float) -> Iterator[tuple[np.ndarray, int]]:
+    """Each piece of ``data`` that fits an area, with its number, once copied into this
+    rank's area (one empty piece for empty data, so sizes are still compared)."""
+    step = max(1, b.area_bytes // data.itemsize)
+    for start in range(0, max(1, data.size), step):
+        piece = data[start : start + step]
+        k = b.next(deadline)
+        _view(b.area(b.rank, k), data.dtype, piece.size)[...] = piece
+        yield piece, k
+
+
+def _reduce_own_slice(ctx: OpContext, b: Board, k: int, piece: np.ndarray) -> list[tuple[int, int]]:
+    """The first of two steps: reduce this rank's slice of every rank's piece ``k`` (the
+    size of ``piece``) into its own area and raise REDUCED; returns every rank's slice."""
+    m, dtype = piece.size, piece.dtype
+    bounds = chunk_bounds(m, ctx.size)
+    lo, hi = bounds[ctx.rank]
+    mine = _view(b.area(ctx.rank, k), dtype, m)[lo:hi]
+    for r in b.others:
+        ctx.reduce(mine, _view(b.area(r, k), dtype, m)[lo:hi])
+    b.raise_counter(b.REDUCED, k)
+    return bounds
+
+
 def allreduce(ctx: OpContext, data: np.ndarray, fallback: Callable[..., None]) -> None:
     """In-place all_reduce of ``data`` on the board."""
     b = board(ctx)
     if b is None:
         fallback(ctx, data)
         return
-    rank, size, deadline, dtype = ctx.rank, ctx.size, ctx.deadline, data.dtype
-    step = max(1, b.area_bytes // data.itemsize)
-    for start in range(0, max(1, data.size), step):  # (one, empty, piece for none)
-        piece = data[start : start + step]
+    size, deadline, dtype = ctx.size, ctx.deadline, data.dtype
+    for piece, k in _own_pieces(b, data, deadline):
         m = piece.size
-        k = b.next(deadline)
-        _view(b.area(rank, k), dtype, m)[...] = piece
         b.publish(k, data.nbytes)
         b.wait_published(k, data.nbytes, deadline)
         if piece.nbytes < ONE_STEP_BELOW_BYTES:
@@ -88,12 +108,7 @@ def allreduce(ctx: OpContext, data: np.ndarray, fallback: Callable[..., None]) -
             for r in range(1, size):
                 ctx.reduce(piece, _view(b.area(r, k), dtype, m))
         else:
-            bounds = chunk_bounds(m, size)
-            lo, hi = bounds[rank]
-            mine = _view(b.area(rank, k), dtype, m)[lo:hi]
-            for r in b.others:
-                ctx.reduce(mine, _view(b.area(r, k), dtype, m)[lo:hi])
-            b.raise_counter(b.REDUCED, k)
+            bounds = _reduce_own_slice(ctx, b, k, piece)
             b.wait(b.REDUCED, k, deadline)
             for r, (lo, hi) in enumerate(bounds):
                 piece[lo:hi] = _view(b.area(r, k), dtype, m)[lo:hi]
@@ -107,13 +122,9 @@ def reduce(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., 
     if b is None:
         fallback(ctx, data, root)
         return
-    rank, size, deadline, dtype = ctx.rank, ctx.size, ctx.deadline, data.dtype
-    step = max(1, b.area_bytes // data.itemsize)
-    for start in range(0, max(1, data.size), step):  # (one, empty, piece for none)
-        piece = data[start : start + step]
+    rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
+    for piece, k in _own_pieces(b, data, deadline):
         m = piece.size
-        k = b.next(deadline)
-        _view(b.area(rank, k), dtype, m)[...] = piece
         if piece.nbytes < ONE_STEP_BELOW_BYTES:  # the root reduces everything
             if rank != root:
                 b.publish(k, data.nbytes, done=True)  # it reads nothing of this piece
@@ -125,12 +136,7 @@ def reduce(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., 
         else:
             b.publish(k, data.nbytes)
             b.wait_published(k, data.nbytes, deadline)
-            bounds = chunk_bounds(m, size)
-            lo, hi = bounds[rank]
-            mine = _view(b.area(rank, k), dtype, m)[lo:hi]
-            for r in b.others:
-                ctx.reduce(mine, _view(b.area(r, k), dtype, m)[lo:hi])
-            b.raise_counter(b.REDUCED, k)
+            bounds = _reduce_own_slice(ctx, b, k, piece)
             if rank == root:
                 b.wait(b.REDUCED, k, deadline)
                 for r, (lo, hi) in enumerate(bounds):

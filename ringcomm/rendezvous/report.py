@@ -114,7 +114,9 @@ def init_report(
         f"{_size(config.shm_by_address_bytes)}"
     )
     allreduce = config.allreduce_algorithm or (
-        f"recursive doubling below {_size(config.small_message_bytes)}, ring from there"
+        "the shared-memory board for small and mid sizes where every rank shares a host "
+        f"(see ringcomm.algorithms.choice), else recursive doubling below "
+        f"{_size(config.small_message_bytes)}, ring from there"
     )
     broadcast = config.broadcast_algorithm or (
         f"binomial below {_size(BINOMIAL_BROADCAST_BELOW_BYTES)} (or n <= 2), chain from there"
