@@ -722,12 +722,17 @@ class Communicator:
     ) -> Callable[[OpContext, np.ndarray], None]:
         """The all_reduce to run on ``nbytes`` (``host``: see :func:`_on_host`; ``board``:
         may it run on the board)."""
+        name = choice.choose_allreduce(
+            nbytes,
+            self.size,
+            self._choosing,
+            algorithm,
+            self._topology,
+            host,
+            board and self._board,
+        )  # fmt: skip (it also refuses an unknown algorithm)
         if self.size == 1:
             return _alone  # the buffer already holds the result (AVG divides by 1)
-        name = choice.choose_allreduce(
-            nbytes, self.size, self._choosing, algorithm, self._topology, host,
-            board and self._board,
-        )  # fmt: skip
         if name == "direct":  # what runs where the ranks cannot have a board after all
             fallback = self._allreduce_algorithm(nbytes, rop, host, algorithm, board=False)
             return lambda ctx, a: direct.allreduce(ctx, a, fallback)
