@@ -26,8 +26,7 @@ import numpy as np
 
 import ringcomm
 from ringcomm.algorithms import tuning
-from ringcomm.algorithms.choice import CHOICES
-from ringcomm.config import parse_size
+from ringcomm.config import ALGORITHMS, parse_size
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce")
 # Candidates that take part in a flat comparison (star is for teaching; hierarchical runs
@@ -37,7 +36,7 @@ NOT_MEASURED = ("star", "hierarchical")
 
 def candidates(op: str, board: bool) -> list[str]:
     """The algorithms of ``op`` worth timing on this communicator."""
-    names = [a for a in CHOICES[op] if a not in NOT_MEASURED]
+    names = [a for a in ALGORITHMS[op] if a not in NOT_MEASURED]
     return names if board else [a for a in names if a != "direct"]
 
 

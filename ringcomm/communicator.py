@@ -65,7 +65,7 @@ _ALLREDUCE = {
 }  # (and "hierarchical", which runs over sub-communicators: see all_reduce)
 _BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain}
 _SPLIT_RECORD_BYTES = 512
-_CHOSEN_LIMIT = 256  # all_reduce choices remembered per communicator (by size, op, ...)
+_CHOSEN_LIMIT = 256  # algorithm choices remembered per communicator (see _chosen)
 _HOST_RECORD_BYTES = 320  # a hostname (at most 255 bytes), "/" and a boot id
 # OpContext methods the timeline records as steps.
 _TRACED_STEPS = ("send", "recv", "recv_into", "recv_reduce", "reduce", "flush")
@@ -285,8 +285,7 @@ class Communicator:
         # What chooses algorithms: the settings, with the tune file's measured choices
         # where the user forced none.
         self._choosing = tuning.apply(config, transport.name, self.size)
-        self._allreduce_chosen: dict[tuple[Any, ...], Callable[[OpContext, np.ndarray], None]] = {}
-        self._broadcast_chosen: dict[tuple[Any, ...], Callable[..., None]] = {}
+        self._choices: dict[tuple[Any, ...], Any] = {}  # see _chosen
         self._local: Communicator | None = None  # split_local(), made at the first call
         self._cross: Communicator | None = None  # split_cross(), likewise
         self._seq = 0
@@ -404,11 +403,26 @@ class Communicator:
             return lambda ctx: run(ctx, root)
         return lambda ctx: run(OrderedContext.of(ctx, order), order.index(root))
 
+    def _chosen(self, key: tuple[Any, ...], choose: Callable[..., Any]) -> Any:
+        """``choose(*key[1:])``, remembered under ``key`` (its first item names the
+        choice): choosing costs about a microsecond a call, and training loops repeat a few
+        sizes (at most ``_CHOSEN_LIMIT`` are kept)."""
+        made = self._choices.get(key)
+        if made is None:
+            if len(self._choices) >= _CHOSEN_LIMIT:
+                self._choices.clear()
+            made = self._choices[key] = choose(*key[1:])
+        return made
+
     def _direct(
         self, op: str, nbytes: int, buffers: tuple[AnyBuffer, ...], algorithm: str | None
     ) -> bool:
         """Whether this all_gather / reduce_scatter / reduce runs on the board."""
         board = self._board and all(type(b) is Buffer for b in buffers)
+        key = ("direct", op, nbytes, algorithm, board)
+        return self._chosen(key, self._use_direct)  # type: ignore[no-any-return]
+
+    def _use_direct(self, op: str, nbytes: int, algorithm: str | None, board: bool) -> bool:
         return choice.use_direct(op, nbytes, self.size, self._choosing, algorithm, board)
 
     def _hierarchical(self, buffers: tuple[AnyBuffer, ...], reduces: bool) -> bool:
@@ -700,12 +714,8 @@ class Communicator:
                 "all_reduce", _group_chooses, (b,), async_op=async_op, timeout=timeout,
                 reduce_op=rop, bfloat16=b.bfloat16, fuse=b,
             )  # fmt: skip
-        key = (b.nbytes, rop, host and not b.bfloat16, algorithm)
-        run = self._allreduce_chosen.get(key)
-        if run is None:  # (choosing costs ~1 us: training loops repeat a few sizes)
-            if len(self._allreduce_chosen) >= _CHOSEN_LIMIT:
-                self._allreduce_chosen.clear()
-            run = self._allreduce_chosen[key] = self._allreduce_algorithm(*key)
+        key = ("all_reduce", b.nbytes, rop, host and not b.bfloat16, algorithm)
+        run = self._choices.get(key) or self._chosen(key, self._allreduce_algorithm)
         return self._submit(
             "all_reduce",
             lambda ctx: run(ctx, b.array),
@@ -830,12 +840,8 @@ class Communicator:
         chain; default: by size)."""
         self._check_rank(root, "broadcast root")
         b = as_buffer(buf, "broadcast buf", writable=self.rank != root, read=self.rank == root)
-        key = (b.nbytes, algorithm, self._board and type(b) is Buffer)
-        run = self._broadcast_chosen.get(key)
-        if run is None:  # (as for all_reduce: choosing costs about a microsecond)
-            if len(self._broadcast_chosen) >= _CHOSEN_LIMIT:
-                self._broadcast_chosen.clear()
-            run = self._broadcast_chosen[key] = self._broadcast_algorithm(*key)
+        key = ("broadcast", b.nbytes, algorithm, self._board and type(b) is Buffer)
+        run = self._choices.get(key) or self._chosen(key, self._broadcast_algorithm)
         return self._submit(
             "broadcast",
             self._rooted(lambda ctx, r: run(ctx, b.array, r), root),

@@ -23,6 +23,21 @@ BROADCAST_ALGORITHMS = ("direct", "binomial", "chain")
 ALLGATHER_ALGORITHMS = ("direct", "ring")
 REDUCE_SCATTER_ALGORITHMS = ("direct", "ring")
 REDUCE_ALGORITHMS = ("direct", "binomial")
+# Per collective: the algorithms it takes, and the Config field that forces one.
+ALGORITHMS = {
+    "all_reduce": ALLREDUCE_ALGORITHMS,
+    "all_gather": ALLGATHER_ALGORITHMS,
+    "reduce_scatter": REDUCE_SCATTER_ALGORITHMS,
+    "broadcast": BROADCAST_ALGORITHMS,
+    "reduce": REDUCE_ALGORITHMS,
+}
+ALGORITHM_FIELDS = {
+    "all_reduce": "allreduce_algorithm",
+    "all_gather": "allgather_algorithm",
+    "reduce_scatter": "reduce_scatter_algorithm",
+    "broadcast": "broadcast_algorithm",
+    "reduce": "reduce_algorithm",
+}
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 

@@ -51,15 +51,7 @@ from __future__ import annotations
 
 import functools
 
-from ringcomm.config import (
-    ALLGATHER_ALGORITHMS,
-    ALLREDUCE_ALGORITHMS,
-    BROADCAST_ALGORITHMS,
-    REDUCE_ALGORITHMS,
-    REDUCE_SCATTER_ALGORITHMS,
-    Config,
-    parse_algorithms,
-)
+from ringcomm.config import ALGORITHM_FIELDS, ALGORITHMS, Config, parse_algorithms
 from ringcomm.topology import Topology
 
 BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
@@ -78,26 +70,19 @@ BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
     ("reduce", False): "direct:0-64K",
     ("reduce", True): "direct:256K-",
 }
-CHOICES = {
-    "all_reduce": ALLREDUCE_ALGORITHMS,
-    "all_gather": ALLGATHER_ALGORITHMS,
-    "reduce_scatter": REDUCE_SCATTER_ALGORITHMS,
-    "broadcast": BROADCAST_ALGORITHMS,
-    "reduce": REDUCE_ALGORITHMS,
-}
 
 
 @functools.lru_cache(maxsize=64)
 def _ranges(text: str, op: str) -> tuple[tuple[str, int, int], ...]:
-    return parse_algorithms(text, CHOICES[op])
+    return parse_algorithms(text, ALGORITHMS[op])
 
 
 def _forced(requested: str | None, configured: str | None, op: str, nbytes: int) -> str | None:
     """The algorithm the caller (``requested``) or the configuration forces for ``nbytes``."""
     if requested is not None:
-        if requested not in CHOICES[op]:
+        if requested not in ALGORITHMS[op]:
             raise ValueError(
-                f"unknown {op} algorithm {requested!r}: expected one of {', '.join(CHOICES[op])}"
+                f"unknown {op} algorithm {requested!r}: expected one of {', '.join(ALGORITHMS[op])}"
             )
         return requested
     if configured is not None:
@@ -181,9 +166,5 @@ def use_direct(
 ) -> bool:
     """Whether all_gather, reduce_scatter or reduce on ``nbytes`` (the whole gathered or
     scattered buffer) runs on the board rather than its point-to-point algorithm."""
-    configured = {
-        "all_gather": config.allgather_algorithm,
-        "reduce_scatter": config.reduce_scatter_algorithm,
-        "reduce": config.reduce_algorithm,
-    }[op]
+    configured = getattr(config, ALGORITHM_FIELDS[op])
     return _direct(op, nbytes, size, _forced(requested, configured, op, nbytes), board)

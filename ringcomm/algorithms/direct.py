@@ -68,15 +68,18 @@ def _view(area: np.ndarray, dtype: np.dtype, count: int) -> np.ndarray:
     return area[: count * dtype.itemsize].view(dtype)
 
 
-def _own_pieces(b: Board, data: np.ndarray, deadline: float) -> Iterator[tuple[np.ndarray, int]]:
-    """Each piece of ``data`` that fits an area, with its number, once copied into this
-    rank's area (one empty piece for empty data, so sizes are still compared)."""
+def _own_pieces(
+    b: Board, data: np.ndarray, deadline: float
+) -> Iterator[tuple[int, np.ndarray, int]]:
+    """Where each piece of ``data`` that fits an area starts, the piece, and its number,
+    once copied into this rank's area (one empty piece for empty data, so sizes are still
+    compared)."""
     step = max(1, b.area_bytes // data.itemsize)
     for start in range(0, max(1, data.size), step):
         piece = data[start : start + step]
         k = b.next(deadline)
         _view(b.area(b.rank, k), data.dtype, piece.size)[...] = piece
-        yield piece, k
+        yield start, piece, k
 
 
 def _reduce_own_slice(ctx: OpContext, b: Board, k: int, piece: np.ndarray) -> list[tuple[int, int]]:
@@ -99,7 +102,7 @@ def allreduce(ctx: OpContext, data: np.ndarray, fallback: Callable[..., None]) -
         fallback(ctx, data)
         return
     size, deadline, dtype = ctx.size, ctx.deadline, data.dtype
-    for piece, k in _own_pieces(b, data, deadline):
+    for _, piece, k in _own_pieces(b, data, deadline):
         m = piece.size
         b.publish(k, data.nbytes)
         b.wait_published(k, data.nbytes, deadline)
@@ -123,7 +126,7 @@ def reduce(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., 
         fallback(ctx, data, root)
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
-    for piece, k in _own_pieces(b, data, deadline):
+    for _, piece, k in _own_pieces(b, data, deadline):
         m = piece.size
         if piece.nbytes < ONE_STEP_BELOW_BYTES:  # the root reduces everything
             if rank != root:
@@ -157,18 +160,14 @@ def allgather(
     rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
     c = inp.size
     in_place = np.shares_memory(out, inp)
-    step = max(1, b.area_bytes // inp.itemsize)
-    for start in range(0, max(1, c), step):
-        stop = min(c, start + step)
-        m = stop - start
-        k = b.next(deadline)
-        _view(b.area(rank, k), dtype, m)[...] = inp[start:stop]
+    for start, piece, k in _own_pieces(b, inp, deadline):
+        stop = start + piece.size
         b.publish(k, inp.nbytes)
         if not in_place:
-            out[rank * c + start : rank * c + stop] = inp[start:stop]
+            out[rank * c + start : rank * c + stop] = piece
         b.wait_published(k, inp.nbytes, deadline)
         for r in b.others:
-            out[r * c + start : r * c + stop] = _view(b.area(r, k), dtype, m)
+            out[r * c + start : r * c + stop] = _view(b.area(r, k), dtype, piece.size)
         b.raise_counter(b.DONE, k)
 
 
@@ -214,19 +213,15 @@ def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..
     rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
     transport: Any = ctx.transport
     if rank == root:
-        k = b.next(deadline)
         if data.nbytes >= transport.by_address_bytes and transport.readable_by_all():
+            k = b.next(deadline)
             b.publish_address(k, data)
             b.publish(k, data.nbytes, done=True)
             b.wait(b.DONE, k, deadline)  # the buffer stays as it is until everyone read it
             return
-        b.publish_address(k, None)
-        step = max(1, b.area_bytes // data.itemsize)
-        for start in range(0, max(1, data.size), step):  # (one, empty, piece for none)
-            piece = data[start : start + step]
-            if start:
-                k = b.next(deadline)
-            _view(b.area(rank, k), dtype, piece.size)[...] = piece
+        for start, _, k in _own_pieces(b, data, deadline):
+            if not start:
+                b.publish_address(k, None)  # (the readers look on the first piece)
             b.publish(k, data.nbytes, done=True)  # the root reads nothing
         return
     k = b.next(deadline)

@@ -18,20 +18,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ringcomm.config import Config, parse_algorithms
+from ringcomm.config import ALGORITHM_FIELDS, ALGORITHMS, Config, parse_algorithms
 from ringcomm.logs import get_logger
 
 log = get_logger(__name__)
 
 FORMAT = 1
-# The Config field each tuned operation fills.
-FIELDS = {
-    "all_reduce": "allreduce_algorithm",
-    "all_gather": "allgather_algorithm",
-    "reduce_scatter": "reduce_scatter_algorithm",
-    "broadcast": "broadcast_algorithm",
-    "reduce": "reduce_algorithm",
-}
 _NO_END = 1 << 62
 
 
@@ -107,11 +99,9 @@ def _load(path: str, mtime_ns: int, nbytes: int) -> tuple[dict[str, Any], ...]:
 
 
 def _choices(op: str) -> tuple[str, ...]:
-    from ringcomm.algorithms.choice import CHOICES
-
-    if op not in CHOICES:
+    if op not in ALGORITHMS:
         raise ValueError(f"unknown operation {op!r}")
-    return CHOICES[op]
+    return ALGORITHMS[op]
 
 
 def apply(config: Config, transport: str, size: int) -> Config:
@@ -123,9 +113,13 @@ def apply(config: Config, transport: str, size: int) -> Config:
     tuned = {
         e["op"]: e["algorithms"]
         for e in load(path)
-        if e["transport"] == transport and e["size"] == size and e["op"] in FIELDS
+        if e["transport"] == transport and e["size"] == size and e["op"] in ALGORITHM_FIELDS
     }
-    fill = {FIELDS[op]: spec for op, spec in tuned.items() if getattr(config, FIELDS[op]) is None}
+    fill = {
+        ALGORITHM_FIELDS[op]: spec
+        for op, spec in tuned.items()
+        if getattr(config, ALGORITHM_FIELDS[op]) is None
+    }
     return dataclasses.replace(config, **fill) if fill else config
 
 

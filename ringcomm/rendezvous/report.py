@@ -119,6 +119,7 @@ def init_report(
         f"{_size(config.small_message_bytes)}, ring from there"
     )
     broadcast = config.broadcast_algorithm or (
+        "the board where it measured faster, else "
         f"binomial below {_size(BINOMIAL_BROADCAST_BELOW_BYTES)} (or n <= 2), chain from there"
     )
     lines.append(f"  all_reduce: {allreduce}; broadcast: {broadcast}")
