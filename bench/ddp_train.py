@@ -15,7 +15,9 @@ per rank (``--threads``), so ranks do not fight over cores for their matrix prod
 Every run starts with ``nocomm``: the same DDP model, buckets and optimiser with a comm hook
 that returns each bucket untouched, so no communication at all: the floor any library can
 reach. Per configuration, ``exposed`` is its step time minus nocomm's (the communication
-that backward did not hide) and ``vs gloo`` beside it that as a fraction of gloo's.
+that backward did not hide) and ``vs gloo`` beside it that as a fraction of gloo's. A
+second table splits the slowest rank's step into forward, backward and optimiser, with the
+CPU time ringcomm's progress threads spent on the step's communication.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 from typing import Any
 
@@ -59,7 +62,9 @@ class Trainer:
         group = groups["ringcomm"] if config == "backend" else groups["gloo"]
         self.model = DDP(make_model(args.width), process_group=group)
         if config.startswith("hook"):
-            hook = rt.fp16_compress_hook if config == "hook-fp16" else rt.allreduce_hook
+            hook = {"hook-fp16": rt.fp16_compress_hook, "hook-bf16": rt.bf16_compress_hook}.get(
+                config, rt.allreduce_hook
+            )
             self.model.register_comm_hook(groups["hook_comm"], hook)
         elif config == "nocomm":
             self.model.register_comm_hook(None, nocomm_hook)
@@ -68,16 +73,33 @@ class Trainer:
         self.x = torch.randn(args.batch, 2048, generator=g)
         self.y = torch.randn(args.batch, 10, generator=g)
         self.times: list[float] = []
+        self.phases: list[tuple[float, float, float, float]] = []  # see steps()
 
     def steps(self, count: int, barrier: Any, record: bool) -> None:
         for _ in range(count):
             barrier()
+            cpu0 = progress_cpu()
             t0 = time.perf_counter()
             self.opt.zero_grad()
-            nn.functional.mse_loss(self.model(self.x), self.y).backward()
+            loss = nn.functional.mse_loss(self.model(self.x), self.y)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
             self.opt.step()
+            t3 = time.perf_counter()
             if record:
-                self.times.append(time.perf_counter() - t0)
+                self.times.append(t3 - t0)
+                self.phases.append((t1 - t0, t2 - t1, t3 - t2, progress_cpu() - cpu0))
+
+
+def progress_cpu() -> float:
+    """CPU seconds ringcomm's progress threads in this process have used (the threads that
+    run every asynchronous operation: DDP's bucket all_reduces)."""
+    return sum(
+        time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+        for t in threading.enumerate()
+        if t.name.startswith("ringcomm-progress") and t.ident is not None and t.is_alive()
+    )
 
 
 def env_from_mpi_launch() -> None:
@@ -110,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument(
-        "--configs", default="gloo,backend,hook,hook-fp16", help="comma-separated, in order"
+        "--configs",
+        default="gloo,backend,hook,hook-fp16,hook-bf16",
+        help="comma-separated, in order",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -138,11 +162,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"{c} {statistics.median(t.times) * 1e3:.1f} ms" for c, t in trainers.items()
             )
             print(f"# round {round_no + 1}/{args.rounds}: {done}", flush=True)
-    results = {}
+    results, phases = {}, {}
     for c, t in trainers.items():
         worst = torch.tensor([statistics.median(t.times)], dtype=torch.float64)
         dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=groups["gloo"])
         results[c] = float(worst[0])
+        # the same rank's phases: the rank whose median step is the slowest
+        slowest = torch.tensor([statistics.median(t.times), rank], dtype=torch.float64)
+        gathered = [torch.zeros(2, dtype=torch.float64) for _ in range(n)]
+        dist.all_gather(gathered, slowest, group=groups["gloo"])
+        who = int(max(gathered, key=lambda g: float(g[0]))[1])
+        mine = torch.tensor(
+            [statistics.median(p) for p in zip(*t.phases, strict=True)], dtype=torch.float64
+        )
+        dist.broadcast(mine, who, group=groups["gloo"])
+        phases[c] = [float(v) for v in mine]
     if rank == 0:
         transport = groups["hook_comm"].transport
         print(
@@ -168,6 +202,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{exposed * 1e3:11.1f} {share}",
                 flush=True,
             )
+    if rank == 0:
+        print(
+            "# where a step goes on the slowest rank (medians): forward, backward (DDP "
+            "hands buckets over as it runs, and waits for the last), the optimiser, and the "
+            "CPU time ringcomm's progress threads used in the step"
+        )
+        print(f"# {'config':<10} {'forward':>8} {'backward':>9} {'optim':>6} {'comm_cpu':>9}")
+        for c in configs:
+            fwd, bwd, opt, cpu = (v * 1e3 for v in phases[c])
+            print(f"  {c:<10} {fwd:8.1f} {bwd:9.1f} {opt:6.1f} {cpu:9.1f}", flush=True)
     groups["hook_comm"].close()
     dist.destroy_process_group()
     return 0

@@ -78,3 +78,22 @@ def divide(arr: np.ndarray, divisor: int, bfloat16: bool = False) -> None:
             _narrow(a, bits[i : i + _BLOCK], bfloat16)
     else:
         np.divide(arr, arr.dtype.type(divisor), out=arr)
+
+
+def narrow(values: np.ndarray, out_bits: np.ndarray, bfloat16: bool, factor: float = 1.0) -> None:
+    """Same contract as :func:`ringcomm.native.kernels.narrow`."""
+    for i in range(0, values.size, _BLOCK):
+        scaled = values[i : i + _BLOCK] * np.float32(factor)
+        _narrow(scaled, out_bits[i : i + _BLOCK], bfloat16)
+
+
+def widen(bits: np.ndarray, out: np.ndarray, bfloat16: bool) -> None:
+    """Same contract as :func:`ringcomm.native.kernels.widen`."""
+    for i in range(0, bits.size, _BLOCK):
+        out[i : i + _BLOCK] = _widen(bits[i : i + _BLOCK], bfloat16)
+
+
+def add_widened(acc: np.ndarray, bits: np.ndarray, bfloat16: bool) -> None:
+    """Same contract as :func:`ringcomm.native.kernels.add_widened`."""
+    for i in range(0, bits.size, _BLOCK):
+        acc[i : i + _BLOCK] += _widen(bits[i : i + _BLOCK], bfloat16)

@@ -29,6 +29,7 @@ import numpy as np
 from ringcomm import diagnostics, hosts, logs
 from ringcomm.algorithms import (
     choice,
+    compressed,
     direct,
     fusion,
     hierarchical,
@@ -248,6 +249,22 @@ def _counts(counts: Any, size: int, name: str, what: str = "counts") -> list[int
 
 def _alone(ctx: OpContext, data: np.ndarray) -> None:
     """all_reduce of a world of one: nothing to do."""
+
+
+def _check_compression(b: AnyBuffer, rop: ReduceOp, compression: str) -> None:
+    """Refuse what all_reduce(compression=...) cannot do (see Communicator.all_reduce)."""
+    if compression not in compressed.COMPRESSIONS:
+        raise ValueError(
+            f"all_reduce: compression must be one of {compressed.COMPRESSIONS} or None, "
+            f"got {compression!r}"
+        )
+    if type(b) is not Buffer or b.array.dtype != np.float32 or b.bfloat16:
+        raise ValueError(
+            f"all_reduce: compression={compression!r} takes a float32 buffer in host "
+            f"memory, got {'a GPU buffer' if type(b) is not Buffer else b.dtype_name}"
+        )
+    if rop not in (ReduceOp.SUM, ReduceOp.AVG):
+        raise ValueError(f"all_reduce: compression sums or averages, not {rop.name}")
 
 
 def _on_host(buffers: tuple[AnyBuffer, ...], reduces: bool) -> bool:
@@ -675,6 +692,7 @@ class Communicator:
         async_op: bool = False,
         algorithm: str | None = None,
         timeout: float | None = None,
+        compression: str | None = None,
     ) -> Work | None:
         """Reduce ``buf`` across all ranks, in place: every rank ends with the result.
 
@@ -687,13 +705,21 @@ class Communicator:
                 ``"recursive_doubling"``, ``"star"`` (default: by size).
             timeout: seconds before :class:`CommTimeoutError` (default
                 ``RINGCOMM_TIMEOUT_SECONDS``).
+            compression: ``"float16"`` or ``"bfloat16"``: exchange a float32 host buffer
+                as 16-bit floats, for SUM and AVG (half the bytes; see
+                :mod:`ringcomm.algorithms.compressed`). Each rank's contribution (divided
+                by ``size`` first for AVG) is rounded to 16 bits; on the shared-memory
+                board they are summed in float32 and rounded once, elsewhere reduced in 16
+                bits; every rank gets the same values. ``algorithm`` names what carries
+                the 16-bit copy where the ranks have no board.
 
         Returns:
             A :class:`Work` if ``async_op``, else None.
 
         Raises:
             TypeError: unsupported buffer, dtype or op for the dtype.
-            ValueError: non-contiguous or read-only buffer, unknown algorithm.
+            ValueError: non-contiguous or read-only buffer, unknown algorithm or
+                compression, compression of anything but a float32 host buffer.
 
         Example::
 
@@ -706,6 +732,7 @@ class Communicator:
         if (
             host
             and algorithm is None
+            and compression is None
             and self._groups_open
             and getattr(self._grouping, "group", None) is not None
         ):
@@ -714,8 +741,13 @@ class Communicator:
                 "all_reduce", _group_chooses, (b,), async_op=async_op, timeout=timeout,
                 reduce_op=rop, bfloat16=b.bfloat16, fuse=b,
             )  # fmt: skip
-        key = ("all_reduce", b.nbytes, rop, host and not b.bfloat16, algorithm)
-        run = self._choices.get(key) or self._chosen(key, self._allreduce_algorithm)
+        if compression is not None:
+            _check_compression(b, rop, compression)
+            key = ("compressed", b.nbytes, rop, compression, algorithm)
+            run = self._chosen(key, self._compressed_algorithm)
+        else:
+            key = ("all_reduce", b.nbytes, rop, host and not b.bfloat16, algorithm)
+            run = self._choices.get(key) or self._chosen(key, self._allreduce_algorithm)
         return self._submit(
             "all_reduce",
             lambda ctx: run(ctx, b.array),
@@ -726,6 +758,22 @@ class Communicator:
             bfloat16=b.bfloat16,
             nccl=lambda nc: nc.all_reduce(b, rop),
         )
+
+    def _compressed_algorithm(
+        self, nbytes: int, rop: ReduceOp, compression: str, algorithm: str | None
+    ) -> Callable[[OpContext, np.ndarray], None]:
+        """The all_reduce(compression=...) to run on ``nbytes`` of float32."""
+        bfloat16 = compression == "bfloat16"
+        factor = 1.0 / self.size if rop == ReduceOp.AVG else 1.0
+        via = None if algorithm == "direct" else algorithm
+        inner = self._allreduce_algorithm(nbytes // 2, ReduceOp.SUM, not bfloat16, via, False)
+
+        def exchange(ctx: OpContext, data: np.ndarray) -> None:
+            compressed.through_half(ctx, data, bfloat16, factor, inner)
+
+        if self.size > 1 and self._board and algorithm in (None, "direct"):
+            return lambda ctx, a: direct.allreduce_compressed(ctx, a, bfloat16, factor, exchange)
+        return exchange
 
     def _allreduce_algorithm(
         self, nbytes: int, rop: ReduceOp, host: bool, algorithm: str | None, board: bool = True

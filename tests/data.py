@@ -94,3 +94,15 @@ def assert_reduced(got: np.ndarray, want: np.ndarray, op: ringcomm.ReduceOp, wha
         )
     else:
         np.testing.assert_array_equal(got, want, err_msg=what)
+
+
+def round_to_16_bits(x: np.ndarray, name: str) -> np.ndarray:
+    """float32 ``x`` rounded to float16 or bfloat16 (to nearest even) and widened back,
+    written here with numpy alone (the reference for all_reduce's compression)."""
+    x = np.asarray(x, np.float32)
+    if name == "float16":
+        with np.errstate(over="ignore"):
+            return x.astype(np.float16).astype(np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    top = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32)
+    return (top << 16).view(np.float32)

@@ -129,6 +129,20 @@ def test_board_collectives(size: int) -> None:
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize(("size", "transport"), [(1, "auto"), (2, "auto"), (3, "auto"), (3, "zmq")])
+def test_compressed_all_reduce(size: int, transport: str) -> None:
+    """all_reduce(compression=...) on the board (exact against numpy, pieces of a 4 KiB
+    board) and off it; every rank ends with the same bits."""
+    pool = RankPool(size, transport=transport, env={"RINGCOMM_SHM_BOARD_BYTES": "4096"})
+    try:
+        results = pool.run(collectives.compressed_all_reduce, timeout=240)
+    finally:
+        pool.close()
+    for res in results[1:]:
+        for got, want in zip(res["bits"], results[0]["bits"], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_board_goes_without_when_a_rank_cannot_make_one() -> None:
     results = get_pool(3).run(collectives.board_goes_without)
     assert results == [{"board": False, "possible": False}] * 3, results

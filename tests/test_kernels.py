@@ -145,3 +145,82 @@ def test_divide(dtype: str) -> None:
         arr = vals.astype(dtype)
         native.divide(arr, 3)
         np.testing.assert_array_equal(arr, vals.astype(dtype) / np.array(3, dtype))
+
+
+def _numpy_narrow(x: np.ndarray, bfloat16: bool) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _f32_to_bf16_bits(x) if bfloat16 else x.astype(np.float16).view(np.uint16)
+
+
+def _odd_floats() -> np.ndarray:
+    """Random float32 bit patterns (every exponent, NaNs, infinities), gradient-like values
+    from 1e-9 to 1e5, and the edges of float16: its largest, what rounds to inf, subnormals,
+    ties."""
+    rng = np.random.default_rng(4)
+    patterns = rng.integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32)
+    scaled = rng.standard_normal(300_000) * 10.0 ** rng.integers(-9, 6, 300_000)
+    edges = [0, -0.0, 65504, 65519.99, 65520, 65536, 1e9, np.inf, -np.inf, np.nan, 2.0**-14,
+             2.0**-14 * 0.999, 2.0**-24, 2.0**-25, 2.0**-25 * 1.001, 3 * 2.0**-25, 1e-10,
+             1 + 2.0**-11, 1 + 3 * 2.0**-11, -3e-6]  # fmt: skip
+    return np.concatenate([patterns.view(np.float32), scaled.astype(np.float32), edges]).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize("bfloat16", [False, True], ids=["float16", "bfloat16"])
+def test_narrow_and_widen_round_as_numpy_does(bfloat16: bool) -> None:
+    """narrow (float32 -> 16 bits, times a factor) rounds every value as numpy's cast, NaN
+    stays NaN; widen is exact for every 16-bit pattern; add_widened adds the widened bits
+    (both implementations)."""
+    x = _odd_floats()
+    nan = np.isnan(x)
+    every = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    exact = (every.astype(np.uint32) << 16).view(np.float32) if bfloat16 else None
+    if exact is None:
+        exact = every.view(np.float16).astype(np.float32)
+    for impl in (native.kernels, numpy_fallback):
+        for factor in (1.0, 0.25):
+            got = np.empty(x.size, np.uint16)
+            with np.errstate(over="ignore", invalid="ignore"):
+                impl.narrow(x, got, bfloat16, factor)
+                want = _numpy_narrow(x * np.float32(factor), bfloat16)
+            np.testing.assert_array_equal(got[~nan], want[~nan], err_msg=impl.__name__)
+            wide = np.empty(x.size, np.float32)
+            impl.widen(got[nan], wide[: nan.sum()], bfloat16)
+            assert np.isnan(wide[: nan.sum()]).all()
+        wide = np.empty(65536, np.float32)
+        impl.widen(every, wide, bfloat16)
+        same = (wide.view(np.uint32) == exact.view(np.uint32)) | np.isnan(exact)
+        assert same.all() and np.isnan(wide[np.isnan(exact)]).all(), impl.__name__
+        acc = np.linspace(-1, 1, 65536, dtype=np.float32)
+        finite = np.isfinite(exact)
+        impl.add_widened(acc, every, bfloat16)
+        np.testing.assert_array_equal(
+            acc[finite], np.linspace(-1, 1, 65536, dtype=np.float32)[finite] + exact[finite]
+        )
+
+
+def test_portable_half_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Hosts without hardware float16 conversion (x86 without F16C) use integer selects:
+    the float16 tests above, run again on that path (its own numba cache)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RINGCOMM_PORTABLE_HALF="1", NUMBA_CACHE_DIR=str(tmp_path))
+    code = (
+        "import sys, pytest; from ringcomm.native import kernels;"
+        "assert not kernels._HARDWARE_HALF;"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-k',"
+        " 'float16 or narrow or divide or test_reduce_into_matches_numpy', sys.argv[1]]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(__file__),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout

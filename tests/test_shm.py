@@ -103,6 +103,12 @@ def test_ranks_that_disagree_on_the_count_fail_on_every_rank() -> None:
     assert any("expected 4000 bytes" in res["error"] for res in results.values()), results
 
 
+def test_compressed_against_plain_fails_on_every_rank() -> None:
+    results, _, text = run_ranks("compressed_mismatch", 2)
+    assert_passed("compressed_mismatch", 2, results, text)
+    assert any("4000 bytes as float16" in res["error"] for res in results.values()), results
+
+
 def test_sends_never_wait_for_their_receiver() -> None:
     results, _, text = run_ranks("p2p_waits_for_nobody", 2)
     assert_passed("p2p_waits_for_nobody", 2, results, text)

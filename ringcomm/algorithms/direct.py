@@ -119,6 +119,48 @@ def allreduce(ctx: OpContext, data: np.ndarray, fallback: Callable[..., None]) -
     ctx.finish_average(data)
 
 
+def allreduce_compressed(
+    ctx: OpContext,
+    data: np.ndarray,
+    bfloat16: bool,
+    factor: float,
+    fallback: Callable[[OpContext, np.ndarray], None],
+) -> None:
+    """In-place all_reduce of float32 ``data`` (times ``factor``) exchanged as 16-bit floats
+    (see :mod:`ringcomm.algorithms.compressed`), the conversions fused into the board's
+    copies: each rank rounds its piece into its area, sums its slice of every area in
+    float32 and rounds it into its own area, and widens every slice into ``data``."""
+    b = board(ctx)
+    if b is None:
+        fallback(ctx, data)
+        return
+    kernels, deadline, rank = native.kernels, ctx.deadline, ctx.rank
+    half = np.dtype(np.uint16)
+    tag = b.compressed_size(data.nbytes, bfloat16)
+    step = max(1, b.area_bytes // half.itemsize)
+    acc = np.empty(chunk_bounds(min(step, data.size), ctx.size)[0][1], np.float32)
+    for start in range(0, max(1, data.size), step):
+        piece = data[start : start + step]
+        m = piece.size
+        k = b.next(deadline)
+        areas = [_view(b.area(r, k), half, m) for r in range(ctx.size)]
+        kernels.narrow(piece, areas[rank], bfloat16, factor)
+        b.publish(k, tag)
+        b.wait_published(k, tag, deadline)
+        bounds = chunk_bounds(m, ctx.size)
+        lo, hi = bounds[rank]
+        mine = acc[: hi - lo]
+        kernels.widen(areas[0][lo:hi], mine, bfloat16)
+        for r in range(1, ctx.size):  # in rank order, as every slice
+            kernels.add_widened(mine, areas[r][lo:hi], bfloat16)
+        kernels.narrow(mine, areas[rank][lo:hi], bfloat16)
+        b.raise_counter(b.REDUCED, k)
+        b.wait(b.REDUCED, k, deadline)
+        for r, (lo, hi) in enumerate(bounds):
+            kernels.widen(areas[r][lo:hi], piece[lo:hi], bfloat16)
+        b.raise_counter(b.DONE, k)
+
+
 def reduce(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., None]) -> None:
     """Reduce ``data`` into ``data`` on ``root`` on the board; other ranks' data stays."""
     b = board(ctx)

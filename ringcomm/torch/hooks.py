@@ -74,6 +74,13 @@ def _compress_hook(
 ) -> torch.futures.Future[torch.Tensor]:
     comm = _comm(state)
     original = bucket.buffer()
+    name = _HALF_NAMES[dtype]
+    if original.dtype == torch.float32 and not original.is_cuda:
+        # ringcomm rounds, sums (in float32) and widens as it exchanges: no 16-bit copy
+        # of the bucket, and no cast passes of its own (see all_reduce's compression).
+        work = comm.all_reduce(original, ringcomm.AVG, async_op=True, compression=name)
+        assert work is not None
+        return torch_future(work, lambda: original)
     # Divide first: the ring keeps partial sums in the compressed dtype, where a sum of
     # n large gradients could overflow float16 before the average is taken.
     fused = original.is_cuda and original.dtype == torch.float32
@@ -81,7 +88,7 @@ def _compress_hook(
         compressed = torch.empty_like(original, dtype=dtype)
         src, _, _, stream = ringcomm.gpu.torch_view(original)
         dst = ringcomm.gpu.torch_view(compressed)[0]
-        device_kernels.narrow(src, dst, _HALF_NAMES[dtype], 1.0 / comm.size, stream)
+        device_kernels.narrow(src, dst, name, 1.0 / comm.size, stream)
     else:
         compressed = original.to(dtype).div_(comm.size)
     work = comm.all_reduce(compressed, ringcomm.SUM, async_op=True)
@@ -90,7 +97,7 @@ def _compress_hook(
     def decompress() -> torch.Tensor:
         if fused:  # on this thread's current stream: the one the future's users wait for
             now = ringcomm.gpu.torch_view(original)[3]
-            device_kernels.widen(dst, src, _HALF_NAMES[dtype], now)
+            device_kernels.widen(dst, src, name, now)
         else:
             original.copy_(compressed)
         return original
@@ -99,7 +106,8 @@ def _compress_hook(
 
 
 def fp16_compress_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """Average in float16: cast, divide by the world size, sum, cast back in place."""
+    """Average in float16: each rank's gradients divided by the world size and rounded to
+    float16 are exchanged and summed; the sum, rounded to float16, comes back in place."""
     return _compress_hook(state, bucket, torch.float16)
 
 

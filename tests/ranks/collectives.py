@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 
 import ringcomm
-from data import DTYPES, OPS, assert_reduced, make_input, op_applies, reference
+from data import (
+    DTYPES,
+    OPS,
+    assert_reduced,
+    make_input,
+    op_applies,
+    reference,
+    round_to_16_bits,
+)
 
 COUNTS = (0, 1, 2, 3, 7, 13, 1000, 4099)
 
@@ -585,3 +593,44 @@ def board_goes_without(comm: ringcomm.Communicator) -> dict[str, bool]:
         if r == 1:
             os.unlink(blocker)
         sub.close()
+
+
+def compressed_all_reduce(comm: ringcomm.Communicator) -> dict[str, Any]:
+    """all_reduce(compression=...) against numpy, for both 16-bit types, SUM and AVG, sizes
+    from empty to several board pieces. On the board the result is exact: each rank's
+    contribution rounded to 16 bits, summed in float32 in rank order, rounded once (also off
+    the board with one or two ranks). Elsewhere (ZeroMQ, n > 2) the 16-bit copy is reduced by
+    the ring, which rounds at every step: close to that, and the same on every rank. Returns
+    the results' bits."""
+    n, r = comm.size, comm.rank
+    exact = comm.transport == "shm" or n <= 2  # (one addition: rounded once anyway)
+    bits = []
+    for name in ("float16", "bfloat16"):
+        for op in (ringcomm.SUM, ringcomm.AVG):
+            for count in (0, 1, 7, 1000, 300_001):
+                rng = [np.random.default_rng(q * 7 + count) for q in range(n)]
+                everyone = [(g.standard_normal(count) * 3).astype(np.float32) for g in rng]
+                factor = np.float32(1.0 / n if op == ringcomm.AVG else 1.0)
+                total = np.zeros(count, np.float32)
+                for q in range(n):
+                    total += round_to_16_bits(everyone[q] * factor, name)
+                want = round_to_16_bits(total, name)
+                got = everyone[r].copy()
+                comm.all_reduce(got, op, compression=name)
+                what = f"{name} {op.name} count={count} n={n}"
+                if exact:
+                    np.testing.assert_array_equal(got, want, err_msg=what)
+                else:
+                    np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05, err_msg=what)
+                bits.append(got)
+    for bad in (
+        lambda: comm.all_reduce(np.ones(4, np.float64), compression="float16"),
+        lambda: comm.all_reduce(np.ones(4, np.float32), compression="int8"),
+        lambda: comm.all_reduce(np.ones(4, np.float32), ringcomm.MAX, compression="bfloat16"),
+    ):
+        try:
+            bad()
+        except ValueError:
+            continue
+        raise AssertionError("a compression all_reduce that must be refused ran")
+    return {"bits": bits}

@@ -91,6 +91,20 @@ def mismatch(comm: ringcomm.Communicator) -> dict:
     raise AssertionError("an all_reduce with counts 1000 and 1001 succeeded")
 
 
+def compressed_mismatch(comm: ringcomm.Communicator) -> dict:
+    """A rank that exchanges its 4000 bytes as float16 against one that sends them plain
+    fails on the board, as ranks that pass different sizes do."""
+    data = np.ones(1000, np.float32)
+    try:
+        if comm.rank == 0:
+            comm.all_reduce(data, compression="float16", timeout=20)
+        else:
+            comm.all_reduce(data, algorithm="direct", timeout=20)
+    except ringcomm.RingcommError as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    raise AssertionError("a compressed and a plain all_reduce of 4000 bytes succeeded")
+
+
 def p2p_waits_for_nobody(comm: ringcomm.Communicator) -> dict:
     """A send returns before its receiver takes it, and the data still arrives while the
     sender's communicator sits idle (the background ticker pushes it)."""
@@ -162,6 +176,7 @@ MODES = {
     "small_shm": small_shm,
     "mixed": mixed,
     "mismatch": mismatch,
+    "compressed_mismatch": compressed_mismatch,
     "p2p_waits_for_nobody": p2p_waits_for_nobody,
     "peer_killed": peer_killed,
     # 1,000 floats: the all_reduce runs on the shared-memory board

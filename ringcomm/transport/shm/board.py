@@ -67,8 +67,21 @@ SIZE = READY + 1  # SIZE and SIZE + 1: the bytes of the operation of READY's par
 ADDRESS = SIZE + 2
 REDUCED = 2 * LINE // 8
 DONE = 3 * LINE // 8
+# What SIZE says besides the bytes: the operation exchanges 16-bit floats (compression), so
+# a rank that runs it against a plain one of the same size fails instead of misreading.
+_AS_FLOAT16, _AS_BFLOAT16 = 1 << 62, 1 << 61
 _NO_BOARD = "shared memory: no board for the direct collectives (%s); point to point instead"
 _WHAT = {READY: "publish its data", REDUCED: "publish its reduced share", DONE: "finish reading"}
+
+
+def _size_text(word: int) -> str:
+    """What a SIZE word says, for an error."""
+    nbytes = word & (_AS_BFLOAT16 - 1)
+    if word & _AS_FLOAT16:
+        return f"{nbytes} bytes as float16"
+    if word & _AS_BFLOAT16:
+        return f"{nbytes} bytes as bfloat16"
+    return f"{nbytes} bytes"
 
 
 def board_path(job: str, comm_id: int, rank: int) -> str:
@@ -140,6 +153,12 @@ class Board:
             ) from None
         return True
 
+    @staticmethod
+    def compressed_size(nbytes: int, bfloat16: bool) -> int:
+        """The size to publish and expect for an operation on ``nbytes`` bytes exchanged
+        as 16-bit floats (distinct from a plain one's)."""
+        return nbytes | (_AS_BFLOAT16 if bfloat16 else _AS_FLOAT16)
+
     def publish(self, k: int, nbytes: int, *, done: bool = False) -> None:
         """Raise READY to ``k``: this rank's data of operation ``k``, an operation of
         ``nbytes`` bytes in all, is in its area. ``done``: it reads nothing of operation
@@ -163,9 +182,9 @@ class Board:
             if theirs != nbytes:
                 t = self.transport
                 raise TransportError(
-                    f"{t.current_op}: rank {t.rank} expected {nbytes} bytes from rank {r} on "
-                    f"the shared-memory board, got {theirs}: do the ranks pass buffers of "
-                    "different sizes, or call different operations?"
+                    f"{t.current_op}: rank {t.rank} expected {_size_text(nbytes)} from rank "
+                    f"{r} on the shared-memory board, got {_size_text(theirs)}: do the "
+                    "ranks pass buffers of different sizes, or call different operations?"
                 )
 
     def wait(self, word: int, k: int, deadline: float, ranks: list[int] | None = None) -> None:
