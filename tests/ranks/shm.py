@@ -138,9 +138,11 @@ def ticker_error_reaches_the_next_operation(comm: ringcomm.Communicator) -> dict
             return real_push(self, *args, **kwargs)
 
         slots.ShmTransport._push = failing_push  # type: ignore[method-assign]
-        comm.send(np.full(nbytes, 7, np.uint8), 1)  # returns; the rest is queued
-        time.sleep(1.0)  # the ticker tries, and fails
         try:
+            # The send returns with the rest queued (or, if the ticker already failed while
+            # it still pushed, raises itself: a busy machine).
+            comm.send(np.full(nbytes, 7, np.uint8), 1)
+            time.sleep(1.0)  # the ticker tries, and fails
             comm.barrier(timeout=5)
         except ringcomm.TransportError as e:
             assert "injected" in str(e), e
