@@ -759,6 +759,40 @@ class Communicator:
             nccl=lambda nc: nc.all_reduce(b, rop),
         )
 
+    def _all_reduce_mapped(
+        self,
+        buf: Any,
+        op: ReduceOp,
+        fd: int,
+        offset: int,
+        *,
+        async_op: bool = False,
+        timeout: float | None = None,
+    ) -> Work | None:
+        """:meth:`all_reduce` of a buffer that lies at ``offset`` in the shared-memory file
+        open here as ``fd`` (-1: it does not): where every rank's does and the ranks share a
+        board, each reads the others' buffers where they lie
+        (:func:`~ringcomm.algorithms.direct.allreduce_mapped`); elsewhere a plain
+        all_reduce. Every rank must call it (ringcomm.torch's DDP hooks do)."""
+        b = as_buffer(buf, "all_reduce buf", writable=True)
+        rop = _reduce_op(op, b, "all_reduce")
+        host = type(b) is Buffer
+        key = ("all_reduce", b.nbytes, rop, host and not b.bfloat16, None)
+        plain = self._choices.get(key) or self._chosen(key, self._allreduce_algorithm)
+        run = plain
+        if host and self.size > 1 and self._board and not b.bfloat16:
+            run = lambda ctx, a: direct.allreduce_mapped(ctx, a, fd, offset, plain)  # noqa: E731
+        return self._submit(
+            "all_reduce",
+            lambda ctx: run(ctx, b.array),
+            (b,),
+            async_op=async_op,
+            timeout=timeout,
+            reduce_op=rop,
+            bfloat16=b.bfloat16,
+            nccl=lambda nc: nc.all_reduce(b, rop),
+        )
+
     def _compressed_algorithm(
         self, nbytes: int, rop: ReduceOp, compression: str, algorithm: str | None
     ) -> Callable[[OpContext, np.ndarray], None]:

@@ -143,6 +143,15 @@ def test_compressed_all_reduce(size: int, transport: str) -> None:
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize(("size", "transport"), [(1, "auto"), (2, "auto"), (4, "auto"), (3, "zmq")])
+def test_all_reduce_reads_buffers_where_they_lie(size: int, transport: str) -> None:
+    """all_reduce of buffers in shared-memory files (the DDP hook's path) is right on and
+    off the board, also when one rank's buffer is private (every rank falls back)."""
+    results = get_pool(size, transport).run(collectives.mapped_all_reduce, timeout=240)
+    if transport == "auto" and size > 1:
+        assert all(res["mapped"] == size - 1 for res in results), results
+
+
 def test_board_goes_without_when_a_rank_cannot_make_one() -> None:
     results = get_pool(3).run(collectives.board_goes_without)
     assert results == [{"board": False, "possible": False}] * 3, results

@@ -21,10 +21,12 @@ import torch.distributed as dist
 
 import ringcomm
 import ringcomm.gpu
+from ringcomm.logs import get_logger
 from ringcomm.native import cuda as device_kernels
 from ringcomm.torch._futures import cuda_devices, torch_future
 
 Hook = Callable[[Any, dist.GradBucket], torch.futures.Future[torch.Tensor]]
+log = get_logger(__name__)
 
 
 def _comm(state: Any) -> ringcomm.Communicator:
@@ -38,12 +40,34 @@ def _comm(state: Any) -> ringcomm.Communicator:
 
 
 def allreduce_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """Average the bucket's gradients over all ranks, in place."""
+    """Average the bucket's gradients over all ranks, in place.
+
+    Where the ranks share a host's memory, the bucket's storage moves into shared memory
+    on its first step (``Tensor.share_memory_()``: DDP's views of it follow), and the ranks
+    then reduce straight from each other's buckets (see ``Communicator._all_reduce_mapped``).
+    """
     comm = _comm(state)
     tensor = bucket.buffer()
-    work = comm.all_reduce(tensor, ringcomm.AVG, async_op=True)
+    fd, offset = _shared_file(comm, tensor)
+    work = comm._all_reduce_mapped(tensor, ringcomm.AVG, fd, offset, async_op=True)
     assert work is not None
     return torch_future(work, lambda: tensor, cuda_devices(tensor))
+
+
+def _shared_file(comm: ringcomm.Communicator, tensor: torch.Tensor) -> tuple[int, int]:
+    """The shared-memory file (fd, byte offset) that holds ``tensor``, its storage moved
+    there first if need be; (-1, 0) where that is of no use or cannot be done."""
+    if tensor.is_cuda or not getattr(comm, "_board", False) or tensor.dtype != torch.float32:
+        return -1, 0
+    try:
+        storage = tensor.untyped_storage()
+        if not storage.is_shared():
+            tensor.share_memory_()  # moves the storage: every view of it follows
+        fd, _ = tensor.untyped_storage()._share_fd_cpu_()
+    except (RuntimeError, OSError, AttributeError) as e:  # /dev/shm full, another strategy
+        log.debug("the bucket stays in private memory: %s", e)
+        return -1, 0
+    return int(fd), tensor.storage_offset() * tensor.element_size()
 
 
 def compress_wrapper(hook: Hook, dtype: torch.dtype = torch.float16) -> Hook:

@@ -634,3 +634,37 @@ def compressed_all_reduce(comm: ringcomm.Communicator) -> dict[str, Any]:
             continue
         raise AssertionError("a compression all_reduce that must be refused ran")
     return {"bits": bits}
+
+
+def mapped_all_reduce(comm: ringcomm.Communicator) -> dict[str, Any]:
+    """all_reduce of buffers in shared-memory files, read where they lie (the DDP hook's
+    path): against numpy for several dtypes, ops and sizes, at an offset in the file; then
+    with one rank's buffer in private memory (every rank falls back alike); then with a
+    file reused for a smaller buffer. Returns how often the board saw each rank's file."""
+    import mmap
+    import os
+
+    n, r = comm.size, comm.rank
+    fd = os.memfd_create(f"ringcomm-test-{r}")
+    os.ftruncate(fd, 8 << 20)
+    m = mmap.mmap(fd, 8 << 20)
+    try:
+        for private in (None, 0, n - 1):  # None: every rank's buffer is in its file
+            for dtype, op in (("float32", ringcomm.AVG), ("float64", ringcomm.SUM),
+                              ("int32", ringcomm.SUM), ("float32", ringcomm.MAX)):  # fmt: skip
+                for count in (0, 1, 1001, 300_000):
+                    everyone = [make_input(dtype, op, q, count, seed=9) for q in range(n)]
+                    offset = 4096 + 8 * count % 64
+                    buf = np.frombuffer(m, dtype, count, offset)
+                    buf[...] = everyone[r]
+                    mine = -1 if private == r else fd
+                    data = buf if mine >= 0 else everyone[r].copy()
+                    comm._all_reduce_mapped(data, op, mine, offset)
+                    want = reference(op, everyone)
+                    assert_reduced(data, want, op, f"{dtype} {op.name} {count} {private}")
+                    del buf, data
+        board = getattr(comm._transport, "board", None)
+        return {"mapped": len(board._mapped) if board is not None else 0}
+    finally:
+        m.close()
+        os.close(fd)

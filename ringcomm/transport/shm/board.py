@@ -67,20 +67,30 @@ SIZE = READY + 1  # SIZE and SIZE + 1: the bytes of the operation of READY's par
 ADDRESS = SIZE + 2
 REDUCED = 2 * LINE // 8
 DONE = 3 * LINE // 8
+# MAPPED + 4 * parity: fd, inode, file size, offset of the buffer of that parity's operation
+# when it lives in a shared-memory file the peers map (see Board.publish_mapping).
+MAPPED = 4 * LINE // 8
+# MAP_FAILED + parity: 1 if this rank could not map every peer's buffer of that operation
+# (written before it raises REDUCED, which keeps its meaning for the operations after).
+MAP_FAILED = MAPPED + 8
 # What SIZE says besides the bytes: the operation exchanges 16-bit floats (compression), so
 # a rank that runs it against a plain one of the same size fails instead of misreading.
-_AS_FLOAT16, _AS_BFLOAT16 = 1 << 62, 1 << 61
+_AS_FLOAT16, _AS_BFLOAT16, _AS_MAPPED = 1 << 62, 1 << 61, 1 << 60
+# Peers' buffers kept mapped per peer (buckets are reused step after step); the oldest go.
+_MAPPINGS_KEPT = 16
 _NO_BOARD = "shared memory: no board for the direct collectives (%s); point to point instead"
 _WHAT = {READY: "publish its data", REDUCED: "publish its reduced share", DONE: "finish reading"}
 
 
 def _size_text(word: int) -> str:
     """What a SIZE word says, for an error."""
-    nbytes = word & (_AS_BFLOAT16 - 1)
+    nbytes = word & (_AS_MAPPED - 1)
     if word & _AS_FLOAT16:
         return f"{nbytes} bytes as float16"
     if word & _AS_BFLOAT16:
         return f"{nbytes} bytes as bfloat16"
+    if word & _AS_MAPPED:
+        return f"{nbytes} bytes in shared memory"
     return f"{nbytes} bytes"
 
 
@@ -111,6 +121,8 @@ class Board:
         ]
         self.others = [r for r in range(self.size) if r != self.rank]
         self._segments = [transport.peer_segment(r) for r in self.others]
+        # (rank, inode, file size) -> that peer's file, mapped (see map_published)
+        self._mapped: dict[tuple[int, int, int], mmap.mmap] = {}
 
     def next(self, deadline: float) -> int:
         """Number the next operation (piece) on the board, once this rank may write its
@@ -152,6 +164,74 @@ class Board:
                 f"{t.current_op}: rank {t.rank} could not read rank {rank}'s memory ({e})"
             ) from None
         return True
+
+    def publish_mapping(self, k: int, fd: int, offset: int) -> None:
+        """Say that this rank's buffer of operation ``k`` lies at ``offset`` in the
+        shared-memory file open as ``fd`` here (fd -1: it does not), for the peers to map
+        and read it themselves."""
+        words = self.counters[self.rank]
+        base = MAPPED + 4 * (k & 1)
+        if fd < 0:
+            words[base : base + 4] = 0
+            return
+        st = os.fstat(fd)
+        words[base : base + 4] = (fd + 1, st.st_ino, st.st_size, offset)
+
+    def map_published(self, k: int, nbytes: int) -> dict[int, np.ndarray] | None:
+        """Every peer's buffer of operation ``k`` (``nbytes`` bytes), mapped from the file it
+        published; None if some peer published none or this rank cannot map one (another
+        process's fd opens through /proc as its memory reads do: same user, ptrace rules)."""
+        found: dict[int, np.ndarray] = {}
+        base = MAPPED + 4 * (k & 1)
+        for r in self.others:
+            fd, inode, size, offset = (int(v) for v in self.counters[r][base : base + 4])
+            if not fd or offset + nbytes > size:
+                return None
+            key = (r, inode, size)
+            m = self._mapped.get(key)
+            if m is None:
+                m = self._map_peer_file(r, fd - 1, inode, size)
+                if m is None:
+                    return None
+            found[r] = np.frombuffer(m, np.uint8, nbytes, offset)
+        return found
+
+    def _map_peer_file(self, rank: int, fd: int, inode: int, size: int) -> mmap.mmap | None:
+        try:
+            own = os.open(f"/proc/{self.transport.peer_pid(rank)}/fd/{fd}", os.O_RDONLY)
+        except OSError as e:
+            log.debug("rank %d: cannot open rank %d's shared buffer: %s", self.rank, rank, e)
+            return None
+        try:
+            if os.fstat(own).st_ino != inode:  # the fd now names another file
+                return None
+            m = mmap.mmap(own, size, prot=mmap.PROT_READ)
+        except OSError as e:
+            log.debug("rank %d: cannot map rank %d's shared buffer: %s", self.rank, rank, e)
+            return None
+        finally:
+            os.close(own)
+        if len(self._mapped) >= _MAPPINGS_KEPT * len(self.others):
+            oldest = next(iter(self._mapped))
+            with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps it
+                self._mapped.pop(oldest).close()
+        self._mapped[(rank, inode, size)] = m
+        return m
+
+    def agree_mapped(self, k: int, mapped: bool, deadline: float) -> bool:
+        """Whether every rank mapped every peer's buffer of operation ``k`` (``mapped``:
+        this one did); a collective step (REDUCED of ``k``)."""
+        self.counters[self.rank][MAP_FAILED + (k & 1)] = 0 if mapped else 1
+        self.raise_counter(REDUCED, k)
+        self.wait(REDUCED, k, deadline)
+        word = MAP_FAILED + (k & 1)
+        return mapped and not any(self.counters[r].item(word) for r in self.others)
+
+    @staticmethod
+    def mapped_size(nbytes: int) -> int:
+        """The size to publish and expect for an operation on ``nbytes`` bytes that the
+        ranks read from each other's shared-memory files (distinct from a plain one's)."""
+        return nbytes | _AS_MAPPED
 
     @staticmethod
     def compressed_size(nbytes: int, bfloat16: bool) -> int:
@@ -217,6 +297,10 @@ class Board:
     def close(self) -> None:
         self.counters = []
         self.areas = []
+        for m in self._mapped.values():
+            with contextlib.suppress(BufferError):
+                m.close()
+        self._mapped = {}
         for m in self._maps:
             with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps it
                 m.close()
