@@ -768,20 +768,33 @@ class Communicator:
         *,
         async_op: bool = False,
         timeout: float | None = None,
+        compression: str | None = None,
     ) -> Work | None:
         """:meth:`all_reduce` of a buffer that lies at ``offset`` in the shared-memory file
         open here as ``fd`` (-1: it does not): where every rank's does and the ranks share a
         board, each reads the others' buffers where they lie
         (:func:`~ringcomm.algorithms.direct.allreduce_mapped`); elsewhere a plain
-        all_reduce. Every rank must call it (ringcomm.torch's DDP hooks do)."""
+        all_reduce. ``compression`` as :meth:`all_reduce`'s, with the same result. Every
+        rank must call it (ringcomm.torch's DDP hooks do)."""
         b = as_buffer(buf, "all_reduce buf", writable=True)
         rop = _reduce_op(op, b, "all_reduce")
         host = type(b) is Buffer
-        key = ("all_reduce", b.nbytes, rop, host and not b.bfloat16, None)
-        plain = self._choices.get(key) or self._chosen(key, self._allreduce_algorithm)
+        rounded = None
+        if compression is not None:
+            _check_compression(b, rop, compression)
+            key: tuple[Any, ...] = ("compressed", b.nbytes, rop, compression, None)
+            plain = self._chosen(key, self._compressed_algorithm)
+            factor = 1.0 / self.size if rop == ReduceOp.AVG else 1.0
+            rounded = (compression == "bfloat16", factor)
+        else:
+            key = ("all_reduce", b.nbytes, rop, host and not b.bfloat16, None)
+            plain = self._choices.get(key) or self._chosen(key, self._allreduce_algorithm)
         run = plain
         if host and self.size > 1 and self._board and not b.bfloat16:
-            run = lambda ctx, a: direct.allreduce_mapped(ctx, a, fd, offset, plain)  # noqa: E731
+
+            def run(ctx: OpContext, a: np.ndarray) -> None:
+                direct.allreduce_mapped(ctx, a, fd, offset, plain, rounded)
+
         return self._submit(
             "all_reduce",
             lambda ctx: run(ctx, b.array),

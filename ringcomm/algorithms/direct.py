@@ -125,19 +125,26 @@ def allreduce_mapped(
     fd: int,
     offset: int,
     fallback: Callable[[OpContext, np.ndarray], None],
+    compression: tuple[bool, float] | None = None,
 ) -> None:
     """In-place all_reduce of ``data``, which lies at ``offset`` in the shared-memory file
     open as ``fd`` (-1: it does not), reading the peers' buffers where they lie: each rank
     maps every peer's file, reduces its slice of every buffer into its own, then copies the
     peers' reduced slices (no copy into the board: at n=2, 5 passes over half the buffer
     where the ring makes 9). Where some rank's buffer is not in such a file, or some rank
-    cannot map one, every rank runs ``fallback`` instead (they agree on the board first)."""
+    cannot map one, every rank runs ``fallback`` instead (they agree on the board first).
+    ``compression``: (bfloat16?, factor) to give all_reduce(compression=...)'s result, bit
+    for bit (each buffer's slice rounded to 16 bits as it is read, summed in float32 in rank
+    order, rounded once): nothing is gained on the wire here, where peers read the float32
+    gradients where they lie, but the numbers are those of the compressed exchange."""
     b = board(ctx)
     if b is None:
         fallback(ctx, data)
         return
     deadline, rank = ctx.deadline, ctx.rank
     tag = b.mapped_size(data.nbytes)
+    if compression is not None:
+        tag = b.compressed_size(tag, compression[0])
     k = b.next(deadline)
     b.publish_mapping(k, fd, offset)
     b.publish(k, tag)
@@ -150,9 +157,14 @@ def allreduce_mapped(
     views = {r: t.view(data.dtype) for r, t in theirs.items()}
     bounds = chunk_bounds(data.size, ctx.size)
     lo, hi = bounds[rank]
-    for r in b.others:  # only this rank writes slice `rank`; the peers read theirs of ours
-        ctx.reduce(data[lo:hi], views[r][lo:hi])
-    ctx.finish_average(data[lo:hi])
+    # Only this rank writes slice `rank`; the peers read theirs of ours meanwhile.
+    if compression is None:
+        for r in b.others:
+            ctx.reduce(data[lo:hi], views[r][lo:hi])
+        ctx.finish_average(data[lo:hi])
+    else:
+        views[rank] = data
+        _sum_rounded(data, [views[r] for r in range(ctx.size)], lo, hi, *compression)
     k = b.next(deadline)  # READY of k: this rank's slice is reduced
     b.publish(k, tag)
     b.wait_published(k, tag, deadline)
@@ -161,6 +173,27 @@ def allreduce_mapped(
         data[a:z] = views[r][a:z]
     b.raise_counter(b.DONE, k)
     b.wait(b.DONE, k, deadline)  # nobody reads our buffer once the caller has it back
+
+
+def _sum_rounded(
+    out: np.ndarray, buffers: list[np.ndarray], lo: int, hi: int, bfloat16: bool, factor: float
+) -> None:
+    """``out[lo:hi]`` = the 16-bit rounding of the float32 sum, in list order, of every
+    buffer's ``[lo:hi]`` times ``factor`` rounded to 16 bits (blocks that stay in cache)."""
+    kernels = native.kernels
+    block = 1 << 15
+    half = np.empty(min(block, hi - lo), np.uint16)
+    acc = np.empty(half.size, np.float32)
+    for a in range(lo, hi, block):
+        z = min(hi, a + block)
+        h, s = half[: z - a], acc[: z - a]
+        kernels.narrow(buffers[0][a:z], h, bfloat16, factor)
+        kernels.widen(h, s, bfloat16)
+        for buf in buffers[1:]:
+            kernels.narrow(buf[a:z], h, bfloat16, factor)
+            kernels.add_widened(s, h, bfloat16)
+        kernels.narrow(s, h, bfloat16)
+        kernels.widen(h, out[a:z], bfloat16)
 
 
 def allreduce_compressed(

@@ -101,8 +101,12 @@ def _compress_hook(
     name = _HALF_NAMES[dtype]
     if original.dtype == torch.float32 and not original.is_cuda:
         # ringcomm rounds, sums (in float32) and widens as it exchanges: no 16-bit copy
-        # of the bucket, and no cast passes of its own (see all_reduce's compression).
-        work = comm.all_reduce(original, ringcomm.AVG, async_op=True, compression=name)
+        # of the bucket, and no cast passes of its own (see all_reduce's compression);
+        # ranks of one host read each other's buckets, as allreduce_hook's do.
+        fd, offset = _shared_file(comm, original)
+        work = comm._all_reduce_mapped(
+            original, ringcomm.AVG, fd, offset, async_op=True, compression=name
+        )
         assert work is not None
         return torch_future(work, lambda: original)
     # Divide first: the ring keeps partial sums in the compressed dtype, where a sum of

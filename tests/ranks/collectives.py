@@ -663,6 +663,26 @@ def mapped_all_reduce(comm: ringcomm.Communicator) -> dict[str, Any]:
                     want = reference(op, everyone)
                     assert_reduced(data, want, op, f"{dtype} {op.name} {count} {private}")
                     del buf, data
+            for name in ("float16", "bfloat16"):  # the same bits as the compressed exchange
+                for count in (1, 1001, 300_000):
+                    rng = [np.random.default_rng(q * 5 + count) for q in range(n)]
+                    everyone = [(g.standard_normal(count) * 3).astype(np.float32) for g in rng]
+                    total = np.zeros(count, np.float32)
+                    for q in range(n):
+                        total += round_to_16_bits(everyone[q] * np.float32(1.0 / n), name)
+                    buf = np.frombuffer(m, np.float32, count, 4096)
+                    buf[...] = everyone[r]
+                    data = buf if private != r else everyone[r].copy()
+                    mine = fd if private != r else -1
+                    comm._all_reduce_mapped(data, ringcomm.AVG, mine, 4096, compression=name)
+                    exact = comm.transport == "shm" or n <= 2
+                    what = f"{name} {count} {private}"
+                    want = round_to_16_bits(total, name)
+                    if exact:
+                        np.testing.assert_array_equal(data, want, err_msg=what)
+                    else:
+                        np.testing.assert_allclose(data, want, rtol=0.05, atol=0.05, err_msg=what)
+                    del buf, data
         board = getattr(comm._transport, "board", None)
         return {"mapped": len(board._mapped) if board is not None else 0}
     finally:
