@@ -267,6 +267,26 @@ def _check_compression(b: AnyBuffer, rop: ReduceOp, compression: str) -> None:
         raise ValueError(f"all_reduce: compression sums or averages, not {rop.name}")
 
 
+def _read_in_place(
+    plain: Callable[[OpContext, np.ndarray], None],
+    mapped: tuple[int, int],
+    compression: str | None,
+    rop: ReduceOp,
+    size: int,
+) -> Callable[[OpContext, np.ndarray], None]:
+    """The all_reduce that reads the peers' buffers where they lie (``mapped``: this
+    rank's fd and offset), ``plain`` where they cannot."""
+    fd, offset = mapped
+    rounded = None
+    if compression is not None:
+        rounded = (compression == "bfloat16", 1.0 / size if rop == ReduceOp.AVG else 1.0)
+
+    def run(ctx: OpContext, a: np.ndarray) -> None:
+        direct.allreduce_mapped(ctx, a, fd, offset, plain, rounded)
+
+    return run
+
+
 def _on_host(buffers: tuple[AnyBuffer, ...], reduces: bool) -> bool:
     """Whether the hierarchical algorithms can carry ``buffers``: host buffers, and not
     bfloat16 where the operation reduces (the sub-communicators would see integers)."""
@@ -741,23 +761,7 @@ class Communicator:
                 "all_reduce", _group_chooses, (b,), async_op=async_op, timeout=timeout,
                 reduce_op=rop, bfloat16=b.bfloat16, fuse=b,
             )  # fmt: skip
-        if compression is not None:
-            _check_compression(b, rop, compression)
-            key = ("compressed", b.nbytes, rop, compression, algorithm)
-            run = self._chosen(key, self._compressed_algorithm)
-        else:
-            key = ("all_reduce", b.nbytes, rop, host and not b.bfloat16, algorithm)
-            run = self._choices.get(key) or self._chosen(key, self._allreduce_algorithm)
-        return self._submit(
-            "all_reduce",
-            lambda ctx: run(ctx, b.array),
-            (b,),
-            async_op=async_op,
-            timeout=timeout,
-            reduce_op=rop,
-            bfloat16=b.bfloat16,
-            nccl=lambda nc: nc.all_reduce(b, rop),
-        )
+        return self._reduce_all(b, rop, algorithm, compression, None, async_op, timeout)
 
     def _all_reduce_mapped(
         self,
@@ -778,23 +782,30 @@ class Communicator:
         rank must call it (ringcomm.torch's DDP hooks do)."""
         b = as_buffer(buf, "all_reduce buf", writable=True)
         rop = _reduce_op(op, b, "all_reduce")
+        return self._reduce_all(b, rop, None, compression, (fd, offset), async_op, timeout)
+
+    def _reduce_all(
+        self,
+        b: AnyBuffer,
+        rop: ReduceOp,
+        algorithm: str | None,
+        compression: str | None,
+        mapped: tuple[int, int] | None,
+        async_op: bool,
+        timeout: float | None,
+    ) -> Work | None:
+        """all_reduce of ``b``, checked (see :meth:`all_reduce`); ``mapped``: (fd, offset)
+        of the shared-memory file it lies in (see :meth:`_all_reduce_mapped`)."""
         host = type(b) is Buffer
-        rounded = None
         if compression is not None:
             _check_compression(b, rop, compression)
-            key: tuple[Any, ...] = ("compressed", b.nbytes, rop, compression, None)
-            plain = self._chosen(key, self._compressed_algorithm)
-            factor = 1.0 / self.size if rop == ReduceOp.AVG else 1.0
-            rounded = (compression == "bfloat16", factor)
+            key = ("compressed", b.nbytes, rop, compression, algorithm)
+            run = self._chosen(key, self._compressed_algorithm)
         else:
-            key = ("all_reduce", b.nbytes, rop, host and not b.bfloat16, None)
-            plain = self._choices.get(key) or self._chosen(key, self._allreduce_algorithm)
-        run = plain
-        if host and self.size > 1 and self._board and not b.bfloat16:
-
-            def run(ctx: OpContext, a: np.ndarray) -> None:
-                direct.allreduce_mapped(ctx, a, fd, offset, plain, rounded)
-
+            key = ("all_reduce", b.nbytes, rop, host and not b.bfloat16, algorithm)
+            run = self._choices.get(key) or self._chosen(key, self._allreduce_algorithm)
+        if mapped is not None and host and self.size > 1 and self._board and not b.bfloat16:
+            run = _read_in_place(run, mapped, compression, rop, self.size)
         return self._submit(
             "all_reduce",
             lambda ctx: run(ctx, b.array),
