@@ -99,7 +99,8 @@ def _apply_float(dst, src, op):
 _HARDWARE_HALF = (
     platform.machine().lower() in ("aarch64", "arm64")
     or "+f16c" in llvm.get_host_cpu_features().flatten().split(",")
-) and not os.environ.get("RINGCOMM_PORTABLE_HALF")  # (set by the tests of the other path)
+) and not os.environ.get("RINGCOMM_PORTABLE_HALF")  # tests of the other path; they give it
+# its own NUMBA_CACHE_DIR, since numba's cache does not key on this choice
 
 
 @intrinsic

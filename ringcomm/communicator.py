@@ -267,6 +267,12 @@ def _check_compression(b: AnyBuffer, rop: ReduceOp, compression: str) -> None:
         raise ValueError(f"all_reduce: compression sums or averages, not {rop.name}")
 
 
+def _contribution_factor(rop: ReduceOp, size: int) -> float:
+    """What a compressed all_reduce scales each rank's data by before rounding it: AVG
+    divides first, so 16-bit partial sums stay in range."""
+    return 1.0 / size if rop == ReduceOp.AVG else 1.0
+
+
 def _read_in_place(
     plain: Callable[[OpContext, np.ndarray], None],
     mapped: tuple[int, int],
@@ -279,7 +285,7 @@ def _read_in_place(
     fd, offset = mapped
     rounded = None
     if compression is not None:
-        rounded = (compression == "bfloat16", 1.0 / size if rop == ReduceOp.AVG else 1.0)
+        rounded = (compression == "bfloat16", _contribution_factor(rop, size))
 
     def run(ctx: OpContext, a: np.ndarray) -> None:
         direct.allreduce_mapped(ctx, a, fd, offset, plain, rounded)
@@ -822,7 +828,7 @@ class Communicator:
     ) -> Callable[[OpContext, np.ndarray], None]:
         """The all_reduce(compression=...) to run on ``nbytes`` of float32."""
         bfloat16 = compression == "bfloat16"
-        factor = 1.0 / self.size if rop == ReduceOp.AVG else 1.0
+        factor = _contribution_factor(rop, self.size)
         via = None if algorithm == "direct" else algorithm
         inner = self._allreduce_algorithm(nbytes // 2, ReduceOp.SUM, not bfloat16, via, False)
 
