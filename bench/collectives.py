@@ -690,6 +690,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"collectives.py: -r {args.root} is not a rank of {n}", file=sys.stderr, flush=True)
         comm.close()
         return 2
+    if untouched and MpiWorld().size != n:  # (a launch without mpiexec: MPI of one rank)
+        print(
+            f"collectives.py: --peer mpi needs an MPI launch of all {n} ranks "
+            "(RINGCOMM_TRANSPORT=auto mpiexec -n N ...)",
+            file=sys.stderr,
+            flush=True,
+        )
+        comm.close()
+        return 2
     dtype = np.dtype(args.dtype)
     peers = [Peer(p, comm, args) for p in args.peers]
     bound = memcpy_gbs(comm)

@@ -1,10 +1,11 @@
-"""ringcomm.native: the one home of hot loops (Numba CPU kernels, NumPy fallback) and of
-the shared-memory transport's atomic counters (``shm``).
+"""ringcomm.native: the one home of hot loops (Numba CPU kernels, NumPy fallback), of
+the shared-memory transport's atomic counters (``shm``) and of the board's native calls
+(``board``).
 
 Installed as the subpackage ``ringcomm.native`` (setuptools ``package-dir``).
 """
 
-from . import kernels, shm
+from . import board, kernels, shm
 from .kernels import divide, reduce_into
 from .numpy_fallback import bf16_to_f32, f32_to_bf16
 from .ops import AVG, BAND, BOR, BUFFER_DTYPES, BXOR, MAX, MIN, PROD, SUM
@@ -33,3 +34,4 @@ def warm_cache() -> None:
     rank its own compile."""
     kernels.warm_cache()
     shm.warm_cache()
+    board.warm_cache()

@@ -96,7 +96,12 @@ def as_buffer(
         ValueError: non-contiguous or read-only memory where writing is needed.
         ImportError: a GPU buffer without CuPy installed.
     """
-    if type(obj) is not np.ndarray and gpu.is_device(obj):
+    if type(obj) is np.ndarray:  # the common call, checked in a few attribute reads
+        flags = obj.flags
+        dtype_name = _SUPPORTED.get(obj.dtype)
+        if flags.c_contiguous and (flags.writeable or not writable) and dtype_name is not None:
+            return Buffer(obj if obj.ndim == 1 else obj.reshape(-1), dtype_name, False, obj)
+    elif gpu.is_device(obj):
         return gpu.as_device_buffer(obj, name, writable=writable, read=read)
     tensor_type = _torch_tensor_type()
     if tensor_type is not None and isinstance(obj, tensor_type):

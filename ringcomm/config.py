@@ -413,6 +413,14 @@ class Config:
         minimum=0,
         multiple_of=64,
     )
+    shm_board_native: bool = setting(
+        True,
+        "RINGCOMM_SHM_BOARD_NATIVE",
+        bool,
+        "1: a collective that fits one board area (and a one-step all_reduce or reduce) "
+        "runs its publish and its read each in one native call (`ringcomm.native.board`); "
+        "0: in Python steps, to compare",
+    )
     shm_by_address_bytes: int = setting(
         256 << 10,
         "RINGCOMM_SHM_BY_ADDRESS_BYTES",

@@ -112,11 +112,18 @@ def test_torch_tensors() -> None:
     get_pool(3).run(collectives.torch_tensors)
 
 
-@pytest.mark.parametrize("size", [2, 3, 4, 8])
-def test_board_collectives(size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "native"), [(2, True), (3, True), (4, True), (8, True), (2, False), (3, False)]
+)
+def test_board_collectives(size: int, native: bool) -> None:
     """The shared-memory board: every collective forced onto it, against numpy; a 4 KiB
-    board cuts larger operations into pieces. n=8 on this 2-core machine too."""
-    pool = RankPool(size, env={"RINGCOMM_SHM_BOARD_BYTES": "4096"})
+    board cuts larger operations into pieces. n=8 on this 2-core machine too. ``native``:
+    operations that fit an area run in native calls (ringcomm.native.board), and from 8 KiB
+    all_gather and broadcast read by address; else every piece runs in Python steps
+    through the areas."""
+    env = {"RINGCOMM_SHM_BOARD_BYTES": "4096", "RINGCOMM_SHM_BOARD_NATIVE": str(int(native))}
+    env["RINGCOMM_SHM_BY_ADDRESS_BYTES"] = "8192" if native else "0"
+    pool = RankPool(size, env=env)
     try:
         results = pool.run(collectives.board_collectives, timeout=300 if size > 4 else 120)
     finally:
@@ -124,6 +131,7 @@ def test_board_collectives(size: int) -> None:
     pieces = {res["pieces"] for res in results}
     assert len(pieces) == 1 and pieces.pop() > 100, "every rank numbers the same pieces"
     assert all(res["area"] == 4096 for res in results)
+    assert all(res["native"] == native and res["by_address"] == native for res in results)
     for res in results[1:]:
         for got, want in zip(res["bits"], results[0]["bits"], strict=True):
             np.testing.assert_array_equal(got, want)

@@ -81,6 +81,17 @@ def test_oversubscribed_ranks_finish() -> None:
     assert_passed("clean", 6, results, text)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to pin ranks apart")
+@pytest.mark.parametrize(("mode", "spins"), [("pinned_apart", True), ("pinned_together", False)])
+def test_ranks_pinned_to_cores_of_their_own_poll_before_yielding(mode: str, spins: bool) -> None:
+    """A launcher that binds each rank to a core of its own leaves each process one core:
+    that is no oversubscription, so waits poll first; two ranks bound to one core yield at
+    once."""
+    results, _, text = run_ranks(mode, 2)
+    assert_passed(mode, 2, results, text)
+    assert all((res["polls"] > 0) == spins for res in results.values()), results
+
+
 @pytest.mark.parametrize(
     ("transport", "mode"),
     [("auto", "peer_killed"), ("auto", "peer_killed_on_board"), ("zmq", "peer_killed")],

@@ -21,6 +21,15 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   board below 64 KiB (11 vs 12-13 us at 4 KiB in turns; 11.8 vs 11.0 in alternating
   launches), then within 5% of binomial and chain. reduce: the binomial tree from 64 KiB
   (one exchange by address).
+- n=2 again after the native pieces (ringcomm.native.board) and the by-address all_gather,
+  2026-11-30, ``bench/tune.py --dry-run``, two launches each, board vs ring:
+  reduce_scatter 16 KiB 14.7-15.2 vs 28.4-29.0, 128 KiB 30.5-30.8 vs 35.6-36.1, 256 KiB
+  46.7-47.7 vs 46.9-49.0, 512 KiB 75.8-78.1 vs 77.9-78.7, 1 MiB 138 vs 112-124: the board
+  below 512 KiB. all_gather (the whole output): 64 KiB 19 vs 25, 256 KiB 46-48 vs 34-40
+  (128 KiB a rank, through the area), from 1 MiB by address 83 vs 108, 4 MiB 258 vs 305,
+  16 MiB 1.75 vs 2.03 ms, 64 MiB 9.0 vs 9.4 ms: the board except 128-512 KiB.
+  all_reduce above 64 KiB stays with recursive doubling (one exchange by address): a
+  one-step native piece up to 1 MiB measured 65 vs 35 us at 256 KiB.
 - n=4 (ranks outnumber cores), before -> after in alternating launches: all_reduce 4 KiB
   146 -> 96, 256 KiB 462 -> 228, 4 MiB 4.0 -> 2.6 ms, but 16 MiB 9.1 -> 10.3 and 64 MiB 37
   -> 66 ms: the board below 16 MiB. all_gather 1.2-1.8x faster up to 4 MiB, 0.83x at 16
@@ -61,9 +70,9 @@ BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
 BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
     ("all_reduce", False): "direct:0-64K",
     ("all_reduce", True): "direct:0-16M",
-    ("all_gather", False): "direct:0-16M",
+    ("all_gather", False): "direct:0-128K;direct:512K-",
     ("all_gather", True): "direct:0-16M",
-    ("reduce_scatter", False): "direct:0-16K",
+    ("reduce_scatter", False): "direct:0-512K",
     ("reduce_scatter", True): "direct",
     ("broadcast", False): "direct:0-64K",
     ("broadcast", True): "direct:4M-",

@@ -9,11 +9,17 @@ into pieces that fit an area; per piece:
   ones: rank r reduces slice r of every area into its own area, publishes it, and every
   rank copies the n reduced slices (two steps, each rank reducing 1/n).
 - reduce_scatter: every rank publishes its input; rank r reduces chunk r from every area.
-- all_gather: every rank publishes its input; every rank copies every area.
+- all_gather: every rank publishes its input; every rank copies every area (from
+  ``RINGCOMM_SHM_BY_ADDRESS_BYTES`` up, where every rank may read every other's memory, it
+  reads every owner's input where it lies instead: one copy).
 - broadcast: the root publishes; the others copy.
 - reduce: as all_reduce's two steps, with only the root copying the reduced slices (small
   pieces: the root reduces every area).
 - barrier: every rank raises READY and waits for every peer's.
+
+An operation that fits one area (an all_reduce or reduce: below the one-step size) runs as
+one piece in native calls (:meth:`Board.native_piece`), the same protocol without the
+interpreter between its steps.
 
 Every function takes the point-to-point algorithm to fall back on: it runs instead when the
 communicator cannot have a board (its ranks span hosts, another transport, /dev/shm full
@@ -31,6 +37,7 @@ from ringcomm import native
 from ringcomm.algorithms import recursive_doubling
 from ringcomm.algorithms.context import OpContext
 from ringcomm.algorithms.schedule import chunk_bounds
+from ringcomm.native import board as native_board
 
 if TYPE_CHECKING:
     from ringcomm.transport.shm.board import Board
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
 # reductions of the whole piece); from it up each rank reduces its slice (two steps).
 # Measured: see ringcomm.algorithms.choice.
 ONE_STEP_BELOW_BYTES = 64 << 10
+_NOTHING = np.empty(0, np.uint8)  # a barrier's data
 
 
 def board(ctx: OpContext) -> Board | None:
@@ -62,6 +70,19 @@ def board(ctx: OpContext) -> Board | None:
     if transport.board is None:
         transport.board_possible = False
     return transport.board  # type: ignore[no-any-return]
+
+
+def _native(ctx: OpContext, b: Board, data: np.ndarray, reduces: bool) -> bool:
+    """Whether an operation on ``data`` (the whole input) runs as one piece in native calls
+    (:meth:`Board.native_piece`): it fits an area, and the native kernels take its dtype
+    and reduction (not 16-bit floats, bool or the bitwise ops: those take Python steps)."""
+    return (
+        b.table is not None
+        and data.nbytes <= b.area_bytes
+        and data.dtype in native_board.DTYPES
+        and not ctx.bfloat16
+        and (not reduces or ctx.op in native_board.OPS)
+    )
 
 
 def _view(area: np.ndarray, dtype: np.dtype, count: int) -> np.ndarray:
@@ -102,6 +123,10 @@ def allreduce(ctx: OpContext, data: np.ndarray, fallback: Callable[..., None]) -
         fallback(ctx, data)
         return
     size, deadline, dtype = ctx.size, ctx.deadline, data.dtype
+    if data.nbytes < ONE_STEP_BELOW_BYTES and _native(ctx, b, data, True):
+        b.native_piece(native_board.ALL_REDUCE, data, data, deadline, op=ctx.op)
+        ctx.finish_average(data)
+        return
     for _, piece, k in _own_pieces(b, data, deadline):
         m = piece.size
         b.publish(k, data.nbytes)
@@ -245,6 +270,15 @@ def reduce(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., 
         fallback(ctx, data, root)
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
+    if data.nbytes < ONE_STEP_BELOW_BYTES and _native(ctx, b, data, True):
+        root_here = rank == root
+        b.native_piece(
+            native_board.REDUCE, data, data, deadline,
+            op=ctx.op, root=root, done=not root_here, finish=root_here,
+        )  # fmt: skip
+        if root_here:
+            ctx.finish_average(data)
+        return
     for _, piece, k in _own_pieces(b, data, deadline):
         m = piece.size
         if piece.nbytes < ONE_STEP_BELOW_BYTES:  # the root reduces everything
@@ -279,6 +313,24 @@ def allgather(
     rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
     c = inp.size
     in_place = np.shares_memory(out, inp)
+    transport: Any = ctx.transport
+    if b.by_address and inp.nbytes >= transport.by_address_bytes:
+        # One copy: every rank reads every peer's input where it lies, instead of the
+        # owner copying it through its area (the copy a reader then pays for twice).
+        k = b.next(deadline)
+        b.publish_address(k, inp)
+        b.publish(k, inp.nbytes)
+        if not in_place:
+            out[rank * c : (rank + 1) * c] = inp
+        b.wait_published(k, inp.nbytes, deadline)
+        for r in b.others:
+            b.read_published(r, k, out[r * c : (r + 1) * c])
+        b.raise_counter(b.DONE, k)
+        b.wait(b.DONE, k, deadline)  # the input stays as it is until every peer read it
+        return
+    if _native(ctx, b, inp, False):
+        b.native_piece(native_board.ALL_GATHER, inp, out, deadline)
+        return
     for start, piece, k in _own_pieces(b, inp, deadline):
         stop = start + piece.size
         b.publish(k, inp.nbytes)
@@ -300,6 +352,10 @@ def reduce_scatter(
         fallback(ctx, out, inp)
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
+    if _native(ctx, b, inp, True):
+        b.native_piece(native_board.REDUCE_SCATTER, inp, out, deadline, op=ctx.op)
+        ctx.finish_average(out)
+        return
     c = out.size
     chunks = inp.reshape(size, c)
     step = max(1, b.area_bytes // (size * inp.itemsize))
@@ -331,6 +387,16 @@ def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
     transport: Any = ctx.transport
+    if data.nbytes < transport.by_address_bytes and _native(ctx, b, data, False):
+        # (below the by-address size the root never publishes an address)
+        if rank == root:
+            b.publish_address(b.count + 1, None)  # (for a reader in Python steps)
+            b.native_piece(
+                native_board.BROADCAST, data, data, deadline, root=root, done=True, finish=False
+            )
+        else:
+            b.native_piece(native_board.BROADCAST, data, data, deadline, root=root, publish=False)
+        return
     if rank == root:
         if data.nbytes >= transport.by_address_bytes and transport.readable_by_all():
             k = b.next(deadline)
@@ -363,6 +429,9 @@ def barrier(ctx: OpContext, fallback: Callable[[OpContext], None]) -> None:
     b = board(ctx)
     if b is None:
         fallback(ctx)
+        return
+    if b.table is not None:
+        b.native_piece(native_board.BARRIER, _NOTHING, _NOTHING, ctx.deadline, copy=False)
         return
     k = b.next(ctx.deadline)
     b.publish(k, 0)

@@ -559,7 +559,13 @@ def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
         comm.all_reduce(buf, ringcomm.AVG, algorithm="direct")
         bits.append(buf)
     board = comm._transport.board  # type: ignore[attr-defined]
-    return {"pieces": board.count, "area": board.area_bytes, "bits": bits}
+    return {
+        "pieces": board.count,
+        "area": board.area_bytes,
+        "bits": bits,
+        "native": board.table is not None,
+        "by_address": board.by_address and comm._transport.by_address_bytes == 8192,  # type: ignore[attr-defined]
+    }
 
 
 def board_goes_without(comm: ringcomm.Communicator) -> dict[str, bool]:

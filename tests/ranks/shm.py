@@ -173,8 +173,26 @@ def small_shm(comm: ringcomm.Communicator) -> dict:
     return {}
 
 
+def polls(comm: ringcomm.Communicator) -> dict:
+    """How long this rank polls before it yields (0: it yields at once), and a board
+    all_reduce run with it."""
+    a = np.full(1000, comm.rank + 1.0, np.float32)
+    comm.all_reduce(a)
+    assert (a == comm.size * (comm.size + 1) / 2).all()
+    return {"polls": comm._transport.polls}  # type: ignore[attr-defined]
+
+
+def pin(mode: str) -> None:
+    """Bind this rank to one core, as launchers do: a core of its own, or all to the first."""
+    cores = sorted(os.sched_getaffinity(0))
+    rank = int(os.environ["RINGCOMM_RANK"])
+    os.sched_setaffinity(0, {cores[rank % len(cores)] if mode == "pinned_apart" else cores[0]})
+
+
 MODES = {
     "clean": clean,
+    "pinned_apart": polls,
+    "pinned_together": polls,
     "small_shm": small_shm,
     "mixed": mixed,
     "mismatch": mismatch,
@@ -229,6 +247,8 @@ def main() -> None:
         comm = ringcomm.init(timeout=30)
         comm.all_reduce(np.ones(10, np.float32), timeout=20)
         return
+    if mode.startswith("pinned_"):
+        pin(mode)
     comm = ringcomm.init(timeout=30)
     result = MODES[mode](comm)
     comm.close()

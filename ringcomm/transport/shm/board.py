@@ -8,7 +8,7 @@ reads or reduces what it needs straight out of its peers' areas.
 
 Each rank of a communicator whose ranks all share this host owns one board file::
 
-    control page   magic, pid | READY, SIZE[2] | REDUCED | DONE   (a cache line each)
+    control page   magic, pid, readable | READY, SIZE[2], ADDRESS[2] | REDUCED | DONE | ...
     area 0         data of the operations with an even number
     area 1         ... odd
 
@@ -45,9 +45,11 @@ import numpy as np
 
 from ringcomm.errors import CommTimeoutError, PeerLostError, TransportError
 from ringcomm.logs import get_logger
+from ringcomm.native import board as native_board
 from ringcomm.native import shm as native_shm
 from ringcomm.transport.shm import syscalls
 from ringcomm.transport.shm.segment import (
+    C_SLEEPING,
     LINE,
     MAGIC,
     NAME_PREFIX,
@@ -60,6 +62,9 @@ log = get_logger(__name__)
 
 # Counter words in the control page, a cache line apart (peers poll them).
 C_MAGIC, C_PID = 0, 1
+# 1 if every peer may read this rank's memory (process_vm_readv): written before the ranks
+# first agree, read once every board is mapped (see Board.by_address).
+C_READABLE = 2
 READY = LINE // 8
 SIZE = READY + 1  # SIZE and SIZE + 1: the bytes of the operation of READY's parity
 # ADDRESS and ADDRESS + 1: where the data of the operation of that parity lies in the
@@ -78,6 +83,9 @@ MAP_FAILED = MAPPED + 8
 _AS_FLOAT16, _AS_BFLOAT16, _AS_MAPPED = 1 << 62, 1 << 61, 1 << 60
 # Peers' buffers kept mapped per peer (buckets are reused step after step); the oldest go.
 _MAPPINGS_KEPT = 16
+# A native poll of a counter costs about 25 ns (a pause each), a transport poll about 0.2 us:
+# native calls spin about as long as the transport polls before it yields.
+_NATIVE_SPINS_PER_POLL = 8
 _NO_BOARD = "shared memory: no board for the direct collectives (%s); point to point instead"
 _WHAT = {READY: "publish its data", REDUCED: "publish its reduced share", DONE: "finish reading"}
 
@@ -120,9 +128,78 @@ class Board:
             for m in maps
         ]
         self.others = [r for r in range(self.size) if r != self.rank]
+        # Every rank may read every other's memory: operations may go by address on every
+        # rank alike (each knows only who may read its own memory; the board tells all).
+        self.by_address = all(int(c[C_READABLE]) for c in self.counters)
         self._segments = [transport.peer_segment(r) for r in self.others]
         # (rank, inode, file size) -> that peer's file, mapped (see map_published)
         self._mapped: dict[tuple[int, int, int], mmap.mmap] = {}
+        # Where the native calls find everything (see ringcomm.native.board); None: the
+        # pieces run in Python steps.
+        self.table: np.ndarray | None = None
+        if transport.board_native and native_board.AVAILABLE:
+            self.table = self._native_table()
+        self._spins = transport.polls * _NATIVE_SPINS_PER_POLL
+
+    def _native_table(self) -> np.ndarray:
+        nb = native_board
+        table = np.zeros(nb.FIRST + nb.FIELDS * self.size, np.uint64)
+        table[nb.H_SIZE], table[nb.H_RANK] = self.size, self.rank
+        table[nb.H_READY], table[nb.H_SIZE_WORD], table[nb.H_DONE] = READY, SIZE, DONE
+        table[nb.H_COUNTER_WORDS] = PAGE // 8
+        for r in range(self.size):
+            at = nb.FIRST + nb.FIELDS * r
+            table[at + nb.F_COUNTERS] = syscalls.address_of(self.counters[r])
+            table[at + nb.F_AREA0] = syscalls.address_of(self.areas[r][0])
+            table[at + nb.F_AREA1] = syscalls.address_of(self.areas[r][1])
+        for r, segment in zip(self.others, self._segments, strict=True):
+            control = syscalls.address_of(segment.control)
+            table[nb.FIRST + nb.FIELDS * r + nb.F_SLEEPING] = control + C_SLEEPING * 8
+        return table
+
+    def native_piece(
+        self,
+        kind: int,
+        src: np.ndarray,
+        dst: np.ndarray,
+        deadline: float,
+        *,
+        op: int = 0,
+        root: int = -1,
+        publish: bool = True,
+        copy: bool = True,
+        done: bool = False,
+        finish: bool = True,
+    ) -> None:
+        """Run a whole operation as one piece (it fits an area) in native calls
+        (:func:`ringcomm.native.board.piece`): publish (``copy``: ``src`` into this rank's
+        area; ``done``: this rank reads nothing), then ``finish``: read it as ``kind`` says
+        into ``dst``. The native call spins briefly; longer waits, errors and wake-ups are
+        made here, between calls."""
+        nb, table = native_board, self.table
+        assert table is not None
+        self.count += 1
+        k = self.count
+        nbytes = src.nbytes
+        steps = (
+            (nb.PUBLISH if publish else 0)
+            | (nb.COPY if copy else 0)
+            | (nb.DONE_TOO if done else 0)
+            | (nb.FINISH if finish else 0)
+        )
+        while steps & (nb.PUBLISH | nb.FINISH):
+            status = nb.piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
+            if status & nb.WAKE:
+                self.wake_peers()
+            if status & nb.PUBLISHED:
+                steps &= ~nb.PUBLISH
+            if status & nb.FINISHED:
+                steps &= ~nb.FINISH
+            if status & nb.BLOCKED:
+                self.wait(DONE, k - 2, deadline)
+            if status & (nb.NOT_READY | nb.MISMATCH):
+                # Wait here (sleeping, peers watched); name a size that differs.
+                self.wait_published(k, nbytes, deadline, [root] if kind == nb.BROADCAST else None)
 
     def next(self, deadline: float) -> int:
         """Number the next operation (piece) on the board, once this rank may write its
@@ -141,6 +218,10 @@ class Board:
         """Set this rank's counter ``word`` to ``k`` (after everything written before it)
         and wake the peers that sleep."""
         native_shm.store_fenced(self.counters[self.rank], word, k)
+        self.wake_peers()
+
+    def wake_peers(self) -> None:
+        """Wake every peer that sleeps (after a fenced store of a counter)."""
         for segment in self._segments:
             wake_owner(segment)
 
@@ -295,6 +376,7 @@ class Board:
             self.transport._wait(arrived, deadline, timeout)
 
     def close(self) -> None:
+        self.table = None  # (its addresses die with the maps)
         self.counters = []
         self.areas = []
         for m in self._mapped.values():
@@ -352,6 +434,7 @@ def _map_all(
 ) -> Board | None:
     control = np.frombuffer(own, np.uint64, PAGE // 8)
     control[C_PID] = os.getpid()
+    control[C_READABLE] = int(transport.readable_by_all())
     native_shm.store_release(control, C_MAGIC, MAGIC)
     del control
     agreed = agree(area_bytes)

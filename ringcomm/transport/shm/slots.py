@@ -171,8 +171,9 @@ class ShmTransport(Transport):
         others = [r for r in local if r != rank]
         # With more ranks on this host than cores, a poll that keeps the core holds off the
         # very rank it waits for: yield at once (n=4 on 2 cores, 4 KiB all_reduce on the
-        # board: 170 us with the polls, 85 without).
-        self._polls = POLLS if len(local) <= len(os.sched_getaffinity(0)) else 0
+        # board: 170 us with the polls, 85 without). Decided again once the peers are known
+        # (see _cores_of_ranks).
+        self.polls = POLLS if len(local) <= len(os.sched_getaffinity(0)) else 0
         self._path = segment_path(config.job_id, comm_id, rank)
         self._segment: Segment | None = create_segment(self._path, size, len(others), config)
         self._layout = self._segment.layout  # of our inboxes; a peer's may differ
@@ -182,6 +183,7 @@ class ShmTransport(Transport):
         # use; only where every rank of the communicator is on this host.
         self.board: Board | None = None
         self.board_area_bytes = config.shm_board_bytes
+        self.board_native = config.shm_board_native
         self.board_possible = sockets is None and config.shm_board_bytes > 0
         try:
             self._attach(others, time.monotonic() + config.timeout_seconds)
@@ -225,6 +227,17 @@ class ShmTransport(Transport):
         self._path = ""
         for r, peer in self._peers.items():
             peer.by_address = int(control[C_ATTACHED + r]) == ATTACHED_CMA
+        self.polls = POLLS if len(self._peers) + 1 <= self._cores_of_ranks() else 0
+
+    def _cores_of_ranks(self) -> int:
+        """How many cores the ranks of this host may run on, together: a launcher that
+        binds each rank to a core of its own (Open MPI's default for 2 ranks, srun's
+        --cpu-bind) leaves each process one core, and that is no oversubscription."""
+        cores = set(os.sched_getaffinity(0))
+        for peer in self._peers.values():
+            with contextlib.suppress(OSError):  # (gone: noticed where it is waited for)
+                cores |= os.sched_getaffinity(peer.pid)
+        return len(cores)
 
     def readable_by_all(self) -> bool:
         """Whether every peer may read this process's memory (``process_vm_readv``)."""
@@ -694,7 +707,7 @@ class ShmTransport(Transport):
         if not queued:
             # A peer a few microseconds behind: poll without giving the core away first (a
             # sched_yield costs 0.6 us and delays noticing the record by as much).
-            for _ in range(self._polls):
+            for _ in range(self.polls):
                 if ready():
                     return
         now = time.monotonic()

@@ -1,0 +1,240 @@
+"""A small collective on the shared-memory board in one native call per rank.
+
+The board (``ringcomm.transport.shm.board``) runs a collective in one or two
+synchronisation steps whatever the number of ranks, but in Python each step still costs
+several interpreter round trips: number the piece, copy it into the area, fence the
+counter, look whether a peer sleeps, wait with a closure per poll, one numba dispatch per
+reduction, fence again. For a 4 KiB all_reduce that was 8-9 us on top of the call itself,
+where MPI's whole collective takes 4-9 us. Here the steps are native code:
+
+- publish: once every peer finished reading this rank's area of two pieces back, copy the
+  data into the area, write the piece's size and raise READY (sequentially consistent: the
+  sleep/wake handshake needs it);
+- finish: once every rank it reads from raised READY, check their sizes, reduce or copy
+  what this rank needs straight out of their areas (every reduction in rank order, so every
+  rank gets the same bits), and raise DONE.
+
+:func:`piece` takes both steps in one call where it can. It spins for a bounded number of
+polls only. Waiting longer, sleeping on the futex, noticing a dead peer, timeouts and every
+error message stay in Python: a call that could not finish returns a status saying so, the
+caller waits there and calls again. A call also says when a peer sleeps, for the caller to
+wake it.
+
+The board's layout lives with the board: it hands over a ``table`` of uint64 words, the
+header below, then per rank the addresses of its counters, its two areas and (peers only)
+the sleeping flag of its transport segment.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .kernels import _max, _min, _prod, _sum
+from .ops import AVG, MAX, MIN, PROD, SUM
+from .shm import _load_acquire, _store_release, _store_seq_cst
+
+AVAILABLE = not numba.config.DISABLE_JIT  # else the board runs its Python steps
+# The dtypes and reductions done here; others (16-bit floats, bool, bitwise ops) take the
+# board's Python steps.
+DTYPES = frozenset(
+    np.dtype(d) for d in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                          "uint64", "float32", "float64")
+)  # fmt: skip
+OPS = frozenset((SUM, PROD, MIN, MAX, AVG))
+
+# What finish does with the areas.
+ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, BROADCAST, REDUCE, BARRIER = range(6)
+
+# The table's header words, then per rank FIELDS words from FIRST.
+H_SIZE, H_RANK, H_READY, H_SIZE_WORD, H_DONE, H_COUNTER_WORDS = range(6)
+FIRST = 8
+F_COUNTERS, F_AREA0, F_AREA1, F_SLEEPING = range(4)
+FIELDS = 4
+
+# The steps of piece() to take (bits).
+PUBLISH, COPY, DONE_TOO, FINISH = 1, 2, 4, 8
+# What piece() says (bits; WAKE: some peer sleeps on its futex, wake it).
+PUBLISHED, FINISHED, BLOCKED, NOT_READY, MISMATCH = 1, 2, 4, 8, 16
+WAKE = 256
+
+# The CPU's spin-wait hint as an LLVM intrinsic (numba's LLVM takes no inline assembly).
+_PAUSE = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@intrinsic
+def _voidptr(typingctx, address):  # type: ignore[no-untyped-def]
+    """The address (a uint64) as a pointer, for numba.carray."""
+    sig = types.voidptr(types.uint64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return sig, codegen
+
+
+@intrinsic
+def _pause(typingctx):  # type: ignore[no-untyped-def]
+    """x86's spin-wait hint (elsewhere nothing): a sibling hyperthread gets the core."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        if _PAUSE:
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            builder.call(
+                cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause"), []
+            )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _word(table, i):  # type: ignore[no-untyped-def]
+    """Header word ``i`` as a signed integer (numba mixes uint64 and int64 into floats)."""
+    return np.int64(table[i])
+
+
+@njit(inline="always")
+def _counters(table, r):  # type: ignore[no-untyped-def]
+    address = table[FIRST + FIELDS * r + F_COUNTERS]
+    return carray(_voidptr(address), _word(table, H_COUNTER_WORDS), np.uint64)
+
+
+@njit(inline="always")
+def _area(table, r, k, like, count):  # type: ignore[no-untyped-def]
+    return carray(_voidptr(table[FIRST + FIELDS * r + F_AREA0 + (k & 1)]), count, like.dtype)
+
+
+@njit(inline="always")
+def _sleeping(table):  # type: ignore[no-untyped-def]
+    """WAKE if some peer sleeps on its futex (read after a sequentially consistent store)."""
+    for r in range(_word(table, H_SIZE)):
+        address = table[FIRST + FIELDS * r + F_SLEEPING]
+        if address and _load_acquire(carray(_voidptr(address), 1, np.uint64), 0):
+            return WAKE
+    return 0
+
+
+@njit(inline="always")
+def _reached(table, word, k, only, spins):  # type: ignore[no-untyped-def]
+    """Whether counter ``word`` of every peer (or of rank ``only``, if >= 0) reached ``k``
+    within ``spins`` polls."""
+    size, rank = _word(table, H_SIZE), _word(table, H_RANK)
+    for r in range(size):
+        if r == rank or (only >= 0 and r != only):
+            continue
+        counters = _counters(table, r)
+        polls = 0
+        while np.int64(_load_acquire(counters, word)) < k:
+            if polls >= spins:
+                return False
+            polls += 1
+            _pause()
+    return True
+
+
+@njit(inline="always")
+def _reduce(dst, src, op):  # type: ignore[no-untyped-def]
+    if op == SUM or op == AVG:  # noqa: SIM109 (numba: plain comparisons)
+        _sum(dst, src)
+    elif op == PROD:
+        _prod(dst, src)
+    elif op == MIN:
+        _min(dst, src)
+    else:
+        _max(dst, src)
+
+
+@njit(inline="always")
+def _publish(table, src, k, size_word, copy, done, spins):  # type: ignore[no-untyped-def]
+    rank = _word(table, H_RANK)
+    if k > 2 and not _reached(table, _word(table, H_DONE), k - 2, -1, spins):
+        return BLOCKED
+    if copy:
+        _area(table, rank, k, src, src.size)[:] = src
+    own = _counters(table, rank)
+    own[_word(table, H_SIZE_WORD) + (k & 1)] = size_word
+    if done:
+        _store_release(own, _word(table, H_DONE), k)
+    _store_seq_cst(own, _word(table, H_READY), k)
+    return PUBLISHED | _sleeping(table)
+
+
+@njit(inline="always")
+def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: ignore[no-untyped-def]
+    size, rank = _word(table, H_SIZE), _word(table, H_RANK)
+    only = root if kind == BROADCAST else -1
+    if not _reached(table, _word(table, H_READY), k, only, spins):
+        return NOT_READY
+    word = _word(table, H_SIZE_WORD) + (k & 1)
+    for r in range(size):
+        theirs = np.int64(_counters(table, r)[word])
+        if r != rank and (only < 0 or r == only) and theirs != size_word:
+            return MISMATCH
+    if kind == ALL_REDUCE or kind == REDUCE:  # noqa: SIM109 (numba: plain comparisons)
+        dst[:] = _area(table, 0, k, dst, dst.size)
+        for r in range(1, size):
+            _reduce(dst, _area(table, r, k, dst, dst.size), op)
+    elif kind == REDUCE_SCATTER:
+        c = dst.size
+        dst[:] = _area(table, 0, k, dst, size * c)[rank * c : rank * c + c]
+        for r in range(1, size):
+            _reduce(dst, _area(table, r, k, dst, size * c)[rank * c : rank * c + c], op)
+    elif kind == ALL_GATHER:
+        c = src.size
+        for r in range(size):
+            dst[r * c : r * c + c] = _area(table, r, k, src, c)
+    elif kind == BROADCAST:
+        dst[:] = _area(table, root, k, dst, dst.size)
+    own = _counters(table, rank)
+    _store_seq_cst(own, _word(table, H_DONE), k)
+    return FINISHED | _sleeping(table)
+
+
+@njit(nogil=True, cache=True)
+def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type: ignore[no-untyped-def]
+    """The ``steps`` (PUBLISH, COPY, DONE_TOO, FINISH) of piece ``k`` of an operation of
+    ``size_word`` bytes, as far as they go within ``spins`` polls per wait.
+
+    PUBLISH: once no peer still reads piece ``k - 2`` (else BLOCKED), copy ``src`` into this
+    rank's area if COPY, write the size, raise READY (and DONE if DONE_TOO: this rank reads
+    nothing): PUBLISHED. It returns there if a peer sleeps (WAKE: the caller wakes it before
+    anyone waits for it). FINISH: once every rank it reads from (BROADCAST: ``root``) raised
+    READY (else NOT_READY) with this size (else MISMATCH, nothing read), read the piece as
+    ``kind`` says into ``dst`` (reductions with ``op``, in rank order) and raise DONE:
+    FINISHED."""
+    status = 0
+    if steps & PUBLISH:
+        status = _publish(table, src, k, size_word, steps & COPY, steps & DONE_TOO, spins)
+        if status != PUBLISHED or not steps & FINISH:
+            return status
+    if steps & FINISH:
+        status |= _finish(table, src, dst, kind, k, size_word, op, root, spins)
+    return status
+
+
+def warm_cache() -> None:
+    """Compile (or load from numba's cache) both calls for every dtype they take."""
+    if not AVAILABLE:
+        return
+    words = np.zeros(8, np.uint64)
+    areas = np.zeros(2 * 16, np.uint8)
+    table = np.zeros(FIRST + FIELDS, np.uint64)
+    table[H_SIZE], table[H_RANK], table[H_READY], table[H_SIZE_WORD] = 1, 0, 1, 2
+    table[H_DONE], table[H_COUNTER_WORDS] = 4, words.size
+    table[FIRST + F_COUNTERS] = words.__array_interface__["data"][0]
+    table[FIRST + F_AREA0] = areas.__array_interface__["data"][0]
+    table[FIRST + F_AREA1] = table[FIRST + F_AREA0] + 16
+    for k, dtype in enumerate(sorted(DTYPES, key=str), 1):
+        a = np.ones(2, dtype)
+        steps = PUBLISH | COPY | FINISH
+        assert (
+            piece(table, a, a, ALL_REDUCE, k, a.nbytes, SUM, -1, steps, 0) == PUBLISHED | FINISHED
+        )

@@ -1,0 +1,166 @@
+"""The board's native calls (ringcomm.native.board) in one process: a table of three ranks
+whose counters and areas are plain arrays, seen from rank 1, the peers played by the test.
+Their statuses (blocked, not ready, size mismatch, a sleeping peer) and what they read,
+against numpy; the whole collectives on real boards are in test_collectives_processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data import make_input, reference
+from ringcomm import native
+from ringcomm.native import board as nb
+
+pytestmark = pytest.mark.skipif(not nb.AVAILABLE, reason="numba's JIT is off")
+
+N, RANK, WORDS, AREA = 3, 1, 64, 4096
+READY, SIZE, DONE = 8, 9, 16  # counter words, as a board lays them out
+
+
+class FakeBoard:
+    """Three ranks' counters, areas and sleeping flags, and the table over them."""
+
+    def __init__(self) -> None:
+        self.counters = [np.zeros(WORDS, np.uint64) for _ in range(N)]
+        self.areas = [[np.zeros(AREA, np.uint8) for _ in (0, 1)] for _ in range(N)]
+        self.sleeping = [np.zeros(1, np.uint64) for _ in range(N)]
+        t = np.zeros(nb.FIRST + nb.FIELDS * N, np.uint64)
+        t[nb.H_SIZE], t[nb.H_RANK], t[nb.H_COUNTER_WORDS] = N, RANK, WORDS
+        t[nb.H_READY], t[nb.H_SIZE_WORD], t[nb.H_DONE] = READY, SIZE, DONE
+        for r in range(N):
+            at = nb.FIRST + nb.FIELDS * r
+            t[at + nb.F_COUNTERS] = _address(self.counters[r])
+            t[at + nb.F_AREA0] = _address(self.areas[r][0])
+            t[at + nb.F_AREA1] = _address(self.areas[r][1])
+            if r != RANK:
+                t[at + nb.F_SLEEPING] = _address(self.sleeping[r])
+        self.table = t
+
+    def peer_publishes(self, r: int, k: int, data: np.ndarray, size: int | None = None) -> None:
+        self.areas[r][k & 1][: data.nbytes] = data.view(np.uint8)
+        self.counters[r][SIZE + (k & 1)] = data.nbytes if size is None else size
+        self.counters[r][READY] = k
+
+    def area(self, r: int, k: int, like: np.ndarray) -> np.ndarray:
+        return self.areas[r][k & 1][: like.nbytes].view(like.dtype)
+
+
+def _address(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+ALL = nb.PUBLISH | nb.COPY | nb.FINISH
+
+
+def publish(b: FakeBoard, src: np.ndarray, k: int, steps: int = nb.PUBLISH | nb.COPY) -> int:
+    return int(nb.piece(b.table, src, src, nb.ALL_REDUCE, k, src.nbytes, 0, -1, steps, 10))
+
+
+def finish(
+    b: FakeBoard, src: np.ndarray, dst: np.ndarray, kind: int, k: int, nbytes: int,
+    op: int = native.SUM, root: int = -1,
+) -> int:  # fmt: skip
+    return int(nb.piece(b.table, src, dst, kind, k, nbytes, op, root, nb.FINISH, 50))
+
+
+def test_publish_waits_for_the_area_two_pieces_back_and_says_who_sleeps() -> None:
+    b = FakeBoard()
+    data = np.arange(10, dtype=np.float32)
+    assert publish(b, data, 1) == nb.PUBLISHED
+    np.testing.assert_array_equal(b.area(RANK, 1, data), data)
+    assert b.counters[RANK][READY] == 1 and b.counters[RANK][SIZE + 1] == data.nbytes
+    assert b.counters[RANK][DONE] == 0  # it reads the peers' data: DONE comes later
+    # Piece 3 reuses piece 1's area: not while rank 2 has not finished reading piece 1.
+    b.counters[0][DONE] = 1
+    assert publish(b, data + 1, 3) == nb.BLOCKED
+    np.testing.assert_array_equal(b.area(RANK, 3, data), data)  # untouched
+    assert b.counters[RANK][READY] == 1
+    b.counters[2][DONE] = 1
+    b.sleeping[2][0] = 1
+    status = publish(b, data + 1, 3, nb.PUBLISH | nb.COPY | nb.DONE_TOO)
+    assert status == nb.PUBLISHED | nb.WAKE
+    np.testing.assert_array_equal(b.area(RANK, 3, data), data + 1)
+    assert b.counters[RANK][READY] == 3 and b.counters[RANK][DONE] == 3  # done: reads nothing
+    # A barrier's publish copies nothing.
+    b.sleeping[2][0] = 0
+    nothing = np.empty(0, np.uint8)
+    b.counters[0][DONE] = b.counters[2][DONE] = 2
+    assert publish(b, nothing, 4, nb.PUBLISH) == nb.PUBLISHED
+
+
+@pytest.mark.parametrize("op", [native.SUM, native.PROD, native.MIN, native.MAX])
+@pytest.mark.parametrize("dtype", ["int8", "int32", "uint64", "float32", "float64"])
+def test_finish_reduces_every_area_in_rank_order(dtype: str, op: int) -> None:
+    b = FakeBoard()
+    everyone = [make_input(dtype, op, r, 300, seed=5) for r in range(N)]
+    mine = everyone[RANK].copy()
+    for r in (0, 2):
+        b.peer_publishes(r, 1, everyone[r])
+    status = nb.piece(b.table, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes, op, -1, ALL, 10)
+    assert status == nb.PUBLISHED | nb.FINISHED
+    np.testing.assert_array_equal(mine, reference(op, everyone))
+    assert b.counters[RANK][DONE] == 1
+
+
+def test_finish_waits_for_every_peer_and_refuses_another_size() -> None:
+    b = FakeBoard()
+    mine = np.ones(100, np.float64)
+    b.peer_publishes(0, 1, np.full(100, 2.0))
+    status = nb.piece(b.table, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes, native.SUM, -1, ALL, 50)
+    assert status == nb.PUBLISHED | nb.NOT_READY
+    b.peer_publishes(2, 1, np.full(101, 3.0))  # 808 bytes where rank 1 has 800
+    assert finish(b, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes) == nb.MISMATCH
+    np.testing.assert_array_equal(mine, 1.0)  # nothing read
+    assert b.counters[RANK][DONE] == 0
+    b.peer_publishes(2, 1, np.full(100, 3.0))
+    b.sleeping[0][0] = 1
+    status = finish(b, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes)
+    assert status == nb.FINISHED | nb.WAKE
+    np.testing.assert_array_equal(mine, 6.0)
+
+
+def test_finish_gathers_scatters_and_broadcasts() -> None:
+    b = FakeBoard()
+    c = 7
+    everyone = [np.arange(N * c, dtype=np.int32) * (r + 1) for r in range(N)]
+    k = 1
+    publish(b, everyone[RANK], k)
+    for r in (0, 2):
+        b.peer_publishes(r, k, everyone[r])
+    part = np.zeros(c, np.int32)
+    assert finish(b, everyone[RANK], part, nb.REDUCE_SCATTER, k, 4 * N * c) == nb.FINISHED
+    np.testing.assert_array_equal(part, sum(everyone)[RANK * c : RANK * c + c])
+
+    k = 2
+    pieces = [np.full(c, 10 * r, np.int32) for r in range(N)]
+    publish(b, pieces[RANK], k)
+    for r in (0, 2):
+        b.peer_publishes(r, k, pieces[r])
+    out = np.zeros(N * c, np.int32)
+    assert finish(b, pieces[RANK], out, nb.ALL_GATHER, k, 4 * c) == nb.FINISHED
+    np.testing.assert_array_equal(out, np.concatenate(pieces))
+
+    k = 3  # a broadcast from rank 2: rank 0, which has not published, is not waited for
+    b.counters[0][DONE] = b.counters[2][DONE] = 2
+    sent = np.arange(c, dtype=np.int32) + 100
+    b.peer_publishes(2, k, sent)
+    got = np.zeros(c, np.int32)
+    assert finish(b, got, got, nb.BROADCAST, k, 4 * c, root=2) == nb.FINISHED
+    np.testing.assert_array_equal(got, sent)
+
+
+def test_a_sleeping_peer_is_woken_before_anyone_waits_for_it() -> None:
+    """After publishing, the call returns if a peer sleeps (for the caller to wake it),
+    even where it could finish at once; the next call finishes."""
+    b = FakeBoard()
+    mine = np.ones(50, np.float32)
+    for r in (0, 2):
+        b.peer_publishes(r, 1, np.full(50, 2.0, np.float32))
+    b.sleeping[2][0] = 1
+    status = nb.piece(b.table, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes, native.SUM, -1, ALL, 10)
+    assert status == nb.PUBLISHED | nb.WAKE
+    assert b.counters[RANK][READY] == 1 and b.counters[RANK][DONE] == 0
+    b.sleeping[2][0] = 0
+    assert finish(b, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes) == nb.FINISHED
+    np.testing.assert_array_equal(mine, 5.0)
