@@ -50,7 +50,8 @@ def test_board_defaults_follow_the_world_size() -> None:
     assert ar(4 * M, 4, cfg, None, board=True) == "direct"
     assert ar(64 * M, 4, cfg, None, board=True) == "ring"  # past the board's sizes at n=4
     assert ar(4 * K, 4, cfg, None, board=False) == "recursive_doubling"  # no board: p2p
-    assert choice.choose_broadcast(4 * K, 4, cfg, None, board=True) == "binomial"
+    assert choice.choose_broadcast(4 * K, 4, cfg, None, board=True) == "direct"
+    assert choice.choose_broadcast(4 * K, 4, cfg, None, board=False) == "binomial"
     assert choice.choose_broadcast(4 * K, 2, cfg, None, board=True) == "direct"
     assert choice.choose_broadcast(256 * K, 4, cfg, None, board=True) == "chain"
     assert choice.choose_broadcast(16 * M, 4, cfg, None, board=True) == "direct"

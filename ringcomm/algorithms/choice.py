@@ -30,6 +30,13 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   16 MiB 1.75 vs 2.03 ms, 64 MiB 9.0 vs 9.4 ms: the board except 128-512 KiB.
   all_reduce above 64 KiB stays with recursive doubling (one exchange by address): a
   one-step native piece up to 1 MiB measured 65 vs 35 us at 256 KiB.
+- n=4 broadcast after the native pieces, one launch each, the slowest rank's median of 500
+  calls, back to back | with a barrier before each: 4 KiB board 35-52 | 12-49 us, binomial
+  18-27 | 99-150; 64 KiB board 53-107 | 48-57, binomial 29-35 | 96-138; 256 KiB board 185 |
+  140, binomial 45 | 118. A tree lets the root run ahead of back-to-back broadcasts, but
+  ranks that enter together (as between phases of compute) wait for one hop on the board
+  and log2(n) on the tree, each a rank to be scheduled where ranks outnumber cores: the
+  board below 256 KiB.
 - n=4 (ranks outnumber cores), before -> after in alternating launches: all_reduce 4 KiB
   146 -> 96, 256 KiB 462 -> 228, 4 MiB 4.0 -> 2.6 ms, but 16 MiB 9.1 -> 10.3 and 64 MiB 37
   -> 66 ms: the board below 16 MiB. all_gather 1.2-1.8x faster up to 4 MiB, 0.83x at 16
@@ -75,7 +82,7 @@ BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
     ("reduce_scatter", False): "direct:0-512K",
     ("reduce_scatter", True): "direct",
     ("broadcast", False): "direct:0-64K",
-    ("broadcast", True): "direct:4M-",
+    ("broadcast", True): "direct:0-256K;direct:4M-",
     ("reduce", False): "direct:0-64K",
     ("reduce", True): "direct:256K-",
 }
