@@ -140,6 +140,24 @@ def _reached(table, word, k, only, spins):  # type: ignore[no-untyped-def]
     return True
 
 
+@intrinsic
+def _copy(typingctx, dst, src):  # type: ignore[no-untyped-def]
+    """``dst[:src.size] = src`` (contiguous, one dtype) as one memcpy: numba's slice
+    assignment is 3-5x slower, a loop 1.5x at 1 MiB."""
+    sig = types.void(dst, src)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        dst_ty, src_ty = signature.args
+        d = context.make_array(dst_ty)(context, builder, args[0])
+        s = context.make_array(src_ty)(context, builder, args[1])
+        itemsize = context.get_abi_sizeof(context.get_data_type(src_ty.dtype))
+        count = builder.extract_value(s.shape, 0)
+        cgutils.raw_memcpy(builder, d.data, s.data, count, itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(inline="always")
 def _reduce(dst, src, op):  # type: ignore[no-untyped-def]
     if op == SUM or op == AVG:  # noqa: SIM109 (numba: plain comparisons)
@@ -158,7 +176,7 @@ def _publish(table, src, k, size_word, copy, done, spins):  # type: ignore[no-un
     if k > 2 and not _reached(table, _word(table, H_DONE), k - 2, -1, spins):
         return BLOCKED
     if copy:
-        _area(table, rank, k, src, src.size)[:] = src
+        _copy(_area(table, rank, k, src, src.size), src)
     own = _counters(table, rank)
     own[_word(table, H_SIZE_WORD) + (k & 1)] = size_word
     if done:
@@ -179,20 +197,20 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
         if r != rank and (only < 0 or r == only) and theirs != size_word:
             return MISMATCH
     if kind == ALL_REDUCE or kind == REDUCE:  # noqa: SIM109 (numba: plain comparisons)
-        dst[:] = _area(table, 0, k, dst, dst.size)
+        _copy(dst, _area(table, 0, k, dst, dst.size))
         for r in range(1, size):
             _reduce(dst, _area(table, r, k, dst, dst.size), op)
     elif kind == REDUCE_SCATTER:
         c = dst.size
-        dst[:] = _area(table, 0, k, dst, size * c)[rank * c : rank * c + c]
+        _copy(dst, _area(table, 0, k, dst, size * c)[rank * c : rank * c + c])
         for r in range(1, size):
             _reduce(dst, _area(table, r, k, dst, size * c)[rank * c : rank * c + c], op)
     elif kind == ALL_GATHER:
         c = src.size
         for r in range(size):
-            dst[r * c : r * c + c] = _area(table, r, k, src, c)
+            _copy(dst[r * c : r * c + c], _area(table, r, k, src, c))
     elif kind == BROADCAST:
-        dst[:] = _area(table, root, k, dst, dst.size)
+        _copy(dst, _area(table, root, k, dst, dst.size))
     own = _counters(table, rank)
     _store_seq_cst(own, _word(table, H_DONE), k)
     return FINISHED | _sleeping(table)
