@@ -36,7 +36,7 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .kernels import _max, _min, _prod, _sum
+from .kernels import _apply_arithmetic
 from .ops import AVG, MAX, MIN, PROD, SUM
 from .shm import _load_acquire, _store_release, _store_seq_cst
 
@@ -159,18 +159,6 @@ def _copy(typingctx, dst, src):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
-def _reduce(dst, src, op):  # type: ignore[no-untyped-def]
-    if op == SUM or op == AVG:  # noqa: SIM109 (numba: plain comparisons)
-        _sum(dst, src)
-    elif op == PROD:
-        _prod(dst, src)
-    elif op == MIN:
-        _min(dst, src)
-    else:
-        _max(dst, src)
-
-
-@njit(inline="always")
 def _publish(table, src, k, size_word, copy, done, spins):  # type: ignore[no-untyped-def]
     rank = _word(table, H_RANK)
     if k > 2 and not _reached(table, _word(table, H_DONE), k - 2, -1, spins):
@@ -199,12 +187,12 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
     if kind == ALL_REDUCE or kind == REDUCE:  # noqa: SIM109 (numba: plain comparisons)
         _copy(dst, _area(table, 0, k, dst, dst.size))
         for r in range(1, size):
-            _reduce(dst, _area(table, r, k, dst, dst.size), op)
+            _apply_arithmetic(dst, _area(table, r, k, dst, dst.size), op)
     elif kind == REDUCE_SCATTER:
         c = dst.size
         _copy(dst, _area(table, 0, k, dst, size * c)[rank * c : rank * c + c])
         for r in range(1, size):
-            _reduce(dst, _area(table, r, k, dst, size * c)[rank * c : rank * c + c], op)
+            _apply_arithmetic(dst, _area(table, r, k, dst, size * c)[rank * c : rank * c + c], op)
     elif kind == ALL_GATHER:
         c = src.size
         for r in range(size):

@@ -79,8 +79,9 @@ def _bxor(dst, src):
 
 
 @njit(**_JIT)
-def _apply_float(dst, src, op):
-    """The arithmetic ops on float32 blocks (the widened 16-bit floats)."""
+def _apply_arithmetic(dst, src, op):
+    """The arithmetic ops, on any dtype: float32 blocks of widened 16-bit floats, the
+    board's native pieces (native.board)."""
     if op == SUM or op == AVG:  # noqa: SIM109 (numba: plain comparisons)
         _sum(dst, src)
     elif op == PROD:
@@ -239,7 +240,7 @@ def _apply_half(dst, src, op, is_bf16):
         k = stop - start
         _widen16(dst[start:stop], a, is_bf16)
         _widen16(src[start:stop], b, is_bf16)
-        _apply_float(a[:k], b[:k], op)
+        _apply_arithmetic(a[:k], b[:k], op)
         _narrow16(a[:k], dst[start:stop], 1.0, is_bf16)
 
 
