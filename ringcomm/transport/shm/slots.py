@@ -169,11 +169,8 @@ class ShmTransport(Transport):
         self._detached = 0  # queued copied sends
         self._ticker_error: TransportError | None = None  # see tick()
         others = [r for r in local if r != rank]
-        # With more ranks on this host than cores, a poll that keeps the core holds off the
-        # very rank it waits for: yield at once (n=4 on 2 cores, 4 KiB all_reduce on the
-        # board: 170 us with the polls, 85 without). Decided again once the peers are known
-        # (see _cores_of_ranks).
-        self.polls = POLLS if len(local) <= len(os.sched_getaffinity(0)) else 0
+        # Polls before a wait yields the core: decided once the peers are known (connect).
+        self.polls = 0
         self._path = segment_path(config.job_id, comm_id, rank)
         self._segment: Segment | None = create_segment(self._path, size, len(others), config)
         self._layout = self._segment.layout  # of our inboxes; a peer's may differ
@@ -227,6 +224,9 @@ class ShmTransport(Transport):
         self._path = ""
         for r, peer in self._peers.items():
             peer.by_address = int(control[C_ATTACHED + r]) == ATTACHED_CMA
+        # With more ranks on this host than cores, a poll that keeps the core holds off the
+        # very rank it waits for: yield at once (n=4 on 2 cores, 4 KiB all_reduce on the
+        # board: 170 us with the polls, 85 without).
         self.polls = POLLS if len(self._peers) + 1 <= self._cores_of_ranks() else 0
 
     def _cores_of_ranks(self) -> int:
