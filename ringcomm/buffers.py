@@ -36,11 +36,11 @@ class Buffer(NamedTuple):
 
     @property
     def count(self) -> int:
-        return int(self.array.size)
+        return self.array.size  # type: ignore[no-any-return]
 
     @property
     def nbytes(self) -> int:
-        return int(self.array.nbytes)
+        return self.array.nbytes  # type: ignore[no-any-return]
 
     @property
     def addr(self) -> int:

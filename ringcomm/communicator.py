@@ -154,7 +154,12 @@ def _describe(item: _Op) -> str:
     return protocol.describe(item.name, item.buffers, item.reduce_op, item.root, item.shapes)
 
 
+_SUM = ReduceOp.SUM
+
+
 def _reduce_op(op: Any, buf: Buffer, name: str) -> ReduceOp:
+    if op is _SUM:  # the usual call: every dtype takes it
+        return op
     try:
         rop = op if type(op) is ReduceOp else ReduceOp(op)
     except ValueError:
@@ -337,7 +342,7 @@ class Communicator:
         self._p2p_ops = 0  # numbers p2p operations for messages and the flight recorder
         self._lock = threading.Lock()  # guards numbering, queueing and _outstanding
         self._exec_lock = threading.RLock()  # held by whichever thread runs an operation
-        self._outstanding = 0  # operations queued or running
+        self._outstanding = 0  # operations queued for (or running on) the progress thread
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._grouping = threading.local()  # .group: the group() this thread has open
         self._groups_open = 0  # in all threads (guarded by _lock)
@@ -350,6 +355,10 @@ class Communicator:
         rank_text = logs.process_rank()  # the world rank once init ran, else this rank
         world_rank = int(rank_text) if rank_text.isdigit() else self.rank
         self._timeline = diagnostics.timeline(config.timeline, world_rank)
+        # Fixed for the communicator's life, read by every operation.
+        self._timeout = config.timeout_seconds
+        self._segment_bytes = config.segment_bytes
+        self._observed = self._timeline is not None or self._stats is not None or config.debug
         self._context = OpContext
         if self._timeline is not None:
             self._context = diagnostics.traced(_TRACED_STEPS, OpContext)
@@ -358,6 +367,7 @@ class Communicator:
             target=self._progress, name=f"ringcomm-progress-{self.rank}", daemon=True
         )
         self._thread.start()
+        self._thread_id = self._thread.ident
         _live.add(self)
         diagnostics.watch(self)
 
@@ -463,7 +473,10 @@ class Communicator:
         self, op: str, nbytes: int, buffers: tuple[AnyBuffer, ...], algorithm: str | None
     ) -> bool:
         """Whether this all_gather / reduce_scatter / reduce runs on the board."""
-        board = self._board and all(type(b) is Buffer for b in buffers)
+        board = self._board
+        for b in buffers:  # (a loop: all() over a generator costs more per operation)
+            if type(b) is not Buffer:
+                board = False
         key = ("direct", op, nbytes, algorithm, board)
         return self._chosen(key, self._use_direct)  # type: ignore[no-any-return]
 
@@ -493,22 +506,25 @@ class Communicator:
             item.future.set_result(result)
 
     def _run(self, item: _Op) -> Any:
-        """Run one operation holding the execution lock; return its result or raise."""
+        """Run one queued operation holding the execution lock; return its result or
+        raise."""
         with self._exec_lock:
             try:
-                if self._broken is not None:
-                    raise CommClosedError(
-                        f"{item.name} #{item.seq}: the communicator is unusable after an "
-                        f"earlier error ({self._broken}); close it and build a new one"
-                    )
                 return self._run_recorded(item)
             finally:
                 with self._lock:
                     self._outstanding -= 1
 
     def _run_recorded(self, item: _Op) -> Any:
-        """Run ``item``'s body in a fresh context, in the flight recorder and the timeline."""
-        timeout = item.timeout if item.timeout is not None else self._config.timeout_seconds
+        """Run ``item``'s body in a fresh context, in the flight recorder (and, where they
+        are on, the timeline, the statistics and RINGCOMM_DEBUG's agreement check). The
+        caller holds the execution lock."""
+        if self._broken is not None:
+            raise CommClosedError(
+                f"{item.name} #{item.seq}: the communicator is unusable after an "
+                f"earlier error ({self._broken}); close it and build a new one"
+            )
+        timeout = item.timeout if item.timeout is not None else self._timeout
         deadline = time.monotonic() + timeout
         ctx = self._context(
             self._transport,
@@ -516,22 +532,38 @@ class Communicator:
             # counter to keep (and grow) for every tag ever used.
             item.seq if item.kind == KIND_COLLECTIVE else 0,
             deadline,
-            self._config.segment_bytes,
+            self._segment_bytes,
             int(item.reduce_op),  # a plain int: IntEnum hashes in Python
             item.bfloat16,
             item.kind,
         )
-        self._transport.op = (item.name, item.seq)
-        self._transport.waiting_for = None
-        recorder, timeline = self._recorder, self._timeline
+        transport = self._transport
+        transport.op = (item.name, item.seq)
+        transport.waiting_for = None
+        recorder = self._recorder
         record = None
         if recorder.enabled:
             record = recorder.start(item.seq, item.name, _nbytes(item.buffers), deadline)
+        if self._observed:
+            return self._run_observed(item, ctx, record)
+        try:
+            result = item.body(ctx)
+        except BaseException as e:
+            error = self._failed(ctx, item, record, e)
+            if error is e:
+                raise
+            raise error from e
+        recorder.finish(record)
+        return result
+
+    def _run_observed(self, item: _Op, ctx: OpContext, record: OpRecord | None) -> Any:
+        """:meth:`_run_recorded`'s run of the body where the timeline, the statistics or
+        RINGCOMM_DEBUG's agreement check are on."""
+        recorder, timeline, stats = self._recorder, self._timeline, self._stats
         started = 0.0
         if timeline is not None:
             started = timeline.now_us()
             ctx.timeline = timeline  # type: ignore[attr-defined]
-        stats = self._stats
         began = time.perf_counter() if stats is not None else 0.0
         arrived_ns = time.time_ns() if stats is not None else 0  # one clock across ranks
         try:
@@ -547,8 +579,7 @@ class Communicator:
             if timeline is not None:
                 nbytes = record.nbytes if record is not None else _nbytes(item.buffers)
                 timeline.add(item.name, started, {"seq": item.seq, "bytes": nbytes}, self._track)
-        if record is not None:
-            recorder.finish(record)
+        recorder.finish(record)
         if stats is not None:
             biggest = max((b.nbytes for b in item.buffers if b is not None), default=0)
             seq = item.seq if item.kind == KIND_COLLECTIVE else None
@@ -637,7 +668,7 @@ class Communicator:
         runs as part of the group."""
         if timeout is not None and timeout <= 0:
             raise ValueError(f"{name}: timeout must be positive, got {timeout}")
-        if not async_op and threading.current_thread() is self._thread:
+        if not async_op and threading.get_ident() == self._thread_id:
             raise RingcommError(
                 f"{name} on rank {self.rank}: a blocking call from a completion callback of "
                 "this communicator would wait for its own progress thread; pass "
@@ -669,9 +700,12 @@ class Communicator:
             else:
                 self._p2p_ops += 1
                 seq, kind = self._p2p_ops, KIND_P2P
-            # A blocking call with nothing ahead of it runs right here: handing it to the
-            # progress thread and back costs two thread wake-ups (~100 us on 2 cores).
-            inline = not async_op and self._outstanding == 0
+            # A blocking call with nothing ahead of it runs right here, holding the
+            # execution lock from its numbering on: handing it to the progress thread and
+            # back costs two thread wake-ups (~100 us on 2 cores).
+            inline = (
+                not async_op and self._outstanding == 0 and self._exec_lock.acquire(blocking=False)
+            )
             future: concurrent.futures.Future[Any] | None = None
             if not inline:
                 future = concurrent.futures.Future()
@@ -679,11 +713,14 @@ class Communicator:
             item = _Op(
                 name, seq, kind, body, timeout, reduce_op, bfloat16, future, buffers, root, shapes
             )
-            self._outstanding += 1
             if not inline:
+                self._outstanding += 1
                 self._queue.put(item)
         if future is None:
-            self._run(item)
+            try:
+                self._run_recorded(item)
+            finally:
+                self._exec_lock.release()
             return None
         work = Work(future, f"{name} #{seq}", buffers, self._thread)
         if async_op:

@@ -93,6 +93,11 @@ def test_async_ops_in_flight(size: int) -> None:
     run_threads(size, collectives.async_ops_in_flight)
 
 
+@pytest.mark.parametrize("size", [2, 3])
+def test_blocking_calls_wait_their_turn(size: int) -> None:
+    run_threads(size, collectives.blocking_calls_wait_their_turn)
+
+
 @pytest.mark.parametrize("size", [4, 5])
 def test_subcommunicators(size: int) -> None:
     run_threads(size, collectives.subcommunicators_concurrently)

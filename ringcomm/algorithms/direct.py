@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 # Measured: see ringcomm.algorithms.choice.
 ONE_STEP_BELOW_BYTES = 64 << 10
 _NOTHING = np.empty(0, np.uint8)  # a barrier's data
+# Steps of a native piece (see Board.native_piece): all of them; publish only (a rank that
+# reads nothing, its DONE raised with it); read only (a reader of the root's area).
+_WHOLE_PIECE = native_board.PUBLISH | native_board.COPY | native_board.FINISH
+_PUBLISH_ONLY = native_board.PUBLISH | native_board.COPY | native_board.DONE_TOO
+_FINISH_ONLY = native_board.FINISH
 
 
 def board(ctx: OpContext) -> Board | None:
@@ -272,10 +277,8 @@ def reduce(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., 
     rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
     if data.nbytes < ONE_STEP_BELOW_BYTES and _native(ctx, b, data, True):
         root_here = rank == root
-        b.native_piece(
-            native_board.REDUCE, data, data, deadline,
-            op=ctx.op, root=root, done=not root_here, finish=root_here,
-        )  # fmt: skip
+        steps = _WHOLE_PIECE if root_here else _PUBLISH_ONLY
+        b.native_piece(native_board.REDUCE, data, data, deadline, steps, op=ctx.op, root=root)
         if root_here:
             ctx.finish_average(data)
         return
@@ -312,9 +315,13 @@ def allgather(
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
     c = inp.size
-    in_place = np.shares_memory(out, inp)
     transport: Any = ctx.transport
-    if b.by_address and inp.nbytes >= transport.by_address_bytes:
+    by_address = b.by_address and inp.nbytes >= transport.by_address_bytes
+    if not by_address and _native(ctx, b, inp, False):  # (in place too: inp lands on itself)
+        b.native_piece(native_board.ALL_GATHER, inp, out, deadline)
+        return
+    in_place = np.shares_memory(out, inp)
+    if by_address:
         # One copy: every rank reads every peer's input where it lies, instead of the
         # owner copying it through its area (the copy a reader then pays for twice).
         k = b.next(deadline)
@@ -327,9 +334,6 @@ def allgather(
             b.read_published(r, k, out[r * c : (r + 1) * c])
         b.raise_counter(b.DONE, k)
         b.wait(b.DONE, k, deadline)  # the input stays as it is until every peer read it
-        return
-    if _native(ctx, b, inp, False):
-        b.native_piece(native_board.ALL_GATHER, inp, out, deadline)
         return
     for start, piece, k in _own_pieces(b, inp, deadline):
         stop = start + piece.size
@@ -391,11 +395,9 @@ def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..
         # (below the by-address size the root never publishes an address)
         if rank == root:
             b.publish_address(b.count + 1, None)  # (for a reader in Python steps)
-            b.native_piece(
-                native_board.BROADCAST, data, data, deadline, root=root, done=True, finish=False
-            )
+            b.native_piece(native_board.BROADCAST, data, data, deadline, _PUBLISH_ONLY, root=root)
         else:
-            b.native_piece(native_board.BROADCAST, data, data, deadline, root=root, publish=False)
+            b.native_piece(native_board.BROADCAST, data, data, deadline, _FINISH_ONLY, root=root)
         return
     if rank == root:
         if data.nbytes >= transport.by_address_bytes and transport.readable_by_all():
@@ -431,7 +433,8 @@ def barrier(ctx: OpContext, fallback: Callable[[OpContext], None]) -> None:
         fallback(ctx)
         return
     if b.table is not None:
-        b.native_piece(native_board.BARRIER, _NOTHING, _NOTHING, ctx.deadline, copy=False)
+        steps = native_board.PUBLISH | native_board.FINISH  # (nothing to copy)
+        b.native_piece(native_board.BARRIER, _NOTHING, _NOTHING, ctx.deadline, steps)
         return
     k = b.next(ctx.deadline)
     b.publish(k, 0)

@@ -59,22 +59,21 @@ class FlightRecorder:
     def __init__(self, capacity: int) -> None:
         self.enabled = capacity > 0
         self._slots = [OpRecord(0, "", 0, 0.0) for _ in range(max(1, capacity))]
-        self._next = 0
-        self._used = 0
+        self._capacity = len(self._slots)
+        self._started = 0  # operations started, ever
         self.current: OpRecord | None = None
 
     @property
     def records(self) -> list[OpRecord]:
         """The recorded operations, oldest first."""
-        n = len(self._slots)
-        return [self._slots[(self._next - self._used + i) % n] for i in range(self._used)]
+        n, started = self._capacity, self._started
+        used = min(started, n)
+        return [self._slots[(started - used + i) % n] for i in range(used)]
 
     def start(self, seq: int, name: str, nbytes: int, deadline: float) -> OpRecord:
-        i = self._next
-        record = self._slots[i]
-        self._next = i + 1 if i + 1 < len(self._slots) else 0
-        if self._used < len(self._slots):
-            self._used += 1
+        started = self._started
+        self._started = started + 1
+        record = self._slots[started % self._capacity]
         record.seq = seq
         record.name = name
         record.nbytes = nbytes

@@ -147,6 +147,26 @@ def async_ops_in_flight(comm: ringcomm.Communicator) -> list[float]:
     return [float(b[0]) for b in bufs]
 
 
+def blocking_calls_wait_their_turn(comm: ringcomm.Communicator) -> None:
+    """A blocking call issued while async calls are still queued runs after them, not at
+    once on the caller's thread: every rank runs the operations in issue order (the sizes
+    differ, so another order fails on a size check), and once the blocking call returns,
+    every earlier one is complete."""
+    n = comm.size
+    bufs = [np.full(1000 + 7 * i, float(comm.rank + i), np.float64) for i in range(12)]
+    works = []
+    for i, b in enumerate(bufs):
+        if i % 3 == 2:
+            comm.all_reduce(b)
+            assert all(w.is_completed() for w in works), f"op {i} ran ahead of the queue"
+        else:
+            works.append(comm.all_reduce(b, async_op=True))
+    for w in works:
+        assert w.wait(timeout=60)
+    for i, b in enumerate(bufs):
+        np.testing.assert_array_equal(b, np.full(b.size, sum(q + i for q in range(n))))
+
+
 def subcommunicators_concurrently(comm: ringcomm.Communicator) -> tuple[int, int, int, int]:
     """Split into two colours; both halves and the parent run async ops at the same time."""
     n, r = comm.size, comm.rank

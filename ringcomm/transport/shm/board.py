@@ -60,6 +60,15 @@ from ringcomm.transport.shm.slots import ShmTransport
 
 log = get_logger(__name__)
 
+# native_board.piece and its bits, bound once: the small-message path reads them per call.
+_piece = native_board.piece
+_PUBLISH, _FINISH = native_board.PUBLISH, native_board.FINISH
+_WHOLE_PIECE = native_board.PUBLISH | native_board.COPY | native_board.FINISH
+_PUBLISHED, _FINISHED, _WAKE = native_board.PUBLISHED, native_board.FINISHED, native_board.WAKE
+_BLOCKED, _NOT_READY = native_board.BLOCKED, native_board.NOT_READY
+_MISMATCH = native_board.MISMATCH
+_PUBLISHED_FINISHED = _PUBLISHED | _FINISHED
+
 # Counter words in the control page, a cache line apart (peers poll them).
 C_MAGIC, C_PID = 0, 1
 # 1 if every peer may read this rank's memory (process_vm_readv): written before the ranks
@@ -163,43 +172,39 @@ class Board:
         src: np.ndarray,
         dst: np.ndarray,
         deadline: float,
+        steps: int = _WHOLE_PIECE,
         *,
         op: int = 0,
         root: int = -1,
-        publish: bool = True,
-        copy: bool = True,
-        done: bool = False,
-        finish: bool = True,
     ) -> None:
         """Run a whole operation as one piece (it fits an area) in native calls
-        (:func:`ringcomm.native.board.piece`): publish (``copy``: ``src`` into this rank's
-        area; ``done``: this rank reads nothing), then ``finish``: read it as ``kind`` says
-        into ``dst``. The native call spins briefly; longer waits, errors and wake-ups are
-        made here, between calls."""
-        nb, table = native_board, self.table
+        (:func:`ringcomm.native.board.piece`), taking ``steps`` (bits of PUBLISH, COPY,
+        DONE_TOO and FINISH there; by default publish a copy of ``src``, then read it as
+        ``kind`` says into ``dst``). The native call spins briefly; longer waits, errors
+        and wake-ups are made here, between calls."""
+        table = self.table
         assert table is not None
-        self.count += 1
-        k = self.count
+        self.count = k = self.count + 1
         nbytes = src.nbytes
-        steps = (
-            (nb.PUBLISH if publish else 0)
-            | (nb.COPY if copy else 0)
-            | (nb.DONE_TOO if done else 0)
-            | (nb.FINISH if finish else 0)
-        )
-        while steps & (nb.PUBLISH | nb.FINISH):
-            status = nb.piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
-            if status & nb.WAKE:
+        status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
+        if status == _PUBLISHED_FINISHED:  # the usual call: all done in one go
+            return
+        while True:
+            if status & _WAKE:
                 self.wake_peers()
-            if status & nb.PUBLISHED:
-                steps &= ~nb.PUBLISH
-            if status & nb.FINISHED:
-                steps &= ~nb.FINISH
-            if status & nb.BLOCKED:
+            if status & _PUBLISHED:
+                steps &= ~_PUBLISH
+            if status & _FINISHED:
+                steps &= ~_FINISH
+            if not steps & (_PUBLISH | _FINISH):
+                return
+            if status & _BLOCKED:
                 self.wait(DONE, k - 2, deadline)
-            if status & (nb.NOT_READY | nb.MISMATCH):
+            if status & (_NOT_READY | _MISMATCH):
                 # Wait here (sleeping, peers watched); name a size that differs.
-                self.wait_published(k, nbytes, deadline, [root] if kind == nb.BROADCAST else None)
+                readers = [root] if kind == native_board.BROADCAST else None
+                self.wait_published(k, nbytes, deadline, readers)
+            status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
 
     def next(self, deadline: float) -> int:
         """Number the next operation (piece) on the board, once this rank may write its
