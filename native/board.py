@@ -52,16 +52,22 @@ OPS = frozenset((SUM, PROD, MIN, MAX, AVG))
 # What finish does with the areas.
 ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, BROADCAST, REDUCE, BARRIER = range(6)
 
-# The table's header words, then per rank FIELDS words from FIRST.
-H_SIZE, H_RANK, H_READY, H_SIZE_WORD, H_DONE, H_COUNTER_WORDS = range(6)
+# The table's header words, then per rank FIELDS words from FIRST. H_ADDRESS: the counter
+# word (and the next, by parity) where a rank says where its data lies (0: in its area);
+# H_READV: the address of libc's process_vm_readv (0: none).
+H_SIZE, H_RANK, H_READY, H_SIZE_WORD, H_DONE, H_COUNTER_WORDS, H_ADDRESS, H_READV = range(8)
 FIRST = 8
-F_COUNTERS, F_AREA0, F_AREA1, F_SLEEPING = range(4)
-FIELDS = 4
+F_COUNTERS, F_AREA0, F_AREA1, F_SLEEPING, F_PID = range(5)
+FIELDS = 5
 
-# The steps of piece() to take (bits).
-PUBLISH, COPY, DONE_TOO, FINISH = 1, 2, 4, 8
-# What piece() says (bits; WAKE: some peer sleeps on its futex, wake it).
-PUBLISHED, FINISHED, BLOCKED, NOT_READY, MISMATCH = 1, 2, 4, 8, 16
+# The steps of piece() to take (bits). BY_ADDRESS: publish where ``src`` lies instead of a
+# copy; AWAIT_DONE: then wait until every peer raised DONE (it read what this rank
+# published by address, which must not change before).
+PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS, AWAIT_DONE = 1, 2, 4, 8, 16, 32
+# What piece() says (bits; WAKE: some peer sleeps on its futex, wake it; UNREAD: reading a
+# peer's memory failed, nothing raised: the caller reads it again, to raise the error).
+PUBLISHED, FINISHED, BLOCKED, NOT_READY, MISMATCH, UNREAD = 1, 2, 4, 8, 16, 32
+AWAITED, NOT_DONE = 64, 128
 WAKE = 256
 
 # The CPU's spin-wait hint as an LLVM intrinsic (numba's LLVM takes no inline assembly).
@@ -158,16 +164,71 @@ def _copy(typingctx, dst, src):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+@intrinsic
+def _process_vm_readv(typingctx, function, pid, local, remote):  # type: ignore[no-untyped-def]
+    """process_vm_readv(pid, local, 1, remote, 1, 0) through the function's address (from
+    the table: a ctypes function in the code would keep numba from caching it)."""
+    sig = types.int64(types.uint64, types.int64, types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i64, ptr = ir.IntType(64), ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(i64, [ir.IntType(32), ptr, i64, ptr, i64, i64])
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        one, zero = ir.Constant(i64, 1), ir.Constant(i64, 0)
+        pid = builder.trunc(args[1], ir.IntType(32))
+        local, remote = builder.inttoptr(args[2], ptr), builder.inttoptr(args[3], ptr)
+        return builder.call(fn, [pid, local, one, remote, one, zero])
+
+    return sig, codegen
+
+
 @njit(inline="always")
-def _publish(table, src, k, size_word, copy, done, spins):  # type: ignore[no-untyped-def]
+def _read_remote(table, r, address, dst):  # type: ignore[no-untyped-def]
+    """Read ``dst.nbytes`` at ``address`` in rank ``r``'s process into ``dst``; False if
+    the system call failed (the caller says why)."""
+    function = table[H_READV]
+    if not function:
+        return False
+    pid = _word(table, FIRST + FIELDS * r + F_PID)
+    iov = np.empty(4, np.uint64)  # local (base, length), then remote
+    total, done = np.uint64(dst.nbytes), np.uint64(0)
+    base = np.uint64(dst.ctypes.data)
+    while done < total:
+        iov[0], iov[1] = base + done, total - done
+        iov[2], iov[3] = address + done, total - done
+        at = np.uint64(iov.ctypes.data)
+        got = _process_vm_readv(function, pid, at, at + np.uint64(16))
+        if got <= 0:
+            return False
+        done += np.uint64(got)
+    return True
+
+
+@njit(inline="always")
+def _read(table, r, k, dst, like):  # type: ignore[no-untyped-def]
+    """Read rank ``r``'s data of piece ``k`` into ``dst``: where it lies if ``r`` published
+    its address, else out of its area. False if a read by address failed."""
+    address = _counters(table, r)[_word(table, H_ADDRESS) + (k & 1)]
+    if address:
+        return _read_remote(table, r, address, dst)
+    _copy(dst, _area(table, r, k, like, dst.size))
+    return True
+
+
+@njit(inline="always")
+def _publish(table, src, k, size_word, steps, spins):  # type: ignore[no-untyped-def]
     rank = _word(table, H_RANK)
     if k > 2 and not _reached(table, _word(table, H_DONE), k - 2, -1, spins):
         return BLOCKED
-    if copy:
-        _copy(_area(table, rank, k, src, src.size), src)
     own = _counters(table, rank)
+    if steps & BY_ADDRESS:
+        own[_word(table, H_ADDRESS) + (k & 1)] = np.uint64(src.ctypes.data)
+    else:
+        own[_word(table, H_ADDRESS) + (k & 1)] = 0
+        if steps & COPY:
+            _copy(_area(table, rank, k, src, src.size), src)
     own[_word(table, H_SIZE_WORD) + (k & 1)] = size_word
-    if done:
+    if steps & DONE_TOO:
         _store_release(own, _word(table, H_DONE), k)
     _store_seq_cst(own, _word(table, H_READY), k)
     return PUBLISHED | _sleeping(table)
@@ -196,9 +257,14 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
     elif kind == ALL_GATHER:
         c = src.size
         for r in range(size):
-            _copy(dst[r * c : r * c + c], _area(table, r, k, src, c))
-    elif kind == BROADCAST:
-        _copy(dst, _area(table, root, k, dst, dst.size))
+            if r == rank:
+                mine = dst[r * c : r * c + c]
+                if mine.ctypes.data != src.ctypes.data:  # (in place: it is there already)
+                    _copy(mine, src)
+            elif not _read(table, r, k, dst[r * c : r * c + c], src):
+                return UNREAD
+    elif kind == BROADCAST and not _read(table, root, k, dst, dst):
+        return UNREAD
     own = _counters(table, rank)
     _store_seq_cst(own, _word(table, H_DONE), k)
     return FINISHED | _sleeping(table)
@@ -206,23 +272,31 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
 
 @njit(nogil=True, cache=True)
 def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type: ignore[no-untyped-def]
-    """The ``steps`` (PUBLISH, COPY, DONE_TOO, FINISH) of piece ``k`` of an operation of
-    ``size_word`` bytes, as far as they go within ``spins`` polls per wait.
+    """The ``steps`` (PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS, AWAIT_DONE) of piece
+    ``k`` of an operation of ``size_word`` bytes, as far as they go within ``spins`` polls
+    per wait.
 
-    PUBLISH: once no peer still reads piece ``k - 2`` (else BLOCKED), copy ``src`` into this
-    rank's area if COPY, write the size, raise READY (and DONE if DONE_TOO: this rank reads
-    nothing): PUBLISHED. It returns there if a peer sleeps (WAKE: the caller wakes it before
-    anyone waits for it). FINISH: once every rank it reads from (BROADCAST: ``root``) raised
-    READY (else NOT_READY) with this size (else MISMATCH, nothing read), read the piece as
-    ``kind`` says into ``dst`` (reductions with ``op``, in rank order) and raise DONE:
-    FINISHED."""
+    PUBLISH: once no peer still reads piece ``k - 2`` (else BLOCKED), say where ``src`` lies
+    if BY_ADDRESS, else copy it into this rank's area if COPY; write the size, raise READY
+    (and DONE if DONE_TOO: this rank reads nothing): PUBLISHED. It returns there if a peer
+    sleeps (WAKE: the caller wakes it before anyone waits for it). FINISH: once every rank
+    it reads from (BROADCAST: ``root``) raised READY (else NOT_READY) with this size (else
+    MISMATCH, nothing read), read the piece as ``kind`` says into ``dst`` (reductions with
+    ``op``, in rank order; all_gather and broadcast read a peer by address where it
+    published one, else out of its area; UNREAD if such a read failed) and raise DONE:
+    FINISHED. AWAIT_DONE: then wait until every peer raised DONE: AWAITED (else NOT_DONE)."""
     status = 0
     if steps & PUBLISH:
-        status = _publish(table, src, k, size_word, steps & COPY, steps & DONE_TOO, spins)
-        if status != PUBLISHED or not steps & FINISH:
+        status = _publish(table, src, k, size_word, steps, spins)
+        if status != PUBLISHED or not steps & (FINISH | AWAIT_DONE):
             return status
     if steps & FINISH:
         status |= _finish(table, src, dst, kind, k, size_word, op, root, spins)
+        if status & (WAKE | NOT_READY | MISMATCH | UNREAD) or not steps & AWAIT_DONE:
+            return status
+    if steps & AWAIT_DONE:
+        done = _reached(table, _word(table, H_DONE), k, -1, spins)
+        status |= AWAITED if done else NOT_DONE
     return status
 
 

@@ -430,6 +430,17 @@ class Config:
         unit="bytes",
         minimum=0,
     )
+    shm_board_by_address_bytes: int = setting(
+        16 << 10,
+        "RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES",
+        int,
+        "on the shared-memory board, broadcast data and all_gather inputs this large are "
+        "read by every reader from the owner's memory in one copy (`process_vm_readv`), "
+        "where every rank allows it, instead of through the owner's area; 0, or "
+        "`RINGCOMM_SHM_BY_ADDRESS_BYTES=0`, turns it off",
+        unit="bytes",
+        minimum=0,
+    )
     job_id: str = setting(
         "0",
         "RINGCOMM_JOB_ID",

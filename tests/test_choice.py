@@ -53,8 +53,10 @@ def test_board_defaults_follow_the_world_size() -> None:
     assert choice.choose_broadcast(4 * K, 4, cfg, None, board=True) == "direct"
     assert choice.choose_broadcast(4 * K, 4, cfg, None, board=False) == "binomial"
     assert choice.choose_broadcast(4 * K, 2, cfg, None, board=True) == "direct"
-    assert choice.choose_broadcast(256 * K, 4, cfg, None, board=True) == "chain"
-    assert choice.choose_broadcast(16 * M, 4, cfg, None, board=True) == "direct"
+    assert choice.choose_broadcast(256 * K, 4, cfg, None, board=True) == "direct"
+    assert choice.choose_broadcast(256 * K, 4, cfg, None, board=False) == "chain"
+    assert choice.choose_broadcast(16 * M, 2, cfg, None, board=True) == "direct"
+    assert choice.use_direct("all_gather", 256 * K, 2, cfg, None, True) is True
     assert choice.use_direct("reduce", 4 * K, 4, cfg, None, True) is False  # binomial
     assert choice.use_direct("reduce", 1 * M, 4, cfg, None, True) is True
     assert choice.use_direct("reduce_scatter", 4 * M, 2, cfg, None, True) is False

@@ -119,10 +119,11 @@ def test_board_collectives(size: int, native: bool) -> None:
     """The shared-memory board: every collective forced onto it, against numpy; a 4 KiB
     board cuts larger operations into pieces. n=8 on this 2-core machine too. ``native``:
     operations that fit an area run in native calls (ringcomm.native.board), and from 8 KiB
-    all_gather and broadcast read by address; else every piece runs in Python steps
-    through the areas."""
+    all_gather and broadcast read by address (in the native call too); else every piece
+    runs in Python steps through the areas."""
     env = {"RINGCOMM_SHM_BOARD_BYTES": "4096", "RINGCOMM_SHM_BOARD_NATIVE": str(int(native))}
-    env["RINGCOMM_SHM_BY_ADDRESS_BYTES"] = "8192" if native else "0"
+    env["RINGCOMM_SHM_BY_ADDRESS_BYTES"] = "8192" if native else "0"  # 0: the board's too
+    env["RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES"] = "8192"
     pool = RankPool(size, env=env)
     try:
         results = pool.run(collectives.board_collectives, timeout=300 if size > 4 else 120)

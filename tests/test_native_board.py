@@ -5,17 +5,22 @@ against numpy; the whole collectives on real boards are in test_collectives_proc
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from data import make_input, reference
 from ringcomm import native
 from ringcomm.native import board as nb
+from ringcomm.transport.shm import syscalls
 
 pytestmark = pytest.mark.skipif(not nb.AVAILABLE, reason="numba's JIT is off")
 
 N, RANK, WORDS, AREA = 3, 1, 64, 4096
-READY, SIZE, DONE = 8, 9, 16  # counter words, as a board lays them out
+READY, SIZE, ADDRESS, DONE = 8, 9, 11, 16  # counter words, as a board lays them out
 
 
 class FakeBoard:
@@ -28,6 +33,7 @@ class FakeBoard:
         t = np.zeros(nb.FIRST + nb.FIELDS * N, np.uint64)
         t[nb.H_SIZE], t[nb.H_RANK], t[nb.H_COUNTER_WORDS] = N, RANK, WORDS
         t[nb.H_READY], t[nb.H_SIZE_WORD], t[nb.H_DONE] = READY, SIZE, DONE
+        t[nb.H_ADDRESS], t[nb.H_READV] = ADDRESS, syscalls.process_vm_readv_address()
         for r in range(N):
             at = nb.FIRST + nb.FIELDS * r
             t[at + nb.F_COUNTERS] = _address(self.counters[r])
@@ -35,12 +41,17 @@ class FakeBoard:
             t[at + nb.F_AREA1] = _address(self.areas[r][1])
             if r != RANK:
                 t[at + nb.F_SLEEPING] = _address(self.sleeping[r])
+                t[at + nb.F_PID] = os.getpid()  # the peers' memory is this process's
         self.table = t
 
     def peer_publishes(self, r: int, k: int, data: np.ndarray, size: int | None = None) -> None:
         self.areas[r][k & 1][: data.nbytes] = data.view(np.uint8)
         self.counters[r][SIZE + (k & 1)] = data.nbytes if size is None else size
         self.counters[r][READY] = k
+
+    def peer_publishes_address(self, r: int, k: int, data: np.ndarray) -> None:
+        self.counters[r][ADDRESS + (k & 1)] = _address(data)
+        self.peer_publishes(r, k, np.empty(0, np.uint8), data.nbytes)
 
     def area(self, r: int, k: int, like: np.ndarray) -> np.ndarray:
         return self.areas[r][k & 1][: like.nbytes].view(like.dtype)
@@ -164,3 +175,64 @@ def test_a_sleeping_peer_is_woken_before_anyone_waits_for_it() -> None:
     b.sleeping[2][0] = 0
     assert finish(b, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes) == nb.FINISHED
     np.testing.assert_array_equal(mine, 5.0)
+
+
+needs_readv = pytest.mark.skipif(
+    not syscalls.process_vm_readv_address(), reason="no process_vm_readv in this libc"
+)
+
+
+@needs_readv
+def test_broadcast_and_all_gather_read_a_peer_by_address_where_it_published_one() -> None:
+    b = FakeBoard()
+    theirs = np.arange(3000, dtype=np.float64)  # 24,000 bytes: more than an area
+    b.area(0, 1, np.empty(AREA, np.uint8))[...] = 7  # what a read of the area would give
+    b.peer_publishes_address(0, 1, theirs)
+    got = np.zeros_like(theirs)
+    assert finish(b, got, got, nb.BROADCAST, 1, got.nbytes, root=0) == nb.FINISHED
+    np.testing.assert_array_equal(got, theirs)
+    assert b.counters[RANK][DONE] == 1
+    # all_gather in place: rank 0 by address, rank 2 through its area, rank 1 its own.
+    c = 500
+    out = np.full(N * c, -1.0, np.float32)
+    mine = out[RANK * c : (RANK + 1) * c]
+    mine[...] = 1.0
+    first = np.full(c, 10.0, np.float32)
+    b.peer_publishes_address(0, 2, first)
+    b.peer_publishes(2, 2, np.full(c, 30.0, np.float32))
+    assert finish(b, mine, out, nb.ALL_GATHER, 2, mine.nbytes) == nb.FINISHED
+    np.testing.assert_array_equal(out, np.repeat(np.array([10.0, 1.0, 30.0], np.float32), c))
+
+
+@needs_readv
+def test_a_failed_read_by_address_is_unread_with_nothing_raised() -> None:
+    b = FakeBoard()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process has now
+    b.table[nb.FIRST + nb.FIELDS * 0 + nb.F_PID] = gone.pid
+    theirs = np.ones(100, np.float32)
+    b.peer_publishes_address(0, 1, theirs)
+    got = np.zeros_like(theirs)
+    assert finish(b, got, got, nb.BROADCAST, 1, got.nbytes, root=0) == nb.UNREAD
+    assert b.counters[RANK][DONE] == 0  # the caller raises the error: no peer goes on
+
+
+def test_publish_by_address_then_await_every_reader() -> None:
+    b = FakeBoard()
+    data = np.arange(10_000, dtype=np.float32)  # more than an area: only its address goes
+    steps = nb.PUBLISH | nb.BY_ADDRESS | nb.DONE_TOO | nb.AWAIT_DONE
+    status = nb.piece(b.table, data, data, nb.BROADCAST, 1, data.nbytes, 0, RANK, steps, 10)
+    assert status == nb.PUBLISHED | nb.NOT_DONE
+    assert b.counters[RANK][ADDRESS + 1] == _address(data)
+    assert b.counters[RANK][READY] == 1 and b.counters[RANK][DONE] == 1
+    assert not b.areas[RANK][1].any()  # nothing copied
+    b.counters[0][DONE] = 1
+    await_only = nb.AWAIT_DONE
+    assert nb.piece(b.table, data, data, nb.BROADCAST, 1, 0, 0, RANK, await_only, 10) == nb.NOT_DONE
+    b.counters[2][DONE] = 1
+    assert nb.piece(b.table, data, data, nb.BROADCAST, 1, 0, 0, RANK, await_only, 10) == nb.AWAITED
+    # Through the area again: the address word says so (0) to the readers.
+    b.counters[0][DONE] = b.counters[2][DONE] = 1
+    small = np.ones(4, np.float32)
+    assert publish(b, small, 3, nb.PUBLISH | nb.COPY | nb.DONE_TOO) == nb.PUBLISHED
+    assert b.counters[RANK][ADDRESS + 1] == 0

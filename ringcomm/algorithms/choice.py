@@ -44,6 +44,20 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   up to 1 MiB (the tree lets the root run further ahead), 1.34-2.08x from 4 MiB: from 4
   MiB. reduce (bench/tune.py): binomial below 256 KiB (30 vs 59 us at 4 KiB), the board
   above (1 MiB 295 vs 658 us).
+- After the native by-address reads (all_gather inputs and broadcast data of
+  ``RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES``, 16 KiB, and up read where they lie, in the native
+  call), 2026-11-30, ``bench/collectives.py`` with the board forced and not, in turns,
+  in-place times in us. n=2 all_gather (whole output), by address vs through the areas:
+  32 KiB 12.7 vs 17.3, 64 KiB 14.0 vs 26-39, 256 KiB 25 vs 75, 2 MiB 117 vs 508; the ring
+  lost to both. n=2 broadcast, board vs binomial tree (the default from 64 KiB before):
+  64 KiB 13.7 vs 17.2, 1 MiB 92 vs 38 (cache shared) or 430 (not shared), 4 MiB 191 vs
+  1,714 (not shared), 64 MiB 5.2 vs 4.4-24.6 ms. n=4: broadcast 256 KiB 117-122 vs 138-146,
+  1 MiB 367 vs 460-605; all_gather by address vs areas, both on the board: 256 KiB 120-135
+  vs 167-218, 4 MiB 1.2 vs 1.6-2.6 ms, and the board's 16 MiB 5.5 vs the ring's 5.9 ms.
+  So both run on the board at every size. The trade: a root that writes its buffer just
+  before the broadcast (out of place, copied in first) makes the reader fetch those lines
+  from the root's cache in the system call; through the areas below 64 KiB that was up to
+  5 us faster, by address in place up to 10 us faster.
 - This machine's two vCPUs sometimes share a last-level cache and sometimes not (it
   changes from launch to launch): a 1 MiB broadcast then takes 38 us or 400 us, every
   algorithm alike, because a rank writing lines its peer just read pays a cross-chiplet
@@ -77,12 +91,12 @@ BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
 BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
     ("all_reduce", False): "direct:0-64K",
     ("all_reduce", True): "direct:0-16M",
-    ("all_gather", False): "direct:0-128K;direct:512K-",
-    ("all_gather", True): "direct:0-16M",
+    ("all_gather", False): "direct",
+    ("all_gather", True): "direct",
     ("reduce_scatter", False): "direct:0-512K",
     ("reduce_scatter", True): "direct",
-    ("broadcast", False): "direct:0-64K",
-    ("broadcast", True): "direct:0-256K;direct:4M-",
+    ("broadcast", False): "direct",
+    ("broadcast", True): "direct",
     ("reduce", False): "direct:0-64K",
     ("reduce", True): "direct:256K-",
 }

@@ -52,6 +52,14 @@ _NOTHING = np.empty(0, np.uint8)  # a barrier's data
 _WHOLE_PIECE = native_board.PUBLISH | native_board.COPY | native_board.FINISH
 _PUBLISH_ONLY = native_board.PUBLISH | native_board.COPY | native_board.DONE_TOO
 _FINISH_ONLY = native_board.FINISH
+# By address: the root says where its data lies, raises DONE (it reads nothing) and waits
+# until every reader is done with it; all_gather's ranks read each other's inputs so.
+_PUBLISH_ADDRESS = (
+    native_board.PUBLISH | native_board.BY_ADDRESS | native_board.DONE_TOO | native_board.AWAIT_DONE
+)
+_GATHER_BY_ADDRESS = (
+    native_board.PUBLISH | native_board.BY_ADDRESS | native_board.FINISH | native_board.AWAIT_DONE
+)
 
 
 def board(ctx: OpContext) -> Board | None:
@@ -77,13 +85,16 @@ def board(ctx: OpContext) -> Board | None:
     return transport.board  # type: ignore[no-any-return]
 
 
-def _native(ctx: OpContext, b: Board, data: np.ndarray, reduces: bool) -> bool:
+def _native(
+    ctx: OpContext, b: Board, data: np.ndarray, reduces: bool, by_address: bool = False
+) -> bool:
     """Whether an operation on ``data`` (the whole input) runs as one piece in native calls
-    (:meth:`Board.native_piece`): it fits an area, and the native kernels take its dtype
-    and reduction (not 16-bit floats, bool or the bitwise ops: those take Python steps)."""
+    (:meth:`Board.native_piece`): it fits an area (or goes ``by_address``), and the native
+    kernels take its dtype and reduction (not 16-bit floats, bool or the bitwise ops:
+    those take Python steps)."""
     return (
         b.table is not None
-        and data.nbytes <= b.area_bytes
+        and (by_address or data.nbytes <= b.area_bytes)
         and data.dtype in native_board.DTYPES
         and not ctx.bfloat16
         and (not reduces or ctx.op in native_board.OPS)
@@ -316,9 +327,10 @@ def allgather(
     rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
     c = inp.size
     transport: Any = ctx.transport
-    by_address = b.by_address and inp.nbytes >= transport.by_address_bytes
-    if not by_address and _native(ctx, b, inp, False):  # (in place too: inp lands on itself)
-        b.native_piece(native_board.ALL_GATHER, inp, out, deadline)
+    by_address = b.by_address and inp.nbytes >= transport.board_by_address_bytes
+    if _native(ctx, b, inp, False, by_address):  # (in place too: inp lands on itself)
+        steps = _GATHER_BY_ADDRESS if by_address else _WHOLE_PIECE
+        b.native_piece(native_board.ALL_GATHER, inp, out, deadline, steps)
         return
     in_place = np.shares_memory(out, inp)
     if by_address:
@@ -381,26 +393,26 @@ def reduce_scatter(
 
 def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., None]) -> None:
     """Copy ``data`` from ``root`` to every rank on the board. From
-    ``RINGCOMM_SHM_BY_ADDRESS_BYTES`` up, where every rank may read the root's memory, the
-    others read it straight from the root's buffer (one copy, and the root writes no line
-    a reader holds: the copy through an area, written by one core and read by another,
-    was 10x slower when the two share no cache)."""
+    ``RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES`` up, where every rank may read the root's
+    memory, the others read it straight from the root's buffer (one copy, and the root
+    writes no line a reader holds: the copy through an area, written by one core and read
+    by another, was 10x slower when the two share no cache)."""
     b = board(ctx)
     if b is None:
         fallback(ctx, data, root)
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
     transport: Any = ctx.transport
-    if data.nbytes < transport.by_address_bytes and _native(ctx, b, data, False):
-        # (below the by-address size the root never publishes an address)
+    by_address = b.by_address and data.nbytes >= transport.board_by_address_bytes
+    if _native(ctx, b, data, False, by_address):
         if rank == root:
-            b.publish_address(b.count + 1, None)  # (for a reader in Python steps)
-            b.native_piece(native_board.BROADCAST, data, data, deadline, _PUBLISH_ONLY, root=root)
+            steps = _PUBLISH_ADDRESS if by_address else _PUBLISH_ONLY
+            b.native_piece(native_board.BROADCAST, data, data, deadline, steps, root=root)
         else:
             b.native_piece(native_board.BROADCAST, data, data, deadline, _FINISH_ONLY, root=root)
         return
     if rank == root:
-        if data.nbytes >= transport.by_address_bytes and transport.readable_by_all():
+        if data.nbytes >= transport.board_by_address_bytes and transport.readable_by_all():
             k = b.next(deadline)
             b.publish_address(k, data)
             b.publish(k, data.nbytes, done=True)

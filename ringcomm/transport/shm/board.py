@@ -68,6 +68,13 @@ _PUBLISHED, _FINISHED, _WAKE = native_board.PUBLISHED, native_board.FINISHED, na
 _BLOCKED, _NOT_READY = native_board.BLOCKED, native_board.NOT_READY
 _MISMATCH = native_board.MISMATCH
 _PUBLISHED_FINISHED = _PUBLISHED | _FINISHED
+_AWAIT_DONE, _AWAITED, _NOT_DONE = (
+    native_board.AWAIT_DONE,
+    native_board.AWAITED,
+    native_board.NOT_DONE,
+)
+_UNREAD = native_board.UNREAD
+_STEPS_TO_TAKE = _PUBLISH | _FINISH | _AWAIT_DONE
 
 # Counter words in the control page, a cache line apart (peers poll them).
 C_MAGIC, C_PID = 0, 1
@@ -155,15 +162,17 @@ class Board:
         table = np.zeros(nb.FIRST + nb.FIELDS * self.size, np.uint64)
         table[nb.H_SIZE], table[nb.H_RANK] = self.size, self.rank
         table[nb.H_READY], table[nb.H_SIZE_WORD], table[nb.H_DONE] = READY, SIZE, DONE
-        table[nb.H_COUNTER_WORDS] = PAGE // 8
+        table[nb.H_COUNTER_WORDS], table[nb.H_ADDRESS] = PAGE // 8, ADDRESS
+        table[nb.H_READV] = syscalls.process_vm_readv_address()
         for r in range(self.size):
             at = nb.FIRST + nb.FIELDS * r
             table[at + nb.F_COUNTERS] = syscalls.address_of(self.counters[r])
             table[at + nb.F_AREA0] = syscalls.address_of(self.areas[r][0])
             table[at + nb.F_AREA1] = syscalls.address_of(self.areas[r][1])
         for r, segment in zip(self.others, self._segments, strict=True):
-            control = syscalls.address_of(segment.control)
-            table[nb.FIRST + nb.FIELDS * r + nb.F_SLEEPING] = control + C_SLEEPING * 8
+            at = nb.FIRST + nb.FIELDS * r
+            table[at + nb.F_SLEEPING] = syscalls.address_of(segment.control) + C_SLEEPING * 8
+            table[at + nb.F_PID] = self.transport.peer_pid(r)
         return table
 
     def native_piece(
@@ -177,17 +186,17 @@ class Board:
         op: int = 0,
         root: int = -1,
     ) -> None:
-        """Run a whole operation as one piece (it fits an area) in native calls
-        (:func:`ringcomm.native.board.piece`), taking ``steps`` (bits of PUBLISH, COPY,
-        DONE_TOO and FINISH there; by default publish a copy of ``src``, then read it as
-        ``kind`` says into ``dst``). The native call spins briefly; longer waits, errors
-        and wake-ups are made here, between calls."""
+        """Run a whole operation as one piece (it fits an area, or goes by address) in
+        native calls (:func:`ringcomm.native.board.piece`), taking ``steps`` (bits of
+        PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS and AWAIT_DONE there; by default publish
+        a copy of ``src``, then read it as ``kind`` says into ``dst``). The native call
+        spins briefly; longer waits, errors and wake-ups are made here, between calls."""
         table = self.table
         assert table is not None
         self.count = k = self.count + 1
         nbytes = src.nbytes
         status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
-        if status == _PUBLISHED_FINISHED:  # the usual call: all done in one go
+        if status == _PUBLISHED_FINISHED and steps == _WHOLE_PIECE:  # the usual call
             return
         while True:
             if status & _WAKE:
@@ -196,7 +205,9 @@ class Board:
                 steps &= ~_PUBLISH
             if status & _FINISHED:
                 steps &= ~_FINISH
-            if not steps & (_PUBLISH | _FINISH):
+            if status & _AWAITED:
+                steps &= ~_AWAIT_DONE
+            if not steps & _STEPS_TO_TAKE:
                 return
             if status & _BLOCKED:
                 self.wait(DONE, k - 2, deadline)
@@ -204,7 +215,24 @@ class Board:
                 # Wait here (sleeping, peers watched); name a size that differs.
                 readers = [root] if kind == native_board.BROADCAST else None
                 self.wait_published(k, nbytes, deadline, readers)
+            if status & _UNREAD:
+                self._read_again(kind, k, src, dst, root)
+            if status & _NOT_DONE:
+                self.wait(DONE, k, deadline)
+                steps &= ~_AWAIT_DONE
+                if not steps & _STEPS_TO_TAKE:
+                    return
             status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
+
+    def _read_again(self, kind: int, k: int, src: np.ndarray, dst: np.ndarray, root: int) -> None:
+        """Read by address what a native call could not, to raise why (or, had the
+        system call failed once only, carry on: the call then reads it all again)."""
+        if kind == native_board.BROADCAST:
+            self.read_published(root, k, dst)
+            return
+        c = src.size
+        for r in self.others:
+            self.read_published(r, k, dst[r * c : (r + 1) * c])
 
     def next(self, deadline: float) -> int:
         """Number the next operation (piece) on the board, once this rank may write its

@@ -181,6 +181,13 @@ class ShmTransport(Transport):
         self.board: Board | None = None
         self.board_area_bytes = config.shm_board_bytes
         self.board_native = config.shm_board_native
+        # broadcast and all_gather data on the board read where it lies from this size up
+        # (per rank); never where reading by address is off altogether
+        self.board_by_address_bytes = (
+            config.shm_board_by_address_bytes
+            if config.shm_board_by_address_bytes and config.shm_by_address_bytes
+            else sys.maxsize
+        )
         self.board_possible = sockets is None and config.shm_board_bytes > 0
         try:
             self._attach(others, time.monotonic() + config.timeout_seconds)

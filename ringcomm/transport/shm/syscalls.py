@@ -69,6 +69,14 @@ if PROCESS_VM_READV is not None:
     PROCESS_VM_READV.restype = ctypes.c_ssize_t
 
 
+def process_vm_readv_address() -> int:
+    """Where libc's ``process_vm_readv`` lies in this process (0: it has none), for native
+    code to call it."""
+    if PROCESS_VM_READV is None:
+        return 0
+    return ctypes.cast(PROCESS_VM_READV, ctypes.c_void_p).value or 0
+
+
 def read_remote(pid: int, address: int, out: np.ndarray) -> None:
     """Copy ``out.nbytes`` bytes at ``address`` in process ``pid`` into ``out`` (GIL free).
 
