@@ -55,8 +55,10 @@ ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, BROADCAST, REDUCE, BARRIER = range(6)
 # The table's header words, then per rank FIELDS words from FIRST. H_ADDRESS: the counter
 # word (and the next, by parity) where a rank says where its data lies (0: in its area);
 # H_READV: the address of libc's process_vm_readv (0: none).
+# H_SCRATCH (H_SCRATCH_BYTES long): where a reduction reads peers' data into by address.
 H_SIZE, H_RANK, H_READY, H_SIZE_WORD, H_DONE, H_COUNTER_WORDS, H_ADDRESS, H_READV = range(8)
-FIRST = 8
+H_SCRATCH, H_SCRATCH_BYTES = 8, 9
+FIRST = 12
 F_COUNTERS, F_AREA0, F_AREA1, F_SLEEPING, F_PID = range(5)
 FIELDS = 5
 
@@ -216,6 +218,48 @@ def _read(table, r, k, dst, like):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
+def _reduce_own_chunk(table, src, dst, k, op):  # type: ignore[no-untyped-def]
+    """reduce_scatter: reduce this rank's chunk of every rank's input into ``dst``, in rank
+    order, block by block through the scratch: each peer's out of its area, or read where
+    it lies if it published its address. In place (``dst`` is this rank's chunk of
+    ``src``), each block of its own chunk is set aside before ``dst`` is written. False if
+    a read by address failed."""
+    size, rank = _word(table, H_SIZE), _word(table, H_RANK)
+    c, itemsize = dst.size, dst.itemsize
+    block = max(1, _word(table, H_SCRATCH_BYTES) // (2 * itemsize))
+    scratch = carray(_voidptr(table[H_SCRATCH]), 2 * block, dst.dtype)
+    peer, own_copy = scratch[:block], scratch[block:]
+    mine = src[rank * c : rank * c + c]
+    in_place = mine.ctypes.data == dst.ctypes.data
+    address_word = _word(table, H_ADDRESS) + (k & 1)
+    for lo in range(0, c, block):
+        hi = min(c, lo + block)
+        out = dst[lo:hi]
+        own = mine[lo:hi]
+        if in_place and rank > 0:
+            own = own_copy[: hi - lo]
+            _copy(own, mine[lo:hi])
+        for r in range(size):
+            if r == rank:
+                part = own
+            else:
+                address = _counters(table, r)[address_word]
+                if address:
+                    part = out if r == 0 else peer[: hi - lo]
+                    at = address + np.uint64((rank * c + lo) * itemsize)
+                    if not _read_remote(table, r, at, part):
+                        return False
+                else:
+                    part = _area(table, r, k, dst, size * c)[rank * c + lo : rank * c + hi]
+            if r == 0:
+                if part.ctypes.data != out.ctypes.data:
+                    _copy(out, part)
+            else:
+                _apply_arithmetic(out, part, op)
+    return True
+
+
+@njit(inline="always")
 def _publish(table, src, k, size_word, steps, spins):  # type: ignore[no-untyped-def]
     rank = _word(table, H_RANK)
     if k > 2 and not _reached(table, _word(table, H_DONE), k - 2, -1, spins):
@@ -249,11 +293,8 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
         _copy(dst, _area(table, 0, k, dst, dst.size))
         for r in range(1, size):
             _apply_arithmetic(dst, _area(table, r, k, dst, dst.size), op)
-    elif kind == REDUCE_SCATTER:
-        c = dst.size
-        _copy(dst, _area(table, 0, k, dst, size * c)[rank * c : rank * c + c])
-        for r in range(1, size):
-            _apply_arithmetic(dst, _area(table, r, k, dst, size * c)[rank * c : rank * c + c], op)
+    elif kind == REDUCE_SCATTER and not _reduce_own_chunk(table, src, dst, k, op):
+        return UNREAD
     elif kind == ALL_GATHER:
         c = src.size
         for r in range(size):
@@ -308,7 +349,9 @@ def warm_cache() -> None:
     areas = np.zeros(2 * 16, np.uint8)
     table = np.zeros(FIRST + FIELDS, np.uint64)
     table[H_SIZE], table[H_RANK], table[H_READY], table[H_SIZE_WORD] = 1, 0, 1, 2
-    table[H_DONE], table[H_COUNTER_WORDS] = 4, words.size
+    table[H_DONE], table[H_COUNTER_WORDS], table[H_ADDRESS] = 4, words.size, 5
+    scratch = np.zeros(64, np.uint8)
+    table[H_SCRATCH], table[H_SCRATCH_BYTES] = scratch.__array_interface__["data"][0], 64
     table[FIRST + F_COUNTERS] = words.__array_interface__["data"][0]
     table[FIRST + F_AREA0] = areas.__array_interface__["data"][0]
     table[FIRST + F_AREA1] = table[FIRST + F_AREA0] + 16

@@ -59,7 +59,7 @@ def test_board_defaults_follow_the_world_size() -> None:
     assert choice.use_direct("all_gather", 256 * K, 2, cfg, None, True) is True
     assert choice.use_direct("reduce", 4 * K, 4, cfg, None, True) is False  # binomial
     assert choice.use_direct("reduce", 1 * M, 4, cfg, None, True) is True
-    assert choice.use_direct("reduce_scatter", 4 * M, 2, cfg, None, True) is False
+    assert choice.use_direct("reduce_scatter", 4 * M, 2, cfg, None, True) is True
     assert choice.use_direct("all_gather", 4 * M, 2, cfg, None, True) is True
     assert choice.use_direct("all_gather", 4 * K, 2, cfg, None, False) is False
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(not nb.AVAILABLE, reason="numba's JIT is off")
 
 N, RANK, WORDS, AREA = 3, 1, 64, 4096
 READY, SIZE, ADDRESS, DONE = 8, 9, 11, 16  # counter words, as a board lays them out
+SCRATCH = 96
 
 
 class FakeBoard:
@@ -34,6 +35,8 @@ class FakeBoard:
         t[nb.H_SIZE], t[nb.H_RANK], t[nb.H_COUNTER_WORDS] = N, RANK, WORDS
         t[nb.H_READY], t[nb.H_SIZE_WORD], t[nb.H_DONE] = READY, SIZE, DONE
         t[nb.H_ADDRESS], t[nb.H_READV] = ADDRESS, syscalls.process_vm_readv_address()
+        self.scratch = np.zeros(SCRATCH, np.uint8)  # small: reductions take several blocks
+        t[nb.H_SCRATCH], t[nb.H_SCRATCH_BYTES] = _address(self.scratch), SCRATCH
         for r in range(N):
             at = nb.FIRST + nb.FIELDS * r
             t[at + nb.F_COUNTERS] = _address(self.counters[r])
@@ -236,3 +239,20 @@ def test_publish_by_address_then_await_every_reader() -> None:
     small = np.ones(4, np.float32)
     assert publish(b, small, 3, nb.PUBLISH | nb.COPY | nb.DONE_TOO) == nb.PUBLISHED
     assert b.counters[RANK][ADDRESS + 1] == 0
+
+
+@needs_readv
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("dtype", ["int32", "float64"])
+def test_reduce_scatter_reads_peers_by_address_block_by_block(dtype: str, in_place: bool) -> None:
+    b = FakeBoard()
+    c = 50  # elements a rank; the scratch holds a few at a time
+    everyone = [make_input(dtype, native.SUM, r, N * c, seed=7) for r in range(N)]
+    b.peer_publishes_address(0, 1, everyone[0])
+    b.peer_publishes(2, 1, everyone[2])
+    mine = everyone[RANK].copy()
+    out = mine[RANK * c : (RANK + 1) * c] if in_place else np.zeros(c, dtype)
+    status = finish(b, mine, out, nb.REDUCE_SCATTER, 1, mine.nbytes)
+    assert status == nb.FINISHED
+    want = reference(native.SUM, everyone)[RANK * c : (RANK + 1) * c]
+    np.testing.assert_array_equal(out, want)

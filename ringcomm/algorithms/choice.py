@@ -54,7 +54,12 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   1,714 (not shared), 64 MiB 5.2 vs 4.4-24.6 ms. n=4: broadcast 256 KiB 117-122 vs 138-146,
   1 MiB 367 vs 460-605; all_gather by address vs areas, both on the board: 256 KiB 120-135
   vs 167-218, 4 MiB 1.2 vs 1.6-2.6 ms, and the board's 16 MiB 5.5 vs the ring's 5.9 ms.
-  So both run on the board at every size. The trade: a root that writes its buffer just
+  So both run on the board at every size. reduce_scatter by address (each rank reads
+  its chunk of every peer's input where it lies, through a 256 KiB scratch, in the native
+  call) vs through the areas, n=2: 64 KiB 15 vs 28, 256 KiB 27 vs 80, and vs the ring
+  (the default from 512 KiB before) 1 MiB 84 vs 110, 4 MiB 306-317 vs 355, 16 MiB
+  1.32 vs 1.40-1.51 ms: the board at every size; n=4: 1 MiB 276-281 vs 670-768, 4 MiB
+  0.88-0.99 vs 2.6 ms. The trade: a root that writes its buffer just
   before the broadcast (out of place, copied in first) makes the reader fetch those lines
   from the root's cache in the system call; through the areas below 64 KiB that was up to
   5 us faster, by address in place up to 10 us faster.
@@ -93,7 +98,7 @@ BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
     ("all_reduce", True): "direct:0-16M",
     ("all_gather", False): "direct",
     ("all_gather", True): "direct",
-    ("reduce_scatter", False): "direct:0-512K",
+    ("reduce_scatter", False): "direct",
     ("reduce_scatter", True): "direct",
     ("broadcast", False): "direct",
     ("broadcast", True): "direct",

@@ -368,8 +368,15 @@ def reduce_scatter(
         fallback(ctx, out, inp)
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
-    if _native(ctx, b, inp, True):
-        b.native_piece(native_board.REDUCE_SCATTER, inp, out, deadline, op=ctx.op)
+    transport: Any = ctx.transport
+    # By address (every rank reads its chunk of every peer's input where it lies) only
+    # where every rank runs native calls: the Python steps read the areas.
+    by_address = (
+        b.by_address and b.native_everywhere and out.nbytes >= transport.board_by_address_bytes
+    )
+    if _native(ctx, b, inp, True, by_address):
+        steps = _GATHER_BY_ADDRESS if by_address else _WHOLE_PIECE
+        b.native_piece(native_board.REDUCE_SCATTER, inp, out, deadline, steps, op=ctx.op)
         ctx.finish_average(out)
         return
     c = out.size

@@ -81,6 +81,9 @@ C_MAGIC, C_PID = 0, 1
 # 1 if every peer may read this rank's memory (process_vm_readv): written before the ranks
 # first agree, read once every board is mapped (see Board.by_address).
 C_READABLE = 2
+# 1 if this rank runs the board's pieces in native calls: written and read likewise (see
+# Board.native_everywhere).
+C_NATIVE = 3
 READY = LINE // 8
 SIZE = READY + 1  # SIZE and SIZE + 1: the bytes of the operation of READY's parity
 # ADDRESS and ADDRESS + 1: where the data of the operation of that parity lies in the
@@ -102,6 +105,16 @@ _MAPPINGS_KEPT = 16
 # A native poll of a counter costs about 25 ns (a pause each), a transport poll about 0.2 us:
 # native calls spin about as long as the transport polls before it yields.
 _NATIVE_SPINS_PER_POLL = 8
+# What a native call reads a peer's data into before it reduces it (two halves: the peer's
+# block, and this rank's own where it reduces in place): small enough to stay in cache.
+_NATIVE_SCRATCH_BYTES = 256 << 10
+
+
+def _runs_native(transport: ShmTransport) -> bool:
+    """Whether this rank runs the board's pieces in native calls."""
+    return bool(transport.board_native and native_board.AVAILABLE)
+
+
 _NO_BOARD = "shared memory: no board for the direct collectives (%s); point to point instead"
 _WHAT = {READY: "publish its data", REDUCED: "publish its reduced share", DONE: "finish reading"}
 
@@ -147,13 +160,17 @@ class Board:
         # Every rank may read every other's memory: operations may go by address on every
         # rank alike (each knows only who may read its own memory; the board tells all).
         self.by_address = all(int(c[C_READABLE]) for c in self.counters)
+        # Every rank runs native pieces: an operation whose Python steps would read the
+        # areas may go by address instead (reduce_scatter).
+        self.native_everywhere = all(int(c[C_NATIVE]) for c in self.counters)
         self._segments = [transport.peer_segment(r) for r in self.others]
         # (rank, inode, file size) -> that peer's file, mapped (see map_published)
         self._mapped: dict[tuple[int, int, int], mmap.mmap] = {}
         # Where the native calls find everything (see ringcomm.native.board); None: the
         # pieces run in Python steps.
         self.table: np.ndarray | None = None
-        if transport.board_native and native_board.AVAILABLE:
+        self._scratch: np.ndarray | None = None  # where the native calls read peers into
+        if _runs_native(transport):
             self.table = self._native_table()
         self._spins = transport.polls * _NATIVE_SPINS_PER_POLL
 
@@ -164,6 +181,9 @@ class Board:
         table[nb.H_READY], table[nb.H_SIZE_WORD], table[nb.H_DONE] = READY, SIZE, DONE
         table[nb.H_COUNTER_WORDS], table[nb.H_ADDRESS] = PAGE // 8, ADDRESS
         table[nb.H_READV] = syscalls.process_vm_readv_address()
+        self._scratch = np.empty(_NATIVE_SCRATCH_BYTES, np.uint8)
+        table[nb.H_SCRATCH] = syscalls.address_of(self._scratch)
+        table[nb.H_SCRATCH_BYTES] = self._scratch.nbytes
         for r in range(self.size):
             at = nb.FIRST + nb.FIELDS * r
             table[at + nb.F_COUNTERS] = syscalls.address_of(self.counters[r])
@@ -230,9 +250,10 @@ class Board:
         if kind == native_board.BROADCAST:
             self.read_published(root, k, dst)
             return
-        c = src.size
+        c = dst.size if kind == native_board.REDUCE_SCATTER else src.size
+        scratch = np.empty(c * src.itemsize, np.uint8)
         for r in self.others:
-            self.read_published(r, k, dst[r * c : (r + 1) * c])
+            self.read_published(r, k, scratch)
 
     def next(self, deadline: float) -> int:
         """Number the next operation (piece) on the board, once this rank may write its
@@ -468,6 +489,7 @@ def _map_all(
     control = np.frombuffer(own, np.uint64, PAGE // 8)
     control[C_PID] = os.getpid()
     control[C_READABLE] = int(transport.readable_by_all())
+    control[C_NATIVE] = int(_runs_native(transport))
     native_shm.store_release(control, C_MAGIC, MAGIC)
     del control
     agreed = agree(area_bytes)
