@@ -50,14 +50,18 @@ DTYPES = frozenset(
 OPS = frozenset((SUM, PROD, MIN, MAX, AVG))
 
 # What finish does with the areas.
+# ALL_REDUCE_SLICES (by address only): each rank reduces its slice of every rank's data
+# into its own (FINISH, then REDUCED), then reads every other rank's reduced slice (GATHER).
 ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, BROADCAST, REDUCE, BARRIER = range(6)
+ALL_REDUCE_SLICES = 6
 
 # The table's header words, then per rank FIELDS words from FIRST. H_ADDRESS: the counter
 # word (and the next, by parity) where a rank says where its data lies (0: in its area);
 # H_READV: the address of libc's process_vm_readv (0: none).
 # H_SCRATCH (H_SCRATCH_BYTES long): where a reduction reads peers' data into by address.
 H_SIZE, H_RANK, H_READY, H_SIZE_WORD, H_DONE, H_COUNTER_WORDS, H_ADDRESS, H_READV = range(8)
-H_SCRATCH, H_SCRATCH_BYTES = 8, 9
+# H_REDUCED: the counter word of the first of two steps.
+H_SCRATCH, H_SCRATCH_BYTES, H_REDUCED = 8, 9, 10
 FIRST = 12
 F_COUNTERS, F_AREA0, F_AREA1, F_SLEEPING, F_PID = range(5)
 FIELDS = 5
@@ -65,12 +69,13 @@ FIELDS = 5
 # The steps of piece() to take (bits). BY_ADDRESS: publish where ``src`` lies instead of a
 # copy; AWAIT_DONE: then wait until every peer raised DONE (it read what this rank
 # published by address, which must not change before).
-PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS, AWAIT_DONE = 1, 2, 4, 8, 16, 32
+PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS, AWAIT_DONE, GATHER = 1, 2, 4, 8, 16, 32, 64
 # What piece() says (bits; WAKE: some peer sleeps on its futex, wake it; UNREAD: reading a
 # peer's memory failed, nothing raised: the caller reads it again, to raise the error).
 PUBLISHED, FINISHED, BLOCKED, NOT_READY, MISMATCH, UNREAD = 1, 2, 4, 8, 16, 32
 AWAITED, NOT_DONE = 64, 128
 WAKE = 256
+GATHERED, NOT_REDUCED = 512, 1024
 
 # The CPU's spin-wait hint as an LLVM intrinsic (numba's LLVM takes no inline assembly).
 _PAUSE = platform.machine().lower() in ("x86_64", "amd64")
@@ -218,18 +223,18 @@ def _read(table, r, k, dst, like):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
-def _reduce_own_chunk(table, src, dst, k, op):  # type: ignore[no-untyped-def]
-    """reduce_scatter: reduce this rank's chunk of every rank's input into ``dst``, in rank
-    order, block by block through the scratch: each peer's out of its area, or read where
-    it lies if it published its address. In place (``dst`` is this rank's chunk of
-    ``src``), each block of its own chunk is set aside before ``dst`` is written. False if
-    a read by address failed."""
+def _reduce_own_chunk(table, src, dst, start, k, op):  # type: ignore[no-untyped-def]
+    """Reduce this rank's chunk (``dst.size`` elements from ``start``) of every rank's
+    input into ``dst``, in rank order, block by block through the scratch: each peer's out
+    of its area, or read where it lies if it published its address. In place (``dst`` is
+    that chunk of ``src``), each block of its own chunk is set aside before ``dst`` is
+    written. False if a read by address failed."""
     size, rank = _word(table, H_SIZE), _word(table, H_RANK)
     c, itemsize = dst.size, dst.itemsize
     block = max(1, _word(table, H_SCRATCH_BYTES) // (2 * itemsize))
     scratch = carray(_voidptr(table[H_SCRATCH]), 2 * block, dst.dtype)
     peer, own_copy = scratch[:block], scratch[block:]
-    mine = src[rank * c : rank * c + c]
+    mine = src[start : start + c]
     in_place = mine.ctypes.data == dst.ctypes.data
     address_word = _word(table, H_ADDRESS) + (k & 1)
     for lo in range(0, c, block):
@@ -246,17 +251,46 @@ def _reduce_own_chunk(table, src, dst, k, op):  # type: ignore[no-untyped-def]
                 address = _counters(table, r)[address_word]
                 if address:
                     part = out if r == 0 else peer[: hi - lo]
-                    at = address + np.uint64((rank * c + lo) * itemsize)
+                    at = address + np.uint64((start + lo) * itemsize)
                     if not _read_remote(table, r, at, part):
                         return False
                 else:
-                    part = _area(table, r, k, dst, size * c)[rank * c + lo : rank * c + hi]
+                    part = _area(table, r, k, src, src.size)[start + lo : start + hi]
             if r == 0:
                 if part.ctypes.data != out.ctypes.data:
                     _copy(out, part)
             else:
                 _apply_arithmetic(out, part, op)
     return True
+
+
+@njit(inline="always")
+def _slice(m, size, r):  # type: ignore[no-untyped-def]
+    """Where rank ``r``'s slice of ``m`` elements starts and stops (the first ``m % size``
+    ranks take one more)."""
+    base, extra = m // size, m % size
+    start = r * base + min(r, extra)
+    return start, start + base + (1 if r < extra else 0)
+
+
+@njit(inline="always")
+def _gather_slices(table, data, k, spins):  # type: ignore[no-untyped-def]
+    """The second step of ALL_REDUCE_SLICES: once every peer raised REDUCED, read each
+    one's reduced slice where it lies into ``data``, then raise DONE."""
+    size, rank = _word(table, H_SIZE), _word(table, H_RANK)
+    if not _reached(table, _word(table, H_REDUCED), k, -1, spins):
+        return NOT_REDUCED
+    address_word = _word(table, H_ADDRESS) + (k & 1)
+    for r in range(size):
+        if r == rank:
+            continue
+        start, stop = _slice(data.size, size, r)
+        address = _counters(table, r)[address_word]
+        at = address + np.uint64(start * data.itemsize)
+        if not address or not _read_remote(table, r, at, data[start:stop]):
+            return UNREAD
+    _store_seq_cst(_counters(table, rank), _word(table, H_DONE), k)
+    return GATHERED | _sleeping(table)
 
 
 @njit(inline="always")
@@ -293,8 +327,14 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
         _copy(dst, _area(table, 0, k, dst, dst.size))
         for r in range(1, size):
             _apply_arithmetic(dst, _area(table, r, k, dst, dst.size), op)
-    elif kind == REDUCE_SCATTER and not _reduce_own_chunk(table, src, dst, k, op):
+    elif kind == REDUCE_SCATTER and not _reduce_own_chunk(table, src, dst, rank * dst.size, k, op):
         return UNREAD
+    elif kind == ALL_REDUCE_SLICES:
+        start, stop = _slice(src.size, size, rank)
+        if not _reduce_own_chunk(table, src, dst[start:stop], start, k, op):
+            return UNREAD
+        _store_seq_cst(_counters(table, rank), _word(table, H_REDUCED), k)
+        return FINISHED | _sleeping(table)
     elif kind == ALL_GATHER:
         c = src.size
         for r in range(size):
@@ -323,9 +363,12 @@ def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type:
     sleeps (WAKE: the caller wakes it before anyone waits for it). FINISH: once every rank
     it reads from (BROADCAST: ``root``) raised READY (else NOT_READY) with this size (else
     MISMATCH, nothing read), read the piece as ``kind`` says into ``dst`` (reductions with
-    ``op``, in rank order; all_gather and broadcast read a peer by address where it
-    published one, else out of its area; UNREAD if such a read failed) and raise DONE:
-    FINISHED. AWAIT_DONE: then wait until every peer raised DONE: AWAITED (else NOT_DONE)."""
+    ``op``, in rank order; all_gather, reduce_scatter and broadcast read a peer by
+    address where it published one, else out of its area; UNREAD if such a read failed)
+    and raise DONE (ALL_REDUCE_SLICES: its slice only, then REDUCED): FINISHED. GATHER
+    (ALL_REDUCE_SLICES): once every peer raised REDUCED (else NOT_REDUCED), read their
+    reduced slices and raise DONE: GATHERED. AWAIT_DONE: then wait until every peer raised
+    DONE: AWAITED (else NOT_DONE)."""
     status = 0
     if steps & PUBLISH:
         status = _publish(table, src, k, size_word, steps, spins)
@@ -333,7 +376,11 @@ def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type:
             return status
     if steps & FINISH:
         status |= _finish(table, src, dst, kind, k, size_word, op, root, spins)
-        if status & (WAKE | NOT_READY | MISMATCH | UNREAD) or not steps & AWAIT_DONE:
+        if status & (WAKE | NOT_READY | MISMATCH | UNREAD) or not steps & (GATHER | AWAIT_DONE):
+            return status
+    if steps & GATHER:
+        status |= _gather_slices(table, dst, k, spins)
+        if status & (WAKE | NOT_REDUCED | UNREAD) or not steps & AWAIT_DONE:
             return status
     if steps & AWAIT_DONE:
         done = _reached(table, _word(table, H_DONE), k, -1, spins)

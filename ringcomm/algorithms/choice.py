@@ -59,7 +59,14 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   call) vs through the areas, n=2: 64 KiB 15 vs 28, 256 KiB 27 vs 80, and vs the ring
   (the default from 512 KiB before) 1 MiB 84 vs 110, 4 MiB 306-317 vs 355, 16 MiB
   1.32 vs 1.40-1.51 ms: the board at every size; n=4: 1 MiB 276-281 vs 670-768, 4 MiB
-  0.88-0.99 vs 2.6 ms. The trade: a root that writes its buffer just
+  0.88-0.99 vs 2.6 ms. all_reduce from 64 KiB by address in two native steps (each
+  rank reduces its slice of every buffer where it lies, then reads the others' reduced
+  slices), n=2, vs recursive doubling and the ring, in turns: 256 KiB 59 vs 30 (cache
+  shared) or 124, 1 MiB 146-149 vs 75 or 510, 4 MiB 352-366 vs 396 or 1,687, 16 MiB
+  2.3-2.5 vs 1.9 or 3.9 ms, 64 MiB 10.7-11.6 vs 10.4-10.5 ms. The board's figures hold in
+  both of the machine's states (MPICH's 1 MiB: 141 us in both), the point-to-point ones
+  swing 2-7x: the board below 32 MiB. n=4, through the areas -> by address: 256 KiB
+  328-407 -> 188-392, 1 MiB 1.0 -> 0.44-1.2 ms, 4 MiB 3.9-4.4 -> 1.3-4.1 ms. The trade: a root that writes its buffer just
   before the broadcast (out of place, copied in first) makes the reader fetch those lines
   from the root's cache in the system call; through the areas below 64 KiB that was up to
   5 us faster, by address in place up to 10 us faster.
@@ -94,7 +101,7 @@ BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
 # ranks and for more (measured with bench/tune.py, see the module docstring); other sizes
 # take the point-to-point choice below.
 BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
-    ("all_reduce", False): "direct:0-64K",
+    ("all_reduce", False): "direct:0-32M",
     ("all_reduce", True): "direct:0-16M",
     ("all_gather", False): "direct",
     ("all_gather", True): "direct",

@@ -9,17 +9,23 @@ into pieces that fit an area; per piece:
   ones: rank r reduces slice r of every area into its own area, publishes it, and every
   rank copies the n reduced slices (two steps, each rank reducing 1/n).
 - reduce_scatter: every rank publishes its input; rank r reduces chunk r from every area.
-- all_gather: every rank publishes its input; every rank copies every area (from
-  ``RINGCOMM_SHM_BY_ADDRESS_BYTES`` up, where every rank may read every other's memory, it
-  reads every owner's input where it lies instead: one copy).
+- all_gather: every rank publishes its input; every rank copies every area.
 - broadcast: the root publishes; the others copy.
 - reduce: as all_reduce's two steps, with only the root copying the reduced slices (small
   pieces: the root reduces every area).
 - barrier: every rank raises READY and waits for every peer's.
 
-An operation that fits one area (an all_reduce or reduce: below the one-step size) runs as
-one piece in native calls (:meth:`Board.native_piece`), the same protocol without the
-interpreter between its steps.
+By address: where every rank may read every other's memory, from
+``RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES`` up (per rank), a rank publishes where its data lies
+instead of a copy, and the others read it there in one copy (``process_vm_readv``):
+broadcast and all_gather read the owner's data, reduce_scatter its chunk of every peer's
+input, and all_reduce from 64 KiB reduces its slice of every rank's buffer in place, then
+reads the others' reduced slices (reduce_scatter and all_reduce only where every rank runs
+native calls). The owner waits until every reader is done before its buffer may change.
+
+An operation that fits one area (an all_reduce or reduce: below the one-step size), or
+goes by address, runs as one piece in native calls (:meth:`Board.native_piece`), the same
+protocol without the interpreter between its steps.
 
 Every function takes the point-to-point algorithm to fall back on: it runs instead when the
 communicator cannot have a board (its ranks span hosts, another transport, /dev/shm full
@@ -56,6 +62,13 @@ _FINISH_ONLY = native_board.FINISH
 # until every reader is done with it; all_gather's ranks read each other's inputs so.
 _PUBLISH_ADDRESS = (
     native_board.PUBLISH | native_board.BY_ADDRESS | native_board.DONE_TOO | native_board.AWAIT_DONE
+)
+_SLICES_BY_ADDRESS = (
+    native_board.PUBLISH
+    | native_board.BY_ADDRESS
+    | native_board.FINISH
+    | native_board.GATHER
+    | native_board.AWAIT_DONE
 )
 _GATHER_BY_ADDRESS = (
     native_board.PUBLISH | native_board.BY_ADDRESS | native_board.FINISH | native_board.AWAIT_DONE
@@ -141,6 +154,20 @@ def allreduce(ctx: OpContext, data: np.ndarray, fallback: Callable[..., None]) -
     size, deadline, dtype = ctx.size, ctx.deadline, data.dtype
     if data.nbytes < ONE_STEP_BELOW_BYTES and _native(ctx, b, data, True):
         b.native_piece(native_board.ALL_REDUCE, data, data, deadline, op=ctx.op)
+        ctx.finish_average(data)
+        return
+    transport: Any = ctx.transport
+    if (
+        b.by_address
+        and b.native_everywhere
+        and data.nbytes >= max(ONE_STEP_BELOW_BYTES, size * transport.board_by_address_bytes)
+        and _native(ctx, b, data, True, by_address=True)
+    ):
+        # Each rank reduces its slice of every rank's buffer where it lies, then reads the
+        # others' reduced slices: no copy into an area, and two steps whatever n.
+        b.native_piece(
+            native_board.ALL_REDUCE_SLICES, data, data, deadline, _SLICES_BY_ADDRESS, op=ctx.op
+        )
         ctx.finish_average(data)
         return
     for _, piece, k in _own_pieces(b, data, deadline):

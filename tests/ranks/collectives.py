@@ -529,7 +529,7 @@ def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
     small), interleaved with point-to-point algorithms on the same communicator. Returns
     what the board did, and a float all_reduce's bits (identical on every rank)."""
     n, r = comm.size, comm.rank
-    counts = (0, 1, 5, 1000, 40_000)  # 40,000 float32: past 64 KiB, so two steps
+    counts = (0, 1, 5, 1000, 40_003)  # 40,003 float32: past 64 KiB, so two steps
     allreduce_matrix(comm, ("direct",), counts=(0, 1, 7, 1000))
     for dtype in ("int8", "float32", "float64"):
         for count in counts:
@@ -554,6 +554,10 @@ def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
             whole = big[r].copy()
             comm.reduce_scatter(whole[r * count : (r + 1) * count], whole, algorithm="direct")
             np.testing.assert_array_equal(whole[r * count : (r + 1) * count], want)
+            total = mine.copy()  # from 64 KiB: each rank reduces its slice, then gathers
+            comm.all_reduce(total, algorithm="direct")
+            want_all = reference(ringcomm.SUM, everyone)
+            np.testing.assert_allclose(total, want_all, rtol=1e-5, err_msg=f"all_reduce {what}")
             for root in range(n):
                 buf = everyone[root].copy() if r == root else np.zeros(count, dtype)
                 comm.broadcast(buf, root, algorithm="direct")

@@ -74,7 +74,12 @@ _AWAIT_DONE, _AWAITED, _NOT_DONE = (
     native_board.NOT_DONE,
 )
 _UNREAD = native_board.UNREAD
-_STEPS_TO_TAKE = _PUBLISH | _FINISH | _AWAIT_DONE
+_GATHER, _GATHERED, _NOT_REDUCED = (
+    native_board.GATHER,
+    native_board.GATHERED,
+    native_board.NOT_REDUCED,
+)
+_STEPS_TO_TAKE = _PUBLISH | _FINISH | _GATHER | _AWAIT_DONE
 
 # Counter words in the control page, a cache line apart (peers poll them).
 C_MAGIC, C_PID = 0, 1
@@ -184,6 +189,7 @@ class Board:
         self._scratch = np.empty(_NATIVE_SCRATCH_BYTES, np.uint8)
         table[nb.H_SCRATCH] = syscalls.address_of(self._scratch)
         table[nb.H_SCRATCH_BYTES] = self._scratch.nbytes
+        table[nb.H_REDUCED] = REDUCED
         for r in range(self.size):
             at = nb.FIRST + nb.FIELDS * r
             table[at + nb.F_COUNTERS] = syscalls.address_of(self.counters[r])
@@ -208,7 +214,7 @@ class Board:
     ) -> None:
         """Run a whole operation as one piece (it fits an area, or goes by address) in
         native calls (:func:`ringcomm.native.board.piece`), taking ``steps`` (bits of
-        PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS and AWAIT_DONE there; by default publish
+        PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS, GATHER and AWAIT_DONE there; by default publish
         a copy of ``src``, then read it as ``kind`` says into ``dst``). The native call
         spins briefly; longer waits, errors and wake-ups are made here, between calls."""
         table = self.table
@@ -225,6 +231,8 @@ class Board:
                 steps &= ~_PUBLISH
             if status & _FINISHED:
                 steps &= ~_FINISH
+            if status & _GATHERED:
+                steps &= ~_GATHER
             if status & _AWAITED:
                 steps &= ~_AWAIT_DONE
             if not steps & _STEPS_TO_TAKE:
@@ -235,6 +243,8 @@ class Board:
                 # Wait here (sleeping, peers watched); name a size that differs.
                 readers = [root] if kind == native_board.BROADCAST else None
                 self.wait_published(k, nbytes, deadline, readers)
+            if status & _NOT_REDUCED:
+                self.wait(REDUCED, k, deadline)
             if status & _UNREAD:
                 self._read_again(kind, k, src, dst, root)
             if status & _NOT_DONE:
@@ -250,10 +260,17 @@ class Board:
         if kind == native_board.BROADCAST:
             self.read_published(root, k, dst)
             return
-        c = dst.size if kind == native_board.REDUCE_SCATTER else src.size
+        c = {native_board.ALL_GATHER: src.size, native_board.REDUCE_SCATTER: dst.size}.get(
+            kind, dst.size // self.size
+        )
         scratch = np.empty(c * src.itemsize, np.uint8)
         for r in self.others:
-            self.read_published(r, k, scratch)
+            if not self.read_published(r, k, scratch) and kind == native_board.ALL_REDUCE_SLICES:
+                t = self.transport
+                raise TransportError(
+                    f"{t.current_op}: rank {r} published no address for an all_reduce that "
+                    f"every rank reads by address (rank {t.rank} did)"
+                )
 
     def next(self, deadline: float) -> int:
         """Number the next operation (piece) on the board, once this rank may write its
