@@ -44,32 +44,37 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   up to 1 MiB (the tree lets the root run further ahead), 1.34-2.08x from 4 MiB: from 4
   MiB. reduce (bench/tune.py): binomial below 256 KiB (30 vs 59 us at 4 KiB), the board
   above (1 MiB 295 vs 658 us).
-- After the native by-address reads (all_gather inputs and broadcast data of
-  ``RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES``, 16 KiB, and up read where they lie, in the native
-  call), 2026-11-30, ``bench/collectives.py`` with the board forced and not, in turns,
-  in-place times in us. n=2 all_gather (whole output), by address vs through the areas:
-  32 KiB 12.7 vs 17.3, 64 KiB 14.0 vs 26-39, 256 KiB 25 vs 75, 2 MiB 117 vs 508; the ring
-  lost to both. n=2 broadcast, board vs binomial tree (the default from 64 KiB before):
-  64 KiB 13.7 vs 17.2, 1 MiB 92 vs 38 (cache shared) or 430 (not shared), 4 MiB 191 vs
-  1,714 (not shared), 64 MiB 5.2 vs 4.4-24.6 ms. n=4: broadcast 256 KiB 117-122 vs 138-146,
-  1 MiB 367 vs 460-605; all_gather by address vs areas, both on the board: 256 KiB 120-135
-  vs 167-218, 4 MiB 1.2 vs 1.6-2.6 ms, and the board's 16 MiB 5.5 vs the ring's 5.9 ms.
-  So both run on the board at every size. reduce_scatter by address (each rank reads
-  its chunk of every peer's input where it lies, through a 256 KiB scratch, in the native
-  call) vs through the areas, n=2: 64 KiB 15 vs 28, 256 KiB 27 vs 80, and vs the ring
-  (the default from 512 KiB before) 1 MiB 84 vs 110, 4 MiB 306-317 vs 355, 16 MiB
-  1.32 vs 1.40-1.51 ms: the board at every size; n=4: 1 MiB 276-281 vs 670-768, 4 MiB
-  0.88-0.99 vs 2.6 ms. all_reduce from 64 KiB by address in two native steps (each
-  rank reduces its slice of every buffer where it lies, then reads the others' reduced
-  slices), n=2, vs recursive doubling and the ring, in turns: 256 KiB 59 vs 30 (cache
-  shared) or 124, 1 MiB 146-149 vs 75 or 510, 4 MiB 352-366 vs 396 or 1,687, 16 MiB
-  2.3-2.5 vs 1.9 or 3.9 ms, 64 MiB 10.7-11.6 vs 10.4-10.5 ms. The board's figures hold in
-  both of the machine's states (MPICH's 1 MiB: 141 us in both), the point-to-point ones
-  swing 2-7x: the board below 32 MiB. n=4, through the areas -> by address: 256 KiB
-  328-407 -> 188-392, 1 MiB 1.0 -> 0.44-1.2 ms, 4 MiB 3.9-4.4 -> 1.3-4.1 ms. The trade: a root that writes its buffer just
-  before the broadcast (out of place, copied in first) makes the reader fetch those lines
-  from the root's cache in the system call; through the areas below 64 KiB that was up to
-  5 us faster, by address in place up to 10 us faster.
+- After the native by-address reads (``RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES``, 16 KiB a
+  rank, and up read where they lie, in the native call), 2026-11-30, ``bench/collectives.py``
+  with the board forced and not, in turns, in-place times in us.
+
+  all_gather (whole output), n=2, by address vs through the areas: 32 KiB 12.7 vs 17.3,
+  64 KiB 14.0 vs 26-39, 256 KiB 25 vs 75, 2 MiB 117 vs 508; the ring lost to both. n=4,
+  both on the board: 256 KiB 120-135 vs 167-218, 4 MiB 1.2 vs 1.6-2.6 ms; the board's
+  16 MiB 5.5 vs the ring's 5.9 ms. The board at every size.
+
+  broadcast, n=2, board vs the binomial tree (the default from 64 KiB before): 64 KiB
+  13.7 vs 17.2, 1 MiB 92 vs 38 (cache shared) or 430 (not shared), 4 MiB 191 vs 1,714
+  (not shared), 64 MiB 5.2 vs 4.4-24.6 ms. n=4: 256 KiB 117-122 vs 138-146, 1 MiB 367 vs
+  460-605. The board at every size. The trade: a root that writes its buffer just before
+  the broadcast (out of place, copied in first) makes the reader fetch those lines from
+  the root's cache in the system call; through the areas below 64 KiB that was up to 5 us
+  faster, by address in place up to 10 us faster.
+
+  reduce_scatter by address (each rank reads its chunk of every peer's input where it
+  lies, through a 256 KiB scratch) vs through the areas, n=2: 64 KiB 15 vs 28, 256 KiB 27
+  vs 80, and vs the ring (the default from 512 KiB before) 1 MiB 84 vs 110, 4 MiB 306-317
+  vs 355, 16 MiB 1.32 vs 1.40-1.51 ms; n=4: 1 MiB 276-281 vs 670-768, 4 MiB 0.88-0.99 vs
+  2.6 ms. The board at every size.
+
+  all_reduce from 64 KiB by address in two steps (each rank reduces its slice of every
+  buffer where it lies, then reads the others' reduced slices), n=2, vs recursive doubling
+  and the ring: 256 KiB 59 vs 30 (cache shared) or 124, 1 MiB 146-149 vs 75 or 510, 4 MiB
+  352-366 vs 396 or 1,687, 16 MiB 2.3-2.5 vs 1.9 or 3.9 ms, 64 MiB 10.7-11.6 vs 10.4-10.5
+  ms. The board's figures hold in both of the machine's states (MPICH's 1 MiB: 141 us in
+  both); the point-to-point ones swing 2-7x: the board below 32 MiB. n=4, through the
+  areas -> by address: 256 KiB 328-407 -> 188-392, 1 MiB 1.0 -> 0.44-1.2 ms, 4 MiB 3.9-4.4
+  -> 1.3-4.1 ms.
 - This machine's two vCPUs sometimes share a last-level cache and sometimes not (it
   changes from launch to launch): a 1 MiB broadcast then takes 38 us or 400 us, every
   algorithm alike, because a rank writing lines its peer just read pays a cross-chiplet
