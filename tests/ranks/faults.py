@@ -69,10 +69,11 @@ def stall(comm: ringcomm.Communicator) -> dict:
 
 
 def timeline(comm: ringcomm.Communicator) -> dict:
-    """A few operations with RINGCOMM_TIMELINE set (the test reads the traces)."""
+    """A few operations with RINGCOMM_TIMELINE set (the test reads the traces). The first
+    two go point to point, whose steps are traced (the board's are native calls)."""
     buf = np.ones(1 << 20, np.float32)
-    comm.all_reduce(buf)
-    comm.broadcast(buf, root=0)
+    comm.all_reduce(buf, algorithm="ring")
+    comm.broadcast(buf, root=0, algorithm="binomial")
     comm.all_reduce(np.ones(10, np.float32), async_op=True).wait()
     comm.barrier()
     return {}
