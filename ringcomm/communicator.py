@@ -546,15 +546,22 @@ class Communicator:
             record = recorder.start(item.seq, item.name, _nbytes(item.buffers), deadline)
         if self._observed:
             return self._run_observed(item, ctx, record)
+        result = self._body(item, ctx, record)
+        recorder.finish(record)
+        return result
+
+    def _body(self, item: _Op, ctx: OpContext, record: OpRecord | None, check: bool = False) -> Any:
+        """Run ``item``'s body (``check``: after RINGCOMM_DEBUG's agreement check); on an
+        error, break the communicator and raise what :meth:`_failed` says."""
         try:
-            result = item.body(ctx)
+            if check:
+                protocol.check_agreement(ctx, _describe(item))
+            return item.body(ctx)
         except BaseException as e:
             error = self._failed(ctx, item, record, e)
             if error is e:
                 raise
             raise error from e
-        recorder.finish(record)
-        return result
 
     def _run_observed(self, item: _Op, ctx: OpContext, record: OpRecord | None) -> Any:
         """:meth:`_run_recorded`'s run of the body where the timeline, the statistics or
@@ -567,14 +574,8 @@ class Communicator:
         began = time.perf_counter() if stats is not None else 0.0
         arrived_ns = time.time_ns() if stats is not None else 0  # one clock across ranks
         try:
-            if self._config.debug and item.kind == KIND_COLLECTIVE:
-                protocol.check_agreement(ctx, _describe(item))
-            result = item.body(ctx)
-        except BaseException as e:
-            error = self._failed(ctx, item, record, e)
-            if error is e:
-                raise
-            raise error from e
+            check = self._config.debug and item.kind == KIND_COLLECTIVE
+            result = self._body(item, ctx, record, check)
         finally:
             if timeline is not None:
                 nbytes = record.nbytes if record is not None else _nbytes(item.buffers)
