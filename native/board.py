@@ -20,9 +20,17 @@ error message stay in Python: a call that could not finish returns a status sayi
 caller waits there and calls again. A call also says when a peer sleeps, for the caller to
 wake it.
 
+By address: a rank may publish where its data lies instead of a copy (BY_ADDRESS); the
+others then read it there with ``process_vm_readv``, called through its address in the
+table, and the publisher waits until every reader raised DONE before its buffer may change
+(AWAIT_DONE). broadcast and all_gather read the owner's data, reduce_scatter its chunk of
+every peer's input block by block through a scratch, and ALL_REDUCE_SLICES reduces this
+rank's slice of every buffer in place (FINISH, raising REDUCED), then reads the others'
+reduced slices (GATHER).
+
 The board's layout lives with the board: it hands over a ``table`` of uint64 words, the
-header below, then per rank the addresses of its counters, its two areas and (peers only)
-the sleeping flag of its transport segment.
+header below, then per rank the addresses of its counters, its two areas, (peers only) the
+sleeping flag of its transport segment and its process id.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ DTYPES = frozenset(
 )  # fmt: skip
 OPS = frozenset((SUM, PROD, MIN, MAX, AVG))
 
-# What finish does with the areas.
+# What finish does with what the ranks published.
 # ALL_REDUCE_SLICES (by address only): each rank reduces its slice of every rank's data
 # into its own (FINISH, then REDUCED), then reads every other rank's reduced slice (GATHER).
 ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, BROADCAST, REDUCE, BARRIER = range(6)
