@@ -55,11 +55,12 @@ ONE_STEP_BELOW_BYTES = 64 << 10
 _NOTHING = np.empty(0, np.uint8)  # a barrier's data
 # Steps of a native piece (see Board.native_piece): all of them; publish only (a rank that
 # reads nothing, its DONE raised with it); read only (a reader of the root's area).
-_WHOLE_PIECE = native_board.PUBLISH | native_board.COPY | native_board.FINISH
+_WHOLE_PIECE = native_board.WHOLE_PIECE
 _PUBLISH_ONLY = native_board.PUBLISH | native_board.COPY | native_board.DONE_TOO
 _FINISH_ONLY = native_board.FINISH
 # By address: the root says where its data lies, raises DONE (it reads nothing) and waits
-# until every reader is done with it; all_gather's ranks read each other's inputs so.
+# until every reader is done with it; all_gather's and reduce_scatter's ranks read each
+# other's inputs so.
 _PUBLISH_ADDRESS = (
     native_board.PUBLISH | native_board.BY_ADDRESS | native_board.DONE_TOO | native_board.AWAIT_DONE
 )
@@ -70,7 +71,7 @@ _SLICES_BY_ADDRESS = (
     | native_board.GATHER
     | native_board.AWAIT_DONE
 )
-_GATHER_BY_ADDRESS = (
+_EXCHANGE_BY_ADDRESS = (
     native_board.PUBLISH | native_board.BY_ADDRESS | native_board.FINISH | native_board.AWAIT_DONE
 )
 
@@ -356,7 +357,7 @@ def allgather(
     transport: Any = ctx.transport
     by_address = b.by_address and inp.nbytes >= transport.board_by_address_bytes
     if _native(ctx, b, inp, False, by_address):  # (in place too: inp lands on itself)
-        steps = _GATHER_BY_ADDRESS if by_address else _WHOLE_PIECE
+        steps = _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
         b.native_piece(native_board.ALL_GATHER, inp, out, deadline, steps)
         return
     in_place = np.shares_memory(out, inp)
@@ -402,7 +403,7 @@ def reduce_scatter(
         b.by_address and b.native_everywhere and out.nbytes >= transport.board_by_address_bytes
     )
     if _native(ctx, b, inp, True, by_address):
-        steps = _GATHER_BY_ADDRESS if by_address else _WHOLE_PIECE
+        steps = _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
         b.native_piece(native_board.REDUCE_SCATTER, inp, out, deadline, steps, op=ctx.op)
         ctx.finish_average(out)
         return
@@ -446,7 +447,7 @@ def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..
             b.native_piece(native_board.BROADCAST, data, data, deadline, _FINISH_ONLY, root=root)
         return
     if rank == root:
-        if data.nbytes >= transport.board_by_address_bytes and transport.readable_by_all():
+        if by_address:  # (decided as the native path decides: every rank may read)
             k = b.next(deadline)
             b.publish_address(k, data)
             b.publish(k, data.nbytes, done=True)

@@ -63,7 +63,6 @@ log = get_logger(__name__)
 # native_board.piece and its bits, bound once: the small-message path reads them per call.
 _piece = native_board.piece
 _PUBLISH, _FINISH = native_board.PUBLISH, native_board.FINISH
-_WHOLE_PIECE = native_board.PUBLISH | native_board.COPY | native_board.FINISH
 _PUBLISHED, _FINISHED, _WAKE = native_board.PUBLISHED, native_board.FINISHED, native_board.WAKE
 _BLOCKED, _NOT_READY = native_board.BLOCKED, native_board.NOT_READY
 _MISMATCH = native_board.MISMATCH
@@ -207,7 +206,7 @@ class Board:
         src: np.ndarray,
         dst: np.ndarray,
         deadline: float,
-        steps: int = _WHOLE_PIECE,
+        steps: int = native_board.WHOLE_PIECE,
         *,
         op: int = 0,
         root: int = -1,
@@ -222,7 +221,7 @@ class Board:
         self.count = k = self.count + 1
         nbytes = src.nbytes
         status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
-        if status == _PUBLISHED_FINISHED and steps == _WHOLE_PIECE:  # the usual call
+        if status == _PUBLISHED_FINISHED and steps == native_board.WHOLE_PIECE:  # the usual
             return
         while True:
             if status & _WAKE:
@@ -247,11 +246,10 @@ class Board:
                 self.wait(REDUCED, k, deadline)
             if status & _UNREAD:
                 self._read_again(kind, k, src, dst, root)
-            if status & _NOT_DONE:
+            if status & _NOT_DONE:  # (everything else is done: only the wait was left)
                 self.wait(DONE, k, deadline)
-                steps &= ~_AWAIT_DONE
-                if not steps & _STEPS_TO_TAKE:
-                    return
+                status = _AWAITED
+                continue
             status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
 
     def _read_again(self, kind: int, k: int, src: np.ndarray, dst: np.ndarray, root: int) -> None:
