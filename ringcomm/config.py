@@ -434,10 +434,10 @@ class Config:
         16 << 10,
         "RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES",
         int,
-        "on the shared-memory board, broadcast data and all_gather inputs this large are "
-        "read by every reader from the owner's memory in one copy (`process_vm_readv`), "
-        "where every rank allows it, instead of through the owner's area; 0, or "
-        "`RINGCOMM_SHM_BY_ADDRESS_BYTES=0`, turns it off",
+        "on the shared-memory board, data this large a rank is read where it lies, in one "
+        "copy (`process_vm_readv`), where every rank allows it, instead of through the "
+        "owner's area: broadcast data, all_gather inputs, each reduce_scatter chunk, each "
+        "all_reduce slice (from 64 KiB); 0, or `RINGCOMM_SHM_BY_ADDRESS_BYTES=0`, turns it off",
         unit="bytes",
         minimum=0,
     )
