@@ -3,6 +3,8 @@ hosts' links rate-limited so that the network, not the CPUs, is the bottleneck.
 
     sudo python bench/hosts.py                      # all_reduce, 2 hosts x 2 ranks, 400 Mbit/s
     sudo python bench/hosts.py --op all_gather --hosts 3 --rate 200mbit --sizes 16M,64M
+    sudo python bench/hosts.py --hosts 4 --ranks-per-host 1 --placements block \
+        --algorithms recursive_doubling,rabenseifner,ring --sizes 4K,16M -n 20
 
 Builds the hosts (bench/netns.py: a namespace each, its own /dev/shm, a tbf rate limit on
 its link, all on one bridge), then for each placement of ranks on hosts (``block``: ranks
@@ -10,7 +12,9 @@ its link, all on one bridge), then for each placement of ranks on hosts (``block
 ``--op`` once per algorithm. all_reduce: the flat ring in rank order
 (``RINGCOMM_RING_ORDER=ranks``, what every earlier version did), the flat ring in host order
 (the default for flat algorithms now) and the hierarchical one; all_gather and
-reduce_scatter: the flat ring (``RINGCOMM_HIERARCHY=off``) and the hierarchical one. gloo
+reduce_scatter: the flat ring (``RINGCOMM_HIERARCHY=off``) and the hierarchical one.
+``--algorithms`` compares flat algorithms by name instead (``RINGCOMM_<OP>_ALGORITHM``, the
+hierarchy off). gloo
 runs beside the hierarchical one in the same launch. A second launch per algorithm counts
 the bytes each host sends on its link (the bridge's counters) for one operation of the
 largest size (two operations, out of place and in place, halved). Tears everything down at
@@ -48,6 +52,18 @@ ALGORITHMS = {
     ),
 }
 ALGORITHMS["reduce_scatter"] = ALGORITHMS["all_gather"]
+FORCE = {
+    "all_reduce": "RINGCOMM_ALLREDUCE_ALGORITHM",
+    "all_gather": "RINGCOMM_ALLGATHER_ALGORITHM",
+    "reduce_scatter": "RINGCOMM_REDUCE_SCATTER_ALGORITHM",
+}
+
+
+def compared(op: str, names: str | None) -> tuple[tuple[str, dict[str, str]], ...]:
+    """The (name, environment) of each run: ``names`` forced flat, else :data:`ALGORITHMS`."""
+    if not names:
+        return ALGORITHMS[op]
+    return tuple((n, {FORCE[op]: n, "RINGCOMM_HIERARCHY": "off"}) for n in names.split(","))
 
 
 def placement(kind: str, hosts: int, per_host: int) -> list[int]:
@@ -109,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", default="400mbit", help="each host's link rate (tc tbf)")
     parser.add_argument("--sizes", default="16M,64M", help="sizes (comma-separated)")
     parser.add_argument("--placements", default="block,round-robin")
+    parser.add_argument(
+        "--algorithms", default=None, help="flat algorithms to compare, e.g. ring,rabenseifner"
+    )
     parser.add_argument("-n", "--iters", default="3")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per launch")
     parser.add_argument("--json", default=None, help="append the rows here")
@@ -124,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {args.hosts} hosts x {args.ranks_per_host} ranks, links: {hosts.shaping}")
             for kind in args.placements.split(","):
                 where = placement(kind, args.hosts, args.ranks_per_host)
-                for name, env in ALGORITHMS[args.op]:
+                for name, env in compared(args.op, args.algorithms):
                     if kind == "block" and name == "flat ring, host order":
                         continue  # in block placement rank order is host order
                     peer = "gloo" if name == "hierarchical" else "none"

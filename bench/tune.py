@@ -34,10 +34,14 @@ OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce")
 NOT_MEASURED = ("star", "hierarchical")
 
 
-def candidates(op: str, board: bool) -> list[str]:
-    """The algorithms of ``op`` worth timing on this communicator."""
-    names = [a for a in ALGORITHMS[op] if a not in NOT_MEASURED]
-    return names if board else [a for a in names if a != "direct"]
+def candidates(op: str, board: bool, size: int) -> list[str]:
+    """The algorithms of ``op`` worth timing on a communicator of ``size`` ranks."""
+    skip = set(NOT_MEASURED)
+    if not board:
+        skip.add("direct")
+    if size & (size - 1):  # recursive halving would run the ring
+        skip.add("recursive_halving")
+    return [a for a in ALGORITHMS[op] if a not in skip]
 
 
 def issuer(comm: ringcomm.Communicator, op: str, nbytes: int, alg: str) -> Callable[[], Any]:
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         s *= args.stepfactor
     entries = []
     for op in ops:
-        algs = candidates(op, board)
+        algs = candidates(op, board, comm.size)
         if comm.rank == 0:
             print(f"# {op}, {comm.size} ranks, transport {comm.transport}: median us, slowest rank")
             print(f"# {'bytes':>10} " + " ".join(f"{a:>18}" for a in algs) + "  fastest")

@@ -28,6 +28,7 @@ import numpy as np
 
 from ringcomm import diagnostics, hosts, logs
 from ringcomm.algorithms import (
+    bruck,
     choice,
     compressed,
     direct,
@@ -35,6 +36,7 @@ from ringcomm.algorithms import (
     hierarchical,
     linear,
     objects,
+    rabenseifner,
     records,
     recursive_doubling,
     ring,
@@ -62,9 +64,12 @@ log = get_logger(__name__)
 _ALLREDUCE = {
     "ring": ring.allreduce,
     "recursive_doubling": recursive_doubling.allreduce,
+    "rabenseifner": rabenseifner.allreduce,
     "star": star.allreduce,
 }  # (and "hierarchical", which runs over sub-communicators: see all_reduce)
 _BROADCAST = {"binomial": tree.broadcast_binomial, "chain": tree.broadcast_chain}
+_ALLGATHER = {"ring": ring.allgather, "bruck": bruck.allgather}
+_REDUCE_SCATTER = {"ring": ring.reduce_scatter, "recursive_halving": rabenseifner.reduce_scatter}
 _SPLIT_RECORD_BYTES = 512
 _CHOSEN_LIMIT = 256  # algorithm choices remembered per communicator (see _chosen)
 _HOST_RECORD_BYTES = 320  # a hostname (at most 255 bytes), "/" and a boot id
@@ -479,6 +484,15 @@ class Communicator:
                 board = False
         key = ("direct", op, nbytes, algorithm, board)
         return self._chosen(key, self._use_direct)  # type: ignore[no-any-return]
+
+    def _allgather_algorithm(self, nbytes: int, algorithm: str | None) -> Callable[..., None]:
+        """The point-to-point all_gather for ``nbytes`` of output."""
+        return _ALLGATHER[choice.choose_allgather(nbytes, self.size, self._choosing, algorithm)]
+
+    def _reduce_scatter_algorithm(self, nbytes: int, algorithm: str | None) -> Callable[..., None]:
+        """The point-to-point reduce_scatter for ``nbytes`` of input."""
+        name = choice.choose_reduce_scatter(nbytes, self.size, self._choosing, algorithm)
+        return _REDUCE_SCATTER[name]
 
     def _use_direct(self, op: str, nbytes: int, algorithm: str | None, board: bool) -> bool:
         return choice.use_direct(op, nbytes, self.size, self._choosing, algorithm, board)
@@ -919,15 +933,16 @@ class Communicator:
         """Gather every rank's ``input`` into ``output`` on every rank, in rank order.
 
         ``output`` holds ``size * input.size`` elements; ``input`` may be slot ``rank`` of
-        ``output`` itself (in place). ``algorithm``: ``"direct"`` or ``"ring"`` (default:
-        by size).
+        ``output`` itself (in place). ``algorithm``: ``"direct"``, ``"bruck"`` or
+        ``"ring"`` (default: by size).
         """
         o, i = _intake_pair(
             "all_gather", output, input, self.size, "output", allow_in_place=self.rank
         )
-        body: Callable[[OpContext], Any] = lambda ctx: ring.allgather(ctx, o.array, i.array)  # noqa: E731
+        gather = self._chosen(("all_gather", o.nbytes, algorithm), self._allgather_algorithm)
+        body: Callable[[OpContext], Any] = lambda ctx: gather(ctx, o.array, i.array)  # noqa: E731
         if self._direct("all_gather", o.nbytes, (o, i), algorithm):
-            body = lambda ctx: direct.allgather(ctx, o.array, i.array, ring.allgather)  # noqa: E731
+            body = lambda ctx: direct.allgather(ctx, o.array, i.array, gather)  # noqa: E731
         elif self._hierarchical((o, i), reduces=False):
             h = self._hierarchy()
             body = lambda ctx: hierarchical.all_gather(h, o.array, i.array, ctx.deadline)  # noqa: E731
@@ -954,15 +969,18 @@ class Communicator:
 
         ``input`` holds ``size * output.size`` elements and is left unchanged, except when
         ``output`` is slot ``rank`` of ``input`` itself (in place). ``algorithm``:
-        ``"direct"`` or ``"ring"`` (default: by size).
+        ``"direct"``, ``"recursive_halving"`` (a power of two of ranks; the ring elsewhere)
+        or ``"ring"`` (default: by size).
         """
         o, i = _intake_pair(
             "reduce_scatter", output, input, self.size, "input", allow_in_place=self.rank
         )
         rop = _reduce_op(op, o, "reduce_scatter")
-        body: Callable[[OpContext], Any] = lambda ctx: ring.reduce_scatter(ctx, o.array, i.array)  # noqa: E731
+        key = ("reduce_scatter", i.nbytes, algorithm)
+        scatter = self._chosen(key, self._reduce_scatter_algorithm)
+        body: Callable[[OpContext], Any] = lambda ctx: scatter(ctx, o.array, i.array)  # noqa: E731
         if self._direct("reduce_scatter", i.nbytes, (o, i), algorithm):
-            body = lambda ctx: direct.reduce_scatter(ctx, o.array, i.array, ring.reduce_scatter)  # noqa: E731
+            body = lambda ctx: direct.reduce_scatter(ctx, o.array, i.array, scatter)  # noqa: E731
         elif self._hierarchical((o, i), reduces=True):
             h = self._hierarchy()
             body = lambda ctx: hierarchical.reduce_scatter(  # noqa: E731

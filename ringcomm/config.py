@@ -18,10 +18,17 @@ from typing import Any
 
 # The algorithms each collective can be forced to (RINGCOMM_<OP>_ALGORITHM). "direct" runs
 # on the shared-memory board (ranks of one host; elsewhere the choice by size).
-ALLREDUCE_ALGORITHMS = ("direct", "recursive_doubling", "ring", "star", "hierarchical")
+ALLREDUCE_ALGORITHMS = (
+    "direct",
+    "recursive_doubling",
+    "rabenseifner",
+    "ring",
+    "star",
+    "hierarchical",
+)
 BROADCAST_ALGORITHMS = ("direct", "binomial", "chain")
-ALLGATHER_ALGORITHMS = ("direct", "ring")
-REDUCE_SCATTER_ALGORITHMS = ("direct", "ring")
+ALLGATHER_ALGORITHMS = ("direct", "bruck", "ring")
+REDUCE_SCATTER_ALGORITHMS = ("direct", "recursive_halving", "ring")
 REDUCE_ALGORITHMS = ("direct", "binomial")
 # Per collective: the algorithms it takes, and the Config field that forces one.
 ALGORITHMS = {
@@ -197,15 +204,16 @@ def setting(default: Any, variable: str, kind: type, meaning: str, **more: Any) 
 _AUTO = "unset or `auto`: chosen by size"
 
 
-def _forced_algorithm(op: str, variable: str, choices: tuple[str, ...]) -> Any:
-    """The setting that forces ``op``'s algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM does."""
+def _forced_algorithm(op: str, variable: str, choices: tuple[str, ...], note: str = "") -> Any:
+    """The setting that forces ``op``'s algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM does
+    (``note``: where a name cannot run, what runs instead)."""
     names = ", ".join(f"`{c}`" for c in choices)
     return setting(
         None,
         variable,
         str,
         f"force the {op} algorithm, as RINGCOMM_ALLREDUCE_ALGORITHM: one of {names}, or one "
-        "per size range",
+        f"per size range{note}",
         validate=_algorithms(choices),
         auto_is_none=True,
         default_text=_AUTO,
@@ -266,8 +274,10 @@ class Config:
         2 << 20,
         "RINGCOMM_SMALL_MESSAGE_BYTES",
         int,
-        "all_reduce below this uses recursive doubling, from it up the ring (measured "
-        "crossover: see ringcomm.algorithms.choice)",
+        "point-to-point all_reduce from this size up uses the ring; below it recursive "
+        "doubling (on more than two ranks only below 256 KiB; from there Rabenseifner's "
+        "algorithm on a power of two of ranks, the ring on others; measured crossovers: "
+        "see ringcomm.algorithms.choice)",
         unit="bytes",
         minimum=0,
     )
@@ -286,7 +296,8 @@ class Config:
         "RINGCOMM_ALLREDUCE_ALGORITHM",
         str,
         "force the all_reduce algorithm: one of `direct` (the shared-memory board), "
-        "`recursive_doubling`, `ring`, `star`, `hierarchical`, or one per size range, "
+        "`recursive_doubling`, `rabenseifner`, `ring`, `star`, `hierarchical`, or one per "
+        "size range, "
         "`direct:0-256K;ring:256K-` (sizes left out are chosen as by default; `direct` "
         "where the ranks span hosts and `hierarchical` where it cannot run are the default "
         "too)",
@@ -298,7 +309,10 @@ class Config:
         "all_gather", "RINGCOMM_ALLGATHER_ALGORITHM", ALLGATHER_ALGORITHMS
     )
     reduce_scatter_algorithm: str | None = _forced_algorithm(
-        "reduce_scatter", "RINGCOMM_REDUCE_SCATTER_ALGORITHM", REDUCE_SCATTER_ALGORITHMS
+        "reduce_scatter",
+        "RINGCOMM_REDUCE_SCATTER_ALGORITHM",
+        REDUCE_SCATTER_ALGORITHMS,
+        " (`recursive_halving` where the world is not a power of two is the ring)",
     )
     broadcast_algorithm: str | None = _forced_algorithm(
         "broadcast", "RINGCOMM_BROADCAST_ALGORITHM", BROADCAST_ALGORITHMS

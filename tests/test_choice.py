@@ -129,3 +129,33 @@ def test_tune_file_fills_only_what_the_user_left_unset(tmp_path: Path, caplog) -
             is None
         )
     assert "ignoring the tune file" in caplog.text
+
+
+def test_point_to_point_defaults_follow_the_size_and_the_world() -> None:
+    cfg = ringcomm.Config()
+    ar = choice.choose_allreduce
+    assert ar(1 * M, 2, cfg, None) == "recursive_doubling"  # n=2: one exchange
+    assert ar(16 * K, 8, cfg, None) == "recursive_doubling"
+    assert ar(64 * K, 3, cfg, None) == "recursive_doubling"
+    assert ar(256 * K, 4, cfg, None) == "rabenseifner"
+    assert ar(1 * M, 8, cfg, None) == "rabenseifner"
+    assert ar(256 * K, 6, cfg, None) == "ring"  # not a power of two: no fold of whole buffers
+    assert ar(4 * M, 8, cfg, None) == "ring"
+    ag = choice.choose_allgather
+    assert ag(64 * K, 4, cfg, None) == "bruck"
+    assert ag(64 * K, 3, cfg, None) == "bruck"
+    assert ag(64 * K, 2, cfg, None) == "ring"  # the same one exchange
+    assert ag(4 * M, 4, cfg, None) == "ring"
+    assert ag(4 * M, 4, cfg, "bruck") == "bruck"
+    assert ag(64 * K, 4, cfg, "direct") == "bruck"  # (the board decides before this)
+    rs = choice.choose_reduce_scatter
+    assert rs(1 * M, 4, cfg, None) == "recursive_halving"
+    assert rs(1 * M, 6, cfg, None) == "ring"
+    assert rs(1 * M, 6, cfg, "recursive_halving") == "ring"  # cannot run: the ring
+    assert rs(16 * M, 8, cfg, None) == "ring"
+    forced = ringcomm.Config(
+        allgather_algorithm="ring:0-1M", reduce_scatter_algorithm="recursive_halving"
+    )
+    assert ag(64 * K, 4, forced, None) == "ring"
+    assert ag(4 * M, 4, forced, None) == "ring"  # not covered: the default
+    assert rs(16 * M, 4, forced, None) == "recursive_halving"

@@ -29,7 +29,9 @@ def test_all_reduce_matrix(size: int, transport: str) -> None:
     counts = (0, 1, 3, 13, 4099)
     cases = pool.run(
         functools.partial(
-            collectives.allreduce_matrix, algorithms=("ring", "recursive_doubling"), counts=counts
+            collectives.allreduce_matrix,
+            algorithms=("ring", "recursive_doubling", "rabenseifner"),
+            counts=counts,
         ),
         timeout=240,
     )
@@ -51,14 +53,18 @@ def test_star_and_large_multi_segment_buffers(size: int, transport: str) -> None
 
 def _big_allreduce(comm: ringcomm.Communicator) -> bool:
     n = comm.size
-    for alg in ("ring", "recursive_doubling", "star"):
+    want = (np.arange(1 << 20, dtype=np.float32) % 1000) * n + n * (n - 1) / 2
+    for alg in ("ring", "recursive_doubling", "rabenseifner", "star"):
         buf = (np.arange(1 << 20, dtype=np.float32) % 1000) + comm.rank
         comm.all_reduce(buf, algorithm=alg)
-        want = (np.arange(1 << 20, dtype=np.float32) % 1000) * n + n * (n - 1) / 2
         np.testing.assert_array_equal(buf, want, err_msg=alg)
+    for gather, scatter in (("ring", "ring"), ("bruck", "recursive_halving")):
         out = np.zeros((1 << 20) * n, np.float32)
-        comm.all_gather(out, buf)
-        np.testing.assert_array_equal(out, np.tile(want, n))
+        comm.all_gather(out, want, algorithm=gather)
+        np.testing.assert_array_equal(out, np.tile(want, n), err_msg=gather)
+        part = np.zeros(1 << 20, np.float32)
+        comm.reduce_scatter(part, out, algorithm=scatter)
+        np.testing.assert_array_equal(part, want * n, err_msg=scatter)
     return True
 
 

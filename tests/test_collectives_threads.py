@@ -19,7 +19,7 @@ from runners import run_threads
 SIZES = [1, 2, 3, 4, 5]
 # Tiny segments (64 bytes) make every count above a few elements take many segments.
 SMALL_SEGMENTS = ringcomm.Config(segment_bytes=64, zero_copy_bytes=1 << 30, timeout_seconds=20)
-ALGORITHMS = ("ring", "recursive_doubling", "star")
+ALGORITHMS = ("ring", "recursive_doubling", "rabenseifner", "star")
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -8,10 +8,13 @@ import pytest
 
 from ringcomm.algorithms.schedule import (
     binomial_tree,
+    block_runs,
+    bruck_steps,
     chain,
     chunk_bounds,
     dissemination_partners,
     recursive_doubling_plan,
+    recursive_halving_steps,
     ring_allgather_steps,
     ring_allreduce_steps,
     ring_reduce_scatter_steps,
@@ -98,6 +101,62 @@ def test_recursive_doubling_pairs_are_mutual_and_cover_everyone(size: int) -> No
     for stage in range(len(plans[0].partners)):
         data = [data[r] | data[plans[r].partners[stage]] if r < p else data[r] for r in range(size)]
     assert all(data[r] == set(range(size)) for r in range(p))
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 8, 16])
+def test_recursive_halving_leaves_block_r_at_rank_r_and_back_everywhere(size: int) -> None:
+    plans = [recursive_halving_steps(r, size) for r in range(size)]
+    assert all(len(p) == size.bit_length() - 1 for p in plans)
+    # sums[r][b]: whose contributions rank r holds for block b
+    sums = [[{r} for _ in range(size)] for r in range(size)]
+    for k in range(len(plans[0])):
+        before = [[set(b) for b in rank] for rank in sums]
+        for r in range(size):
+            step = plans[r][k]
+            other = plans[step.partner][k]
+            assert other.partner == r and other.send == step.keep and other.keep == step.send
+            assert step.send[1] - step.send[0] == step.keep[1] - step.keep[0]
+            for b in range(*step.keep):  # the partner sends what this rank keeps
+                sums[r][b] = before[r][b] | before[step.partner][b]
+    assert all(sums[r][r] == set(range(size)) for r in range(size))
+    # backwards, sending what it kept, it is the all-gather: every block reaches everyone
+    held = [{r} for r in range(size)]
+    for k in reversed(range(len(plans[0]))):
+        before = [set(h) for h in held]
+        for r in range(size):
+            step = plans[r][k]
+            assert before[r] == set(range(*step.keep))  # it sends exactly what it holds
+            held[r] |= before[step.partner] & set(range(*step.send))
+    assert all(h == set(range(size)) for h in held)
+
+
+def test_recursive_halving_refuses_other_sizes() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        recursive_halving_steps(0, 6)
+
+
+@pytest.mark.parametrize("size", [*SIZES, 6, 9, 16])
+def test_bruck_delivers_every_block_in_log_steps(size: int) -> None:
+    plans = [bruck_steps(r, size) for r in range(size)]
+    assert all(len(p) == (size - 1).bit_length() for p in plans)  # ceil(log2 n)
+    held = [{r} for r in range(size)]
+    for k in range(len(plans[0])):
+        before = [set(h) for h in held]
+        for r in range(size):
+            step = plans[r][k]
+            peer = plans[step.src][k]
+            assert peer.dst == r and peer.count == step.count and peer.first == step.into
+            sent = {(peer.first + i) % size for i in range(peer.count)}
+            assert sent <= before[step.src]  # the sender holds what it sends
+            assert not sent & before[r]  # and nothing arrives twice
+            held[r] |= sent
+    assert all(h == set(range(size)) for h in held)
+
+
+def test_block_runs_wrap_past_the_last_block() -> None:
+    assert block_runs(1, 2, 4) == [(1, 3)]
+    assert block_runs(2, 2, 4) == [(2, 4)]
+    assert block_runs(3, 3, 4) == [(3, 4), (0, 2)]
 
 
 @pytest.mark.parametrize("size", SIZES)

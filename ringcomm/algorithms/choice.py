@@ -80,14 +80,56 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   algorithm alike, because a rank writing lines its peer just read pays a cross-chiplet
   invalidation per line. Compare algorithms side by side, in turns.
 
-Point-to-point defaults, measured over ZeroMQ ipc:// with float32:
+Point-to-point defaults, float32:
 
-- all_reduce below ``Config.small_message_bytes`` (2 MiB) uses recursive doubling, above it
-  the ring. Recursive doubling pays log2(n) message latencies where the ring pays 2(n-1),
-  and moves log2(n) whole buffers where the ring moves 2(n-1)/n of one. Measured, RD vs ring:
-  n=2: 16 KiB 179 vs 441 us, 1 MiB 826 vs 1926 us, 4 MiB 2.30 vs 2.38 ms, 16 MiB 11.7 vs
-  9.8 ms; n=4: 1 MiB 3.7 vs 4.9 ms, 4 MiB 10.1 vs 8.0 ms. The crossover lies between 1 and
-  4 MiB for n=2..4; larger worlds were not measured (RD's cost grows with log2 n).
+- all_reduce on two ranks: recursive doubling below ``Config.small_message_bytes`` (2 MiB),
+  the ring from there. At n=2 both move the buffer once; recursive doubling in one
+  exchange. Measured over ZeroMQ ipc://, RD vs ring: 16 KiB 179 vs 441 us, 1 MiB 826 vs
+  1926 us, 4 MiB 2.30 vs 2.38 ms, 16 MiB 11.7 vs 9.8 ms.
+- On more than two ranks, 2026-11-30, across "hosts" made of network namespaces, one rank
+  each (``sudo python bench/hosts.py --hosts H --ranks-per-host 1 --placements block
+  --algorithms ...``), links rate-limited to 400 Mbit/s (the network is the bottleneck from
+  64 KiB) or to 10 Gbit/s (the two CPUs are), busbw in MB/s, median of 10-20:
+
+  all_reduce, recursive doubling / Rabenseifner / ring:
+
+  - n=4, 400M: 4 KiB 12.9 / 5.7 / 4.7, 16 KiB 45 / 19 / 18, 64 KiB 36 / 47 / 53, 256 KiB 36 / 48 /
+    48, 1 MiB 36 / 48 / 48, 4 MiB 28 / 47 / 48, 16 MiB 35 / 43 / 48;
+  - n=4, 10G: 4 KiB 11 / 6.3 / 4.8, 16 KiB 35 / 24 / 15, 64 KiB 106 / 86 / 59, 256 KiB 241 / 180 /
+    129, 1 MiB 264 / 320 / 288, 4 MiB 305 / 415 / 404, 16 MiB 329 / 494 / 469;
+  - n=8, 400M: 4 KiB 5.4 / 2.3 / 1.4, 16 KiB 18 / 8.9 / 5.2, 64 KiB 28 / 34 / 21, 256 KiB 28 / 47
+    / 47, 1 MiB 17 / 47 / 48, 4 MiB 17 / 40 / 48;
+  - n=3, 400M: 4 KiB 19 / 11 / 9.1, 16 KiB 65 / 37 / 35, 64 KiB 32 / 32 / 48, 256 KiB 32 / 32 /
+    48, 1 MiB 24 / 25 / 48, 4 MiB 22 / 22 / 48;
+  - n=3, 10G: 4 KiB 14 / 10 / 8.2, 16 KiB 59 / 23 / 38, 64 KiB 182 / 134 / 86, 256 KiB 430 / 400 /
+    291, 1 MiB 465 / 449 / 477, 4 MiB 448 / 451 / 590;
+  - n=6, 400M: 4 KiB 7.7 / 5.3 / 2.4, 16 KiB 24 / 20 / 10, 64 KiB 27 / 32 / 31, 256 KiB 26 / 32 /
+    47, 1 MiB 22 / 26 / 48, 4 MiB 19 / 22 / 48;
+
+  Recursive doubling takes log2 n steps but sends the whole buffer at each (and a world that
+  is not a power of two folds whole buffers in and out); Rabenseifner's takes 2 log2 n steps
+  with the ring's bytes; the ring 2(n-1) steps. So recursive doubling below 256 KiB (the
+  crossover lies at 16-64 KiB on the slow links, 256 KiB-1 MiB where the CPUs bound it),
+  then Rabenseifner on a power of two of ranks (1.3-2.8x recursive doubling at 256 KiB-1 MiB
+  on the slow links; at 1 MiB on the fast ones 1.1x the ring and 1.2x recursive doubling,
+  but 0.75x recursive doubling at 256 KiB) and the ring on others (1.5-2x either from 256
+  KiB on the slow links, where the folds cost whole buffers; 0.68x recursive doubling at 256
+  KiB on the fast ones), and the ring from 2 MiB (up to
+  1.2x Rabenseifner at 4-16 MiB on the slow links: it keeps the link busy between steps).
+
+  all_gather, Bruck / ring, by the whole output: n=4, 400M 5.2 / 4.0 at 4 KiB, 73 / 56 at
+  64 KiB, 48 / 48 at 256 KiB, 45 / 48 at 1 MiB, 38 / 48 at 4 MiB; n=4, 10G 4.9 / 3.8, 71
+  / 56, 156 / 161, 350 / 335, 443 / 411; n=8, 400M 1.9 / 1.2, 34 / 15 at 64 KiB, 48 / 48
+  at 1 MiB, 34 / 48 at 4 MiB: Bruck below 1 MiB.
+
+  reduce_scatter, recursive halving / ring, by the whole input: n=4, 400M 4.5 / 3.4 at
+  4 KiB, 73 / 41 at 64 KiB, 48 / 48 from 256 KiB to 4 MiB, 40 / 48 at 16 MiB; n=4, 10G
+  4.4 / 3.1, 71 / 50, 179 / 145, 444 / 369 at 1 MiB, 407 / 379 at 4 MiB, 477 / 417 at 16
+  MiB; n=8, 400M 2.3 / 1.1, 30 / 17 at 64 KiB, 48 / 48 at 1 MiB, 38 / 48 at 4 MiB:
+  recursive halving below 4 MiB on a power of two of ranks.
+
+  Both end as the ring does at large sizes; at n=2 they are the ring. Where the network
+  differs, ``bench/tune.py`` measures them all.
 - broadcast below 64 KiB uses the binomial tree (log2 n rounds), above it the pipelined
   chain (link speed once the pipeline is full). Measured at n=4, binomial vs chain: 64 KiB
   701 vs 485 us, 1 MiB 1.20 vs 0.96 ms, 16 MiB 18.5 vs 16.4 ms.
@@ -102,6 +144,10 @@ from ringcomm.config import ALGORITHM_FIELDS, ALGORITHMS, Config, parse_algorith
 from ringcomm.topology import Topology
 
 BINOMIAL_BROADCAST_BELOW_BYTES = 64 << 10
+# Point to point on more than two ranks (measured across hosts: see the module docstring)
+RECURSIVE_DOUBLING_BELOW_BYTES = 256 << 10  # all_reduce; above: Rabenseifner or the ring
+BRUCK_ALLGATHER_BELOW_BYTES = 1 << 20  # the whole output
+HALVING_REDUCE_SCATTER_BELOW_BYTES = 4 << 20  # the whole input
 # Where the ranks can have a board, the sizes each operation runs on it by default, for two
 # ranks and for more (measured with bench/tune.py, see the module docstring); other sizes
 # take the point-to-point choice below.
@@ -176,7 +222,10 @@ def choose_allreduce(
     """Name of the all_reduce algorithm: ``requested``, else the config's for this size,
     else ``hierarchical`` where :func:`use_hierarchy`, else ``direct`` where ``board``
     (every rank on this host over shared memory) and the size is below its threshold, else
-    by size. A forced ``hierarchical`` or ``direct`` where it cannot run is the default."""
+    by size: the ring from ``Config.small_message_bytes``; below it recursive doubling,
+    on more than two ranks only below :data:`RECURSIVE_DOUBLING_BELOW_BYTES`, then
+    Rabenseifner's on a power of two of ranks and the ring on others. A forced
+    ``hierarchical`` or ``direct`` where it cannot run is the default."""
     forced = _forced(requested, config.allreduce_algorithm, "all_reduce", nbytes)
     if _direct("all_reduce", nbytes, size, forced, board and host_buffer):
         return "direct"
@@ -192,7 +241,11 @@ def choose_allreduce(
         return forced
     if forced is None and hierarchical:
         return "hierarchical"
-    return "recursive_doubling" if nbytes < config.small_message_bytes else "ring"
+    if nbytes >= config.small_message_bytes:
+        return "ring"
+    if size <= 2 or nbytes < RECURSIVE_DOUBLING_BELOW_BYTES:
+        return "recursive_doubling"
+    return "rabenseifner" if size & (size - 1) == 0 else "ring"
 
 
 def choose_broadcast(
@@ -206,6 +259,34 @@ def choose_broadcast(
     if forced not in (None, "direct"):
         return forced  # type: ignore[return-value]
     return "binomial" if nbytes < BINOMIAL_BROADCAST_BELOW_BYTES or size <= 2 else "chain"
+
+
+def choose_allgather(nbytes: int, size: int, config: Config, requested: str | None) -> str:
+    """Name of the point-to-point all_gather (where it does not run on the board or
+    hierarchically) for ``nbytes`` of output: ``requested``, else the config's for this
+    size, else Bruck's (log2 n steps) below :data:`BRUCK_ALLGATHER_BELOW_BYTES` on more
+    than two ranks, else the ring."""
+    forced = _forced(requested, config.allgather_algorithm, "all_gather", nbytes)
+    if forced not in (None, "direct"):
+        return forced  # type: ignore[return-value]
+    return "bruck" if size > 2 and nbytes < BRUCK_ALLGATHER_BELOW_BYTES else "ring"
+
+
+def choose_reduce_scatter(nbytes: int, size: int, config: Config, requested: str | None) -> str:
+    """Name of the point-to-point reduce_scatter for ``nbytes`` of input: ``requested``,
+    else the config's for this size, else recursive halving (log2 n steps) below
+    :data:`HALVING_REDUCE_SCATTER_BELOW_BYTES` on a power of two of more than two ranks,
+    else the ring. Recursive halving forced on a world that is not a power of two is the
+    ring."""
+    forced = _forced(requested, config.reduce_scatter_algorithm, "reduce_scatter", nbytes)
+    power_of_two = size & (size - 1) == 0
+    if forced == "recursive_halving" and not power_of_two:
+        return "ring"
+    if forced not in (None, "direct"):
+        return forced  # type: ignore[return-value]
+    if power_of_two and size > 2 and nbytes < HALVING_REDUCE_SCATTER_BELOW_BYTES:
+        return "recursive_halving"
+    return "ring"
 
 
 def use_direct(

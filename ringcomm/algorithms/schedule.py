@@ -104,6 +104,75 @@ def recursive_doubling_plan(rank: int, size: int) -> DoublingPlan:
     return DoublingPlan(fold, False, partners)
 
 
+class HalvingStep(NamedTuple):
+    """One step of recursive halving among a power of two of ranks, in blocks (one block per
+    rank): exchange with ``partner``, sending blocks ``send`` (the half it keeps) and keeping
+    blocks ``keep`` (the half this rank keeps, reduced with the partner's copy)."""
+
+    partner: int
+    send: tuple[int, int]
+    keep: tuple[int, int]
+
+
+@functools.lru_cache(maxsize=256)
+def recursive_halving_steps(rank: int, size: int) -> tuple[HalvingStep, ...]:
+    """The log2(size) steps of a recursive-halving reduce-scatter (``size`` a power of two):
+    the partner is the farthest first (``rank XOR size/2``), each step halves the blocks this
+    rank is responsible for, and rank r ends with block r. Run backwards, sending ``keep``
+    and receiving ``send``, they are the recursive-doubling all-gather that follows it in
+    Rabenseifner's all_reduce."""
+    if size & (size - 1):
+        raise ValueError(f"recursive halving needs a power of two of ranks, not {size}")
+    steps, lo, hi, mask = [], 0, size, size >> 1
+    while mask:
+        mid = (lo + hi) // 2
+        if rank & mask:
+            steps.append(HalvingStep(rank ^ mask, (lo, mid), (mid, hi)))
+            lo = mid
+        else:
+            steps.append(HalvingStep(rank ^ mask, (mid, hi), (lo, mid)))
+            hi = mid
+        mask >>= 1
+    return tuple(steps)
+
+
+class BruckStep(NamedTuple):
+    """One step of a Bruck all-gather: send ``count`` blocks starting at block ``first`` to
+    ``dst``, receive ``count`` blocks starting at block ``into`` from ``src`` (block indices
+    modulo the world size: a run may wrap past the last block)."""
+
+    dst: int
+    src: int
+    first: int
+    into: int
+    count: int
+
+
+def bruck_steps(rank: int, size: int) -> list[BruckStep]:
+    """ceil(log2 n) steps for any n: before the step at distance k, rank r holds blocks
+    r..r+k-1 (modulo n); it sends the first min(k, n-k) of them to rank r-k and receives
+    as many from rank r+k, which holds r+k.... Blocks land where they belong, so no
+    rotation is needed at the end."""
+    steps, k = [], 1
+    while k < size:
+        steps.append(
+            BruckStep(
+                (rank - k) % size, (rank + k) % size, rank, (rank + k) % size, min(k, size - k)
+            )
+        )
+        k <<= 1
+    return steps
+
+
+def block_runs(first: int, count: int, blocks: int) -> list[tuple[int, int]]:
+    """The contiguous ``[start, stop)`` block ranges of ``count`` blocks from ``first``,
+    modulo ``blocks``: one range, or two where the run wraps past the last block."""
+    stop = first + count
+    if stop <= blocks:
+        return [(first, stop)]
+    return [(first, blocks), (0, stop - blocks)]
+
+
 class TreeNode(NamedTuple):
     """A rank's place in a broadcast/reduce tree, in real ranks."""
 

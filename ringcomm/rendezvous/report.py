@@ -12,7 +12,10 @@ import json
 import logging
 from collections.abc import Sequence
 
-from ringcomm.algorithms.choice import BINOMIAL_BROADCAST_BELOW_BYTES
+from ringcomm.algorithms.choice import (
+    BINOMIAL_BROADCAST_BELOW_BYTES,
+    RECURSIVE_DOUBLING_BELOW_BYTES,
+)
 from ringcomm.config import Config, WorldSpec
 from ringcomm.logs import get_logger
 
@@ -116,7 +119,9 @@ def init_report(
     allreduce = config.allreduce_algorithm or (
         "the shared-memory board for small and mid sizes where every rank shares a host "
         f"(see ringcomm.algorithms.choice), else recursive doubling below "
-        f"{_size(config.small_message_bytes)}, ring from there"
+        f"{_size(config.small_message_bytes)} (on more than two ranks below "
+        f"{_size(RECURSIVE_DOUBLING_BELOW_BYTES)}, then Rabenseifner's on a power of two of "
+        "ranks), ring from there"
     )
     broadcast = config.broadcast_algorithm or (
         "the board where it measured faster, else "

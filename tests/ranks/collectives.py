@@ -54,6 +54,41 @@ def all_ranks_get_identical_bits(comm: ringcomm.Communicator, algorithm: str) ->
     return buf
 
 
+def _gather_and_scatter(
+    comm: ringcomm.Communicator, dtype: str, count: int, allgather: str, reduce_scatter: str
+) -> None:
+    """all_gather with ``allgather`` and reduce_scatter with ``reduce_scatter``, out of place
+    and in place, against numpy."""
+    n, r = comm.size, comm.rank
+    what = f"{dtype} count={count} n={n}"
+    mine = make_input(dtype, ringcomm.SUM, r, count, seed=1)
+    everyone = [make_input(dtype, ringcomm.SUM, q, count, seed=1) for q in range(n)]
+    what_ag = f"all_gather {allgather} {what}"
+    out = np.zeros(n * count, dtype)
+    comm.all_gather(out, mine, algorithm=allgather)
+    np.testing.assert_array_equal(out, np.concatenate(everyone), err_msg=what_ag)
+    out2 = np.zeros(n * count, dtype)
+    out2[r * count : (r + 1) * count] = mine
+    comm.all_gather(out2, out2[r * count : (r + 1) * count], algorithm=allgather)
+    np.testing.assert_array_equal(out2, np.concatenate(everyone), err_msg="in place " + what_ag)
+    what_rs = f"reduce_scatter {reduce_scatter} {what}"
+    big = [make_input(dtype, ringcomm.SUM, q, n * count, seed=2) for q in range(n)]
+    part = np.zeros(count, dtype)
+    before = big[r].copy()
+    comm.reduce_scatter(part, big[r], ringcomm.SUM, algorithm=reduce_scatter)
+    want = reference(ringcomm.SUM, big)[r * count : (r + 1) * count]
+    np.testing.assert_array_equal(part, want, err_msg=what_rs)
+    np.testing.assert_array_equal(big[r], before, err_msg="input changed: " + what_rs)
+    # ... and in place: the output is this rank's slot of the input
+    whole = big[r].copy()
+    comm.reduce_scatter(
+        whole[r * count : (r + 1) * count], whole, ringcomm.SUM, algorithm=reduce_scatter
+    )
+    np.testing.assert_array_equal(
+        whole[r * count : (r + 1) * count], want, err_msg="in place " + what_rs
+    )
+
+
 def other_collectives(comm: ringcomm.Communicator, counts: tuple[int, ...] = COUNTS) -> None:
     """all_gather, reduce_scatter, broadcast, reduce, gather, scatter, all_to_all, p2p."""
     n, r = comm.size, comm.rank
@@ -62,28 +97,9 @@ def other_collectives(comm: ringcomm.Communicator, counts: tuple[int, ...] = COU
             what = f"{dtype} count={count} n={n}"
             mine = make_input(dtype, ringcomm.SUM, r, count, seed=1)
             everyone = [make_input(dtype, ringcomm.SUM, q, count, seed=1) for q in range(n)]
-            # all_gather, out of place and in place
-            out = np.zeros(n * count, dtype)
-            comm.all_gather(out, mine)
-            np.testing.assert_array_equal(out, np.concatenate(everyone), err_msg=what)
-            out2 = np.zeros(n * count, dtype)
-            out2[r * count : (r + 1) * count] = mine
-            comm.all_gather(out2, out2[r * count : (r + 1) * count])
-            np.testing.assert_array_equal(out2, np.concatenate(everyone), err_msg=what)
-            # reduce_scatter
             big = [make_input(dtype, ringcomm.SUM, q, n * count, seed=2) for q in range(n)]
-            part = np.zeros(count, dtype)
-            before = big[r].copy()
-            comm.reduce_scatter(part, big[r], ringcomm.SUM)
-            want = reference(ringcomm.SUM, big)[r * count : (r + 1) * count]
-            np.testing.assert_array_equal(part, want, err_msg="reduce_scatter " + what)
-            np.testing.assert_array_equal(big[r], before, err_msg="reduce_scatter input changed")
-            # ... and in place: the output is this rank's slot of the input
-            whole = big[r].copy()
-            comm.reduce_scatter(whole[r * count : (r + 1) * count], whole, ringcomm.SUM)
-            np.testing.assert_array_equal(
-                whole[r * count : (r + 1) * count], want, err_msg="in-place reduce_scatter " + what
-            )
+            for ag, rs in (("ring", "ring"), ("bruck", "recursive_halving")):
+                _gather_and_scatter(comm, dtype, count, ag, rs)
             for root in {0, n - 1}:
                 for alg in ("binomial", "chain"):
                     buf = everyone[root].copy() if r == root else np.zeros(count, dtype)

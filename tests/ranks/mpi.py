@@ -23,7 +23,7 @@ from ranks import collectives
 def suite(comm: ringcomm.Communicator) -> None:
     """The collective test suite, as the process pools run it."""
     collectives.allreduce_matrix(
-        comm, ("ring", "recursive_doubling", "star"), counts=(0, 1, 13, 4099)
+        comm, ("ring", "recursive_doubling", "rabenseifner", "star"), counts=(0, 1, 13, 4099)
     )
     collectives.other_collectives(comm, counts=(0, 1, 7, 1000))
     collectives.object_collectives(comm)
@@ -37,7 +37,7 @@ def suite(comm: ringcomm.Communicator) -> None:
         share = collectives.idle_rank_burns_no_cpu(comm)
         assert share < 0.2, f"rank 0 used {share:.0%} of a core waiting for rank 1"
     # several segments per chunk, zero-copy sends, every algorithm
-    for alg in ("ring", "recursive_doubling", "star"):
+    for alg in ("ring", "recursive_doubling", "rabenseifner", "star"):
         buf = (np.arange(3 << 20, dtype=np.float32) % 1000) + comm.rank
         comm.all_reduce(buf, algorithm=alg)
         n = comm.size
