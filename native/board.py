@@ -346,12 +346,15 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
         return FINISHED | _sleeping(table)
     elif kind == ALL_GATHER:
         c = src.size
-        for r in range(size):
-            if r == rank:
-                mine = dst[r * c : r * c + c]
-                if mine.ctypes.data != src.ctypes.data:  # (in place: it is there already)
-                    _copy(mine, src)
-            elif not _read(table, r, k, dst[r * c : r * c + c], src):
+        mine = dst[rank * c : rank * c + c]
+        if mine.ctypes.data != src.ctypes.data:  # (in place: it is there already)
+            _copy(mine, src)
+        # Each rank starts with the next rank's input, so ranks that read at the same time
+        # read different peers' pages, instead of all reading rank 0's first (n=4: 1.10x
+        # at 16 MiB, 1.16x at 4 MiB).
+        for i in range(1, size):
+            r = (rank + i) % size
+            if not _read(table, r, k, dst[r * c : r * c + c], src):
                 return UNREAD
     elif kind == BROADCAST and not _read(table, root, k, dst, dst):
         return UNREAD
