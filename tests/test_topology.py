@@ -127,7 +127,7 @@ def _all_reduce_every_way(comm: ringcomm.Communicator) -> list[str]:
                 ringcomm.AVG: lambda x: x.mean(axis=0, dtype=np.float64).astype(x.dtype),
             }[op](everyone)
             results = {}
-            for algorithm in (None, "hierarchical", "ring"):
+            for algorithm in (None, "hierarchical", "ring", "rabenseifner"):
                 buf = everyone[r].copy()
                 comm.all_reduce(buf, op, algorithm=algorithm)
                 results[algorithm] = buf
