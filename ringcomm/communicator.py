@@ -782,7 +782,8 @@ class Communicator:
             op: how to combine (:class:`ReduceOp`); AVG divides the sum by ``size``.
             async_op: return a :class:`Work` instead of waiting.
             algorithm: ``"direct"`` (ranks of one host), ``"ring"``,
-                ``"recursive_doubling"``, ``"star"`` (default: by size).
+                ``"recursive_doubling"``, ``"rabenseifner"``, ``"star"``,
+                ``"hierarchical"`` (default: by size).
             timeout: seconds before :class:`CommTimeoutError` (default
                 ``RINGCOMM_TIMEOUT_SECONDS``).
             compression: ``"float16"`` or ``"bfloat16"``: exchange a float32 host buffer
@@ -939,7 +940,8 @@ class Communicator:
         o, i = _intake_pair(
             "all_gather", output, input, self.size, "output", allow_in_place=self.rank
         )
-        gather = self._chosen(("all_gather", o.nbytes, algorithm), self._allgather_algorithm)
+        key = ("all_gather", o.nbytes, algorithm)
+        gather = self._choices.get(key) or self._chosen(key, self._allgather_algorithm)
         body: Callable[[OpContext], Any] = lambda ctx: gather(ctx, o.array, i.array)  # noqa: E731
         if self._direct("all_gather", o.nbytes, (o, i), algorithm):
             body = lambda ctx: direct.allgather(ctx, o.array, i.array, gather)  # noqa: E731
@@ -977,7 +979,7 @@ class Communicator:
         )
         rop = _reduce_op(op, o, "reduce_scatter")
         key = ("reduce_scatter", i.nbytes, algorithm)
-        scatter = self._chosen(key, self._reduce_scatter_algorithm)
+        scatter = self._choices.get(key) or self._chosen(key, self._reduce_scatter_algorithm)
         body: Callable[[OpContext], Any] = lambda ctx: scatter(ctx, o.array, i.array)  # noqa: E731
         if self._direct("reduce_scatter", i.nbytes, (o, i), algorithm):
             body = lambda ctx: direct.reduce_scatter(ctx, o.array, i.array, scatter)  # noqa: E731

@@ -114,8 +114,8 @@ Point-to-point defaults, float32:
   on the slow links; at 1 MiB on the fast ones 1.1x the ring and 1.2x recursive doubling,
   but 0.75x recursive doubling at 256 KiB) and the ring on others (1.5-2x either from 256
   KiB on the slow links, where the folds cost whole buffers; 0.68x recursive doubling at 256
-  KiB on the fast ones), and the ring from 2 MiB (up to
-  1.2x Rabenseifner at 4-16 MiB on the slow links: it keeps the link busy between steps).
+  KiB on the fast ones), and the ring from 2 MiB (up to 1.2x Rabenseifner at 4-16 MiB on the
+  slow links: it keeps the link busy between steps).
 
   all_gather, Bruck / ring, by the whole output: n=4, 400M 5.2 / 4.0 at 4 KiB, 73 / 56 at
   64 KiB, 48 / 48 at 256 KiB, 45 / 48 at 1 MiB, 38 / 48 at 4 MiB; n=4, 10G 4.9 / 3.8, 71

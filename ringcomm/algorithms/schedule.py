@@ -106,8 +106,8 @@ def recursive_doubling_plan(rank: int, size: int) -> DoublingPlan:
 
 class HalvingStep(NamedTuple):
     """One step of recursive halving among a power of two of ranks, in blocks (one block per
-    rank): exchange with ``partner``, sending blocks ``send`` (the half it keeps) and keeping
-    blocks ``keep`` (the half this rank keeps, reduced with the partner's copy)."""
+    rank): exchange with ``partner``, sending it blocks ``send`` (the half the partner
+    keeps) and keeping blocks ``keep``, reduced with the partner's copy of them."""
 
     partner: int
     send: tuple[int, int]
