@@ -365,9 +365,9 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
 
 @njit(nogil=True, cache=True)
 def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type: ignore[no-untyped-def]
-    """The ``steps`` (PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS, AWAIT_DONE) of piece
-    ``k`` of an operation of ``size_word`` bytes, as far as they go within ``spins`` polls
-    per wait.
+    """The ``steps`` (PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS, GATHER, AWAIT_DONE) of
+    piece ``k`` of an operation of ``size_word`` bytes, as far as they go within ``spins``
+    polls per wait.
 
     PUBLISH: once no peer still reads piece ``k - 2`` (else BLOCKED), say where ``src`` lies
     if BY_ADDRESS, else copy it into this rank's area if COPY; write the size, raise READY
