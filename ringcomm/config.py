@@ -455,6 +455,18 @@ class Config:
         unit="bytes",
         minimum=0,
     )
+    shm_board_shared_cache: bool | None = setting(
+        None,
+        "RINGCOMM_SHM_BOARD_SHARED_CACHE",
+        bool,
+        "1: the cores of this host's ranks share a cache, so broadcast data and all_gather "
+        "inputs up to 512 KiB (and an area) go through the area (two copies in cache beat one "
+        "`process_vm_readv`); 0: they do not, such data is read where it lies from "
+        "`RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES` up; unset or `auto`: rank 0 times copying "
+        "64 KiB its peers just wrote against its own when a board is made",
+        auto_is_none=True,
+        default_text="auto",
+    )
     job_id: str = setting(
         "0",
         "RINGCOMM_JOB_ID",

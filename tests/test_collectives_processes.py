@@ -15,6 +15,7 @@ import ringcomm
 from conftest import get_pool
 from data import DTYPES, OPS, assert_reduced, make_input, op_applies, reference
 from ranks import collectives
+from ringcomm.transport.shm import board as shm_board
 from runners import RankPool
 
 SIZES = [1, 2, 3, 4, 5]
@@ -165,6 +166,39 @@ def test_all_reduce_reads_buffers_where_they_lie(size: int, transport: str) -> N
     results = get_pool(size, transport).run(collectives.mapped_all_reduce, timeout=240)
     if transport == "auto" and size > 1:
         assert all(res["mapped"] == size - 1 for res in results), results
+
+
+@pytest.mark.parametrize(("size", "shared"), [(2, "auto"), (3, "auto"), (2, "1"), (3, "0")])
+def test_board_copies_follow_the_cache(size: int, shared: str) -> None:
+    """Whether broadcast and all_gather data that fits an area goes through it: forced
+    either way, or probed by rank 0 (every rank learns its verdict, and the verdict follows
+    its own figures); then the roots publish their data as settled, and it arrives."""
+    env = {
+        "RINGCOMM_SHM_BOARD_SHARED_CACHE": shared,
+        "RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES": "16384",
+    }
+    pool = RankPool(size, env=env)
+    try:
+        results = pool.run(collectives.board_copies, timeout=120)
+    finally:
+        pool.close()
+    verdicts = {res["shared"] for res in results}
+    assert len(verdicts) == 1, results
+    verdict = verdicts.pop()
+    if shared == "auto":
+        remote, local = results[0]["probed_us"]
+        assert verdict == (remote <= shm_board.APART_RATIO * local), results[0]
+        assert all(res["probed_us"] is None for res in results[1:])
+    else:
+        assert verdict == (shared == "1")
+        assert all(res["probed_us"] is None for res in results)
+    for res in results:
+        through_area = min(res["area"], shm_board.COPY_THROUGH_AREA_BYTES)
+        want = through_area + 1 if verdict else res["by_address_bytes"]
+        assert res["read_in_place"] == want, res
+        assert res["by_address_bytes"] == 16384
+        # through the area: no address published; by address: where the data lies
+        assert all((address == 0) == verdict for address in res["published"]), res
 
 
 def test_board_goes_without_when_a_rank_cannot_make_one() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from ringcomm.hosts import SHM_DIR
+from ringcomm.transport.shm import board as shm_board
 from ringcomm.transport.shm.segment import NAME_PREFIX
 from runners import assert_passed, run_script_ranks
 
@@ -201,3 +202,12 @@ def test_short_dev_shm_gets_smaller_slots_and_works() -> None:
     _, out = _in_small_dev_shm("3m", "small_shm")
     assert "using 512 KiB" in out or "using 256 KiB" in out, out[-3000:]
     assert "no board for the direct collectives" in out, out[-3000:]
+
+
+def test_cache_verdict_takes_medians_of_every_peer() -> None:
+    """share_a_cache: every peer's median within APART_RATIO of this rank's own copy."""
+    local = [1.0, 1.1, 0.9, 50.0]  # one slow round of its own does not move the median
+    assert shm_board.share_a_cache({1: [1.2, 1.0, 30.0], 2: [2.0, 2.5, 2.9]}, local)
+    assert not shm_board.share_a_cache({1: [1.0, 1.0, 1.0], 2: [4.0, 3.5, 100.0]}, local)
+    assert not shm_board.share_a_cache({1: [3.2, 3.3, 0.1]}, [1.0])
+    assert shm_board.share_a_cache({1: [3.0]}, [1.0])

@@ -93,10 +93,17 @@ def board(ctx: OpContext) -> Board | None:
         recursive_doubling.allreduce(ctx.part(ctx.seq, ctx.kind, native.MIN, False), v)
         return int(v[0])
 
-    transport.board = shm_board.join(transport, transport.board_area_bytes, agree)
-    if transport.board is None:
+    made = shm_board.join(transport, transport.board_area_bytes, agree)
+    if made is None:
         transport.board_possible = False
-    return transport.board  # type: ignore[no-any-return]
+        return None
+    try:
+        made.settle_copies(transport.board_shared_cache, ctx.deadline)
+    except BaseException:
+        made.close()
+        raise
+    transport.board = made
+    return made
 
 
 def _native(
@@ -354,8 +361,7 @@ def allgather(
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
     c = inp.size
-    transport: Any = ctx.transport
-    by_address = b.by_address and inp.nbytes >= transport.board_by_address_bytes
+    by_address = b.by_address and inp.nbytes >= b.read_in_place_bytes
     if _native(ctx, b, inp, False, by_address):  # (in place too: inp lands on itself)
         steps = _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
         b.native_piece(native_board.ALL_GATHER, inp, out, deadline, steps)
@@ -427,18 +433,18 @@ def reduce_scatter(
 
 
 def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., None]) -> None:
-    """Copy ``data`` from ``root`` to every rank on the board. From
-    ``RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES`` up, where every rank may read the root's
-    memory, the others read it straight from the root's buffer (one copy, and the root
-    writes no line a reader holds: the copy through an area, written by one core and read
-    by another, was 10x slower when the two share no cache)."""
+    """Copy ``data`` from ``root`` to every rank on the board. From the board's
+    :attr:`~Board.read_in_place_bytes` up, where every rank may read the root's memory, the
+    others read it straight from the root's buffer (one copy, and the root writes no line a
+    reader holds: the copy through an area, written by one core and read by another, was 10x
+    slower when the two share no cache; where they share one, data that fits an area goes
+    through it)."""
     b = board(ctx)
     if b is None:
         fallback(ctx, data, root)
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
-    transport: Any = ctx.transport
-    by_address = b.by_address and data.nbytes >= transport.board_by_address_bytes
+    by_address = b.by_address and data.nbytes >= b.read_in_place_bytes
     if _native(ctx, b, data, False, by_address):
         if rank == root:
             steps = _PUBLISH_ADDRESS if by_address else _PUBLISH_ONLY

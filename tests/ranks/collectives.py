@@ -608,6 +608,38 @@ def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
     }
 
 
+def board_copies(comm: ringcomm.Communicator) -> dict[str, Any]:
+    """What the board settled about its copies (RINGCOMM_SHM_BOARD_SHARED_CACHE as the pool
+    sets it), and where each rank's broadcast and all_gather data of 64 KiB went (below the
+    512 KiB that may go through an area, above the by-address threshold): the ADDRESS word
+    a root published (0: through its area). Both against numpy, from every root."""
+    from ringcomm.transport.shm.board import ADDRESS
+
+    n, r = comm.size, comm.rank
+    count = 16 << 10  # float32: 64 KiB
+    everyone = [make_input("float32", ringcomm.SUM, q, count, seed=5) for q in range(n)]
+    published = []
+    for root in range(n):
+        buf = everyone[root].copy() if r == root else np.zeros(count, np.float32)
+        comm.broadcast(buf, root, algorithm="direct")
+        np.testing.assert_array_equal(buf, everyone[root], err_msg=f"broadcast from {root}")
+        b = comm._transport.board  # type: ignore[attr-defined]
+        if r == root:
+            published.append(int(b.counters[r][ADDRESS + (b.count & 1)]))
+    out = np.zeros(n * count, np.float32)
+    comm.all_gather(out, everyone[r], algorithm="direct")
+    np.testing.assert_array_equal(out, np.concatenate(everyone), err_msg="all_gather")
+    published.append(int(b.counters[r][ADDRESS + (b.count & 1)]))
+    return {
+        "shared": b.shared_cache,
+        "read_in_place": b.read_in_place_bytes,
+        "area": b.area_bytes,
+        "by_address_bytes": comm._transport.board_by_address_bytes,  # type: ignore[attr-defined]
+        "probed_us": b.probed_us,
+        "published": published,
+    }
+
+
 def board_goes_without(comm: ringcomm.Communicator) -> dict[str, bool]:
     """Rank 1 cannot make its board (the name is taken): every rank goes without it alike,
     and the collectives forced onto it run point to point instead."""

@@ -39,6 +39,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import statistics
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -101,6 +103,24 @@ MAPPED = 4 * LINE // 8
 # MAP_FAILED + parity: 1 if this rank could not map every peer's buffer of that operation
 # (written before it raises REDUCED, which keeps its meaning for the operations after).
 MAP_FAILED = MAPPED + 8
+# The cache probe (Board.settle_copies): each rank's round counter, and rank 0's verdict
+# (VERDICT_SHARED or VERDICT_APART).
+PROBE = 6 * LINE // 8
+VERDICT = PROBE + 1
+VERDICT_SHARED, VERDICT_APART = 1, 2
+# Rank 0 copies this much that a peer just wrote, this many times per peer.
+PROBE_BYTES = 64 << 10
+PROBE_ROUNDS = 7
+# A peer's freshly written lines copied this many times slower than this rank's own: their
+# cores share no cache. 2026-12-06, this 2-core machine with its vCPUs sharing a cache:
+# 64 KiB 1.2 us both ways (ratio 0.9-1.4 from 16 KiB to 1 MiB); earlier sessions found
+# such lines up to 10x slower when they did not (see docs/benchmarks.md).
+APART_RATIO = 3.0
+# Where they share one, broadcast data and all_gather inputs up to this size (and an area's)
+# go through the area. n=2 broadcast, 2026-12-06, through the area vs by address, back to
+# back | barrier before each: 512 KiB 20 vs 39 | 34 vs 40 us, but 1 MiB 29-104 vs 76-79 |
+# 103-166 vs 76-77 (two 1 MiB copies in and out of a 2 MiB L2, launch by launch).
+COPY_THROUGH_AREA_BYTES = 512 << 10
 # What SIZE says besides the bytes: the operation exchanges 16-bit floats (compression), so
 # a rank that runs it against a plain one of the same size fails instead of misreading.
 _AS_FLOAT16, _AS_BFLOAT16, _AS_MAPPED = 1 << 62, 1 << 61, 1 << 60
@@ -120,7 +140,20 @@ def _runs_native(transport: ShmTransport) -> bool:
 
 
 _NO_BOARD = "shared memory: no board for the direct collectives (%s); point to point instead"
-_WHAT = {READY: "publish its data", REDUCED: "publish its reduced share", DONE: "finish reading"}
+_WHAT = {
+    READY: "publish its data",
+    REDUCED: "publish its reduced share",
+    DONE: "finish reading",
+    PROBE: "take its turn in the board's cache probe",
+}
+
+
+def share_a_cache(remote: dict[int, list[float]], local: list[float]) -> bool:
+    """Whether copying what each peer just wrote (``remote[peer]``: the times of its rounds)
+    is about as fast as copying what this rank just wrote (``local``): medians, every peer
+    within :data:`APART_RATIO`."""
+    own = statistics.median(local)
+    return all(statistics.median(times) <= APART_RATIO * own for times in remote.values())
 
 
 def _size_text(word: int) -> str:
@@ -177,6 +210,77 @@ class Board:
         if _runs_native(transport):
             self.table = self._native_table()
         self._spins = transport.polls * _NATIVE_SPINS_PER_POLL
+        # broadcast data and all_gather inputs this large are read where they lie (else
+        # through the owner's area); see settle_copies
+        self.read_in_place_bytes: int = transport.board_by_address_bytes
+        self.shared_cache: bool | None = None  # None: not settled
+        # the probe's medians, microseconds: the slowest peer's, rank 0's own (rank 0 only)
+        self.probed_us: tuple[float, float] | None = None
+
+    def settle_copies(self, shared: bool | None, deadline: float) -> None:
+        """Settle how broadcast and all_gather data that fits an area (up to
+        :data:`COPY_THROUGH_AREA_BYTES`) travels: through the area (two copies) where the
+        ranks' cores share a cache, by address otherwise (:attr:`read_in_place_bytes`).
+        ``shared``: whether they do (None: probe it with every rank, a collective step;
+        RINGCOMM_SHM_BOARD_SHARED_CACHE).
+
+        Where lines one core writes are cheap for another to read, two copies in cache beat
+        one ``process_vm_readv`` (a fixed few microseconds, then 10-15 GB/s): n=2 broadcast
+        256 KiB 10 against 22 us, all_gather 1 MiB 40 against 55 us. Where they are not (this
+        machine's vCPUs land on cores with separate caches from launch to launch), each such
+        line costs up to 10x and the area loses: all_gather 256 KiB 75 against 25 us."""
+        if shared is None and self.by_address:
+            shared = self._probe_cache(deadline)
+        self.shared_cache = bool(shared)
+        if self.shared_cache:
+            through_area = min(self.area_bytes, COPY_THROUGH_AREA_BYTES)
+            self.read_in_place_bytes = max(self.read_in_place_bytes, through_area + 1)
+
+    def _probe_cache(self, deadline: float) -> bool:
+        """Whether the ranks' cores share a cache: rank 0 times copying what each peer
+        just wrote into its area (round by round, peer after peer) against copying what it
+        just wrote itself, and tells every rank through VERDICT."""
+        nbytes = min(PROBE_BYTES, self.area_bytes)
+        rounds = PROBE_ROUNDS * (self.size - 1)
+        if self.rank == 0:
+            own, into = np.empty(nbytes, np.uint8), np.empty(nbytes, np.uint8)
+            remote: dict[int, list[float]] = {}
+            local: list[float] = []
+            clock = time.perf_counter
+            j = 0
+            for r in self.others:
+                theirs, times = self.areas[r][0][:nbytes], remote.setdefault(r, [])
+                for _ in range(PROBE_ROUNDS):
+                    j += 1
+                    self.wait(PROBE, j, deadline, [r])
+                    t0 = clock()
+                    np.copyto(into, theirs)
+                    t1 = clock()
+                    own.fill(j & 0xFF)
+                    t2 = clock()
+                    np.copyto(into, own)
+                    times.append(t1 - t0)
+                    local.append(clock() - t2)
+                    self.raise_counter(PROBE, j)  # the next round (peer) may write
+            shared = share_a_cache(remote, local)
+            slowest = max(statistics.median(t) for t in remote.values())
+            self.probed_us = (slowest * 1e6, statistics.median(local) * 1e6)
+            log.debug(
+                "rank 0: %d KiB a peer wrote copied in %.2f us (slowest peer), its own in "
+                "%.2f: the ranks %s a cache",
+                nbytes >> 10, *self.probed_us, "share" if shared else "do not share",
+            )  # fmt: skip
+            self.counters[0][VERDICT] = VERDICT_SHARED if shared else VERDICT_APART
+            self.raise_counter(PROBE, rounds + 1)
+            return shared
+        mine = self.areas[self.rank][0][:nbytes]
+        first = (self.rank - 1) * PROBE_ROUNDS + 1  # rank 0 probes its peers in rank order
+        for j in range(first, first + PROBE_ROUNDS):
+            self.wait(PROBE, j - 1, deadline, [0])
+            mine.fill(j & 0xFF)
+            self.raise_counter(PROBE, j)
+        self.wait(PROBE, rounds + 1, deadline, [0])
+        return int(native_shm.load_acquire(self.counters[0], VERDICT)) == VERDICT_SHARED
 
     def _native_table(self) -> np.ndarray:
         nb = native_board
