@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 # reductions of the whole piece); from it up each rank reduces its slice (two steps).
 # Measured: see ringcomm.algorithms.choice.
 ONE_STEP_BELOW_BYTES = 64 << 10
-_NOTHING = np.empty(0, np.uint8)  # a barrier's data
+NOTHING = np.empty(0, np.uint8)  # a barrier's data
 # Steps of a native piece (see Board.native_piece): all of them; publish only (a rank that
 # reads nothing, its DONE raised with it); read only (a reader of the root's area).
 _WHOLE_PIECE = native_board.WHOLE_PIECE
@@ -106,20 +106,89 @@ def board(ctx: OpContext) -> Board | None:
     return made
 
 
-def _native(
-    ctx: OpContext, b: Board, data: np.ndarray, reduces: bool, by_address: bool = False
-) -> bool:
+def _native(b: Board, data: np.ndarray, bfloat16: bool, op: int, by_address: bool = False) -> bool:
     """Whether an operation on ``data`` (the whole input) runs as one piece in native calls
     (:meth:`Board.native_piece`): it fits an area (or goes ``by_address``), and the native
-    kernels take its dtype and reduction (not 16-bit floats, bool or the bitwise ops:
-    those take Python steps)."""
+    kernels take its dtype and reduction ``op`` (-1: it reduces nothing; not 16-bit floats,
+    bool or the bitwise ops: those take Python steps)."""
     return (
         b.table is not None
         and (by_address or data.nbytes <= b.area_bytes)
         and data.dtype in native_board.DTYPES
-        and not ctx.bfloat16
-        and (not reduces or ctx.op in native_board.OPS)
+        and not bfloat16
+        and (op < 0 or op in native_board.OPS)
     )
+
+
+# The native piece of each operation: (kind, steps), steps 0 where the operation takes the
+# board's Python steps instead. The functions below run it, and so does the
+# communicator's quick path for blocking calls (Communicator._run_piece).
+NO_PIECE = (0, 0)
+BARRIER_PIECE = (native_board.BARRIER, native_board.PUBLISH | native_board.FINISH)
+
+
+def allreduce_piece(b: Board, data: np.ndarray, op: int, bfloat16: bool) -> tuple[int, int]:
+    """The native piece of an all_reduce of ``data``: one step below
+    ``ONE_STEP_BELOW_BYTES``, else by address in two (every rank reduces its slice of every
+    buffer where it lies, then reads the others' reduced slices), or none."""
+    if data.nbytes < ONE_STEP_BELOW_BYTES:
+        if _native(b, data, bfloat16, op):
+            return native_board.ALL_REDUCE, _WHOLE_PIECE
+        return NO_PIECE
+    if (
+        b.by_address
+        and b.native_everywhere
+        and data.nbytes >= b.size * b.transport.board_by_address_bytes
+        and _native(b, data, bfloat16, op, by_address=True)
+    ):
+        return native_board.ALL_REDUCE_SLICES, _SLICES_BY_ADDRESS
+    return NO_PIECE
+
+
+def _gathers_by_address(b: Board, data: np.ndarray) -> bool:
+    """Whether broadcast data or an all_gather input is read where it lies."""
+    return b.by_address and data.nbytes >= b.read_in_place_bytes
+
+
+def allgather_piece(b: Board, inp: np.ndarray, bfloat16: bool) -> tuple[int, int]:
+    """The native piece of an all_gather of ``inp`` (in place too: it lands on itself)."""
+    by_address = _gathers_by_address(b, inp)
+    if not _native(b, inp, bfloat16, -1, by_address):
+        return NO_PIECE
+    return native_board.ALL_GATHER, _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
+
+
+def reduce_scatter_piece(
+    b: Board, out: np.ndarray, inp: np.ndarray, op: int, bfloat16: bool
+) -> tuple[int, int]:
+    """The native piece of a reduce_scatter of ``inp`` into ``out``. By address (every
+    rank reads its chunk of every peer's input where it lies) only where every rank runs
+    native calls: the Python steps read the areas."""
+    if b.area_bytes < b.size * inp.itemsize:
+        return NO_PIECE
+    by_address = (
+        b.by_address and b.native_everywhere and out.nbytes >= b.transport.board_by_address_bytes
+    )
+    if not _native(b, inp, bfloat16, op, by_address):
+        return NO_PIECE
+    return native_board.REDUCE_SCATTER, _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
+
+
+def broadcast_piece(b: Board, data: np.ndarray, root: int, bfloat16: bool) -> tuple[int, int]:
+    """The native piece of a broadcast of ``data`` from ``root``, on this rank."""
+    by_address = _gathers_by_address(b, data)
+    if not _native(b, data, bfloat16, -1, by_address):
+        return NO_PIECE
+    if b.rank != root:
+        return native_board.BROADCAST, _FINISH_ONLY
+    return native_board.BROADCAST, _PUBLISH_ADDRESS if by_address else _PUBLISH_ONLY
+
+
+def reduce_piece(b: Board, data: np.ndarray, root: int, op: int, bfloat16: bool) -> tuple[int, int]:
+    """The native piece of a one-step reduce of ``data`` to ``root``, on this rank."""
+    if data.nbytes >= ONE_STEP_BELOW_BYTES or not _native(b, data, bfloat16, op):
+        return NO_PIECE
+    return native_board.REDUCE, _WHOLE_PIECE if b.rank == root else _PUBLISH_ONLY
 
 
 def _view(area: np.ndarray, dtype: np.dtype, count: int) -> np.ndarray:
@@ -160,22 +229,9 @@ def allreduce(ctx: OpContext, data: np.ndarray, fallback: Callable[..., None]) -
         fallback(ctx, data)
         return
     size, deadline, dtype = ctx.size, ctx.deadline, data.dtype
-    if data.nbytes < ONE_STEP_BELOW_BYTES and _native(ctx, b, data, True):
-        b.native_piece(native_board.ALL_REDUCE, data, data, deadline, op=ctx.op)
-        ctx.finish_average(data)
-        return
-    transport: Any = ctx.transport
-    if (
-        b.by_address
-        and b.native_everywhere
-        and data.nbytes >= max(ONE_STEP_BELOW_BYTES, size * transport.board_by_address_bytes)
-        and _native(ctx, b, data, True, by_address=True)
-    ):
-        # Each rank reduces its slice of every rank's buffer where it lies, then reads the
-        # others' reduced slices: no copy into an area, and two steps whatever n.
-        b.native_piece(
-            native_board.ALL_REDUCE_SLICES, data, data, deadline, _SLICES_BY_ADDRESS, op=ctx.op
-        )
+    kind, steps = allreduce_piece(b, data, ctx.op, ctx.bfloat16)
+    if steps:
+        b.native_piece(kind, data, data, deadline, steps, op=ctx.op)
         ctx.finish_average(data)
         return
     for _, piece, k in _own_pieces(b, data, deadline):
@@ -321,11 +377,10 @@ def reduce(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., 
         fallback(ctx, data, root)
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
-    if data.nbytes < ONE_STEP_BELOW_BYTES and _native(ctx, b, data, True):
-        root_here = rank == root
-        steps = _WHOLE_PIECE if root_here else _PUBLISH_ONLY
-        b.native_piece(native_board.REDUCE, data, data, deadline, steps, op=ctx.op, root=root)
-        if root_here:
+    kind, steps = reduce_piece(b, data, root, ctx.op, ctx.bfloat16)
+    if steps:
+        b.native_piece(kind, data, data, deadline, steps, op=ctx.op, root=root)
+        if rank == root:
             ctx.finish_average(data)
         return
     for _, piece, k in _own_pieces(b, data, deadline):
@@ -361,11 +416,11 @@ def allgather(
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
     c = inp.size
-    by_address = b.by_address and inp.nbytes >= b.read_in_place_bytes
-    if _native(ctx, b, inp, False, by_address):  # (in place too: inp lands on itself)
-        steps = _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
-        b.native_piece(native_board.ALL_GATHER, inp, out, deadline, steps)
+    kind, steps = allgather_piece(b, inp, ctx.bfloat16)
+    if steps:
+        b.native_piece(kind, inp, out, deadline, steps)
         return
+    by_address = _gathers_by_address(b, inp)
     in_place = np.shares_memory(out, inp)
     if by_address:
         # One copy: every rank reads every peer's input where it lies, instead of the
@@ -402,15 +457,9 @@ def reduce_scatter(
         fallback(ctx, out, inp)
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
-    transport: Any = ctx.transport
-    # By address (every rank reads its chunk of every peer's input where it lies) only
-    # where every rank runs native calls: the Python steps read the areas.
-    by_address = (
-        b.by_address and b.native_everywhere and out.nbytes >= transport.board_by_address_bytes
-    )
-    if _native(ctx, b, inp, True, by_address):
-        steps = _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
-        b.native_piece(native_board.REDUCE_SCATTER, inp, out, deadline, steps, op=ctx.op)
+    kind, steps = reduce_scatter_piece(b, out, inp, ctx.op, ctx.bfloat16)
+    if steps:
+        b.native_piece(kind, inp, out, deadline, steps, op=ctx.op)
         ctx.finish_average(out)
         return
     c = out.size
@@ -444,14 +493,11 @@ def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..
         fallback(ctx, data, root)
         return
     rank, deadline, dtype = ctx.rank, ctx.deadline, data.dtype
-    by_address = b.by_address and data.nbytes >= b.read_in_place_bytes
-    if _native(ctx, b, data, False, by_address):
-        if rank == root:
-            steps = _PUBLISH_ADDRESS if by_address else _PUBLISH_ONLY
-            b.native_piece(native_board.BROADCAST, data, data, deadline, steps, root=root)
-        else:
-            b.native_piece(native_board.BROADCAST, data, data, deadline, _FINISH_ONLY, root=root)
+    kind, steps = broadcast_piece(b, data, root, ctx.bfloat16)
+    if steps:
+        b.native_piece(kind, data, data, deadline, steps, root=root)
         return
+    by_address = _gathers_by_address(b, data)
     if rank == root:
         if by_address:  # (decided as the native path decides: every rank may read)
             k = b.next(deadline)
@@ -486,8 +532,8 @@ def barrier(ctx: OpContext, fallback: Callable[[OpContext], None]) -> None:
         fallback(ctx)
         return
     if b.table is not None:
-        steps = native_board.PUBLISH | native_board.FINISH  # (nothing to copy)
-        b.native_piece(native_board.BARRIER, _NOTHING, _NOTHING, ctx.deadline, steps)
+        kind, steps = BARRIER_PIECE  # (nothing to copy)
+        b.native_piece(kind, NOTHING, NOTHING, ctx.deadline, steps)
         return
     k = b.next(ctx.deadline)
     b.publish(k, 0)
