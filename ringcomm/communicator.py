@@ -207,8 +207,8 @@ def _intake_pair(
     o = as_buffer(output, f"{name} output", writable=True, read=False)
     i = as_buffer(input, f"{name} input", writable=False)
     large, small, other = (o, i, "input") if big == "output" else (i, o, "output")
-    count = small.array.size  # (not .count: a property costs a call on every operation)
-    if large.array.size != size * count:
+    count = small.count
+    if large.count != size * count:
         raise ValueError(
             f"{name}: {big} holds {large.count} elements, expected size * {other} = "
             f"{size} * {count}"
