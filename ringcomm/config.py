@@ -463,7 +463,8 @@ class Config:
         "inputs up to 512 KiB (and an area) go through the area (two copies in cache beat one "
         "`process_vm_readv`); 0: they do not, such data is read where it lies from "
         "`RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES` up; unset or `auto`: rank 0 times copying "
-        "64 KiB its peers just wrote against its own when a board is made",
+        "64 KiB its peers just wrote against its own when a board is made. Rank 0's setting "
+        "decides for every rank",
         auto_is_none=True,
         default_text="auto",
     )

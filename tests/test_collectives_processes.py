@@ -201,6 +201,19 @@ def test_board_copies_follow_the_cache(size: int, shared: str) -> None:
         assert all((address == 0) == verdict for address in res["published"]), res
 
 
+def test_board_copies_follow_rank_0() -> None:
+    """Ranks set differently follow rank 0's setting (or probe), and none waits for a probe
+    that rank 0 does not run."""
+    results = get_pool(3).run(collectives.board_copies_follow_rank_0, timeout=120)
+    for case, (forced, probed) in enumerate([(True, False), (None, True), (False, False)]):
+        verdicts = {res[case]["shared"] for res in results}
+        assert len(verdicts) == 1, (case, results)
+        assert (results[0][case]["probed_us"] is not None) == probed, (case, results)
+        if forced is not None:
+            assert verdicts == {forced}, (case, results)
+    assert len({res[3]["shared"] for res in results}) == 1
+
+
 def test_board_goes_without_when_a_rank_cannot_make_one() -> None:
     results = get_pool(3).run(collectives.board_goes_without)
     assert results == [{"board": False, "possible": False}] * 3, results

@@ -640,6 +640,27 @@ def board_copies(comm: ringcomm.Communicator) -> dict[str, Any]:
     }
 
 
+def board_copies_follow_rank_0(comm: ringcomm.Communicator) -> list[dict[str, Any]]:
+    """Ranks set apart (RINGCOMM_SHM_BOARD_SHARED_CACHE as each rank's transport holds it,
+    on fresh sub-communicators): rank 0's setting, or its probe, decides for every rank,
+    and nobody waits for a probe that does not come. Each case's verdict and rank 0's
+    figures; a 64 KiB broadcast checked after each."""
+    cases = [(True, None), (None, False), (False, True), (None, None)]
+    seen = []
+    for first, others in cases:
+        sub = comm.split(0)  # a fresh communicator: its board is made at its first use
+        assert sub is not None
+        sub._transport.board_shared_cache = first if comm.rank == 0 else others  # type: ignore[attr-defined]
+        want = np.arange(16 << 10, dtype=np.float32)
+        buf = want.copy() if comm.rank == 0 else np.zeros_like(want)
+        sub.broadcast(buf, 0, algorithm="direct")
+        np.testing.assert_array_equal(buf, want)
+        b = sub._transport.board  # type: ignore[attr-defined]
+        seen.append({"shared": b.shared_cache, "probed_us": b.probed_us})
+        sub.close()
+    return seen
+
+
 def board_goes_without(comm: ringcomm.Communicator) -> dict[str, bool]:
     """Rank 1 cannot make its board (the name is taken): every rank goes without it alike,
     and the collectives forced onto it run point to point instead."""

@@ -221,27 +221,31 @@ class Board:
         """Settle how broadcast and all_gather data that fits an area (up to
         :data:`COPY_THROUGH_AREA_BYTES`) travels: through the area (two copies) where the
         ranks' cores share a cache, by address otherwise (:attr:`read_in_place_bytes`).
-        ``shared``: whether they do (None: probe it with every rank, a collective step;
-        RINGCOMM_SHM_BOARD_SHARED_CACHE).
+        ``shared``: whether they do (None: probe it; RINGCOMM_SHM_BOARD_SHARED_CACHE). A
+        collective step: rank 0's setting (and probe) decides for every rank.
 
         Where lines one core writes are cheap for another to read, two copies in cache beat
         one ``process_vm_readv`` (a fixed few microseconds, then 10-15 GB/s): n=2 broadcast
         256 KiB 10 against 22 us, all_gather 1 MiB 40 against 55 us. Where they are not (this
         machine's vCPUs land on cores with separate caches from launch to launch), each such
         line costs up to 10x and the area loses: all_gather 256 KiB 75 against 25 us."""
-        if shared is None and self.by_address:
-            shared = self._probe_cache(deadline)
-        self.shared_cache = bool(shared)
+        self.shared_cache = self._agree_cache(shared, deadline)
         if self.shared_cache:
             through_area = min(self.area_bytes, COPY_THROUGH_AREA_BYTES)
             self.read_in_place_bytes = max(self.read_in_place_bytes, through_area + 1)
 
-    def _probe_cache(self, deadline: float) -> bool:
-        """Whether the ranks' cores share a cache: rank 0 times copying what each peer
-        just wrote into its area (round by round, peer after peer) against copying what it
-        just wrote itself, and tells every rank through VERDICT."""
+    def _agree_cache(self, shared: bool | None, deadline: float) -> bool:
+        """Whether the ranks' cores share a cache, as rank 0 says: ``shared`` there, else
+        (None) its probe: it times copying what each peer just wrote into its area (round
+        by round, peer after peer) against copying what it just wrote itself. Rank 0 tells
+        every rank through VERDICT; the peers always take their turns (a rank 0 that does
+        not probe releases them at once), so ranks set alike or not never wait apart."""
         nbytes = min(PROBE_BYTES, self.area_bytes)
         rounds = PROBE_ROUNDS * (self.size - 1)
+        if self.rank == 0 and shared is not None:
+            self.counters[0][VERDICT] = VERDICT_SHARED if shared else VERDICT_APART
+            self.raise_counter(PROBE, rounds + 1)
+            return shared
         if self.rank == 0:
             own, into = np.empty(nbytes, np.uint8), np.empty(nbytes, np.uint8)
             remote: dict[int, list[float]] = {}
