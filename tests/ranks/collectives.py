@@ -612,7 +612,8 @@ def board_copies(comm: ringcomm.Communicator) -> dict[str, Any]:
     """What the board settled about its copies (RINGCOMM_SHM_BOARD_SHARED_CACHE as the pool
     sets it), and where each rank's broadcast and all_gather data of 64 KiB went (below the
     512 KiB that may go through an area, above the by-address threshold): the ADDRESS word
-    a root published (0: through its area). Both against numpy, from every root."""
+    a root published (0: through its area), and an all_reduce's of 256 KiB. All against
+    numpy, broadcast from every root."""
     from ringcomm.transport.shm.board import ADDRESS
 
     n, r = comm.size, comm.rank
@@ -629,6 +630,12 @@ def board_copies(comm: ringcomm.Communicator) -> dict[str, Any]:
     out = np.zeros(n * count, np.float32)
     comm.all_gather(out, everyone[r], algorithm="direct")
     np.testing.assert_array_equal(out, np.concatenate(everyone), err_msg="all_gather")
+    published.append(int(b.counters[r][ADDRESS + (b.count & 1)]))
+    # 256 KiB: in one step through the areas where the cores share a cache, else by address
+    many = [make_input("float32", ringcomm.SUM, q, 4 * count, seed=6) for q in range(n)]
+    total = many[r].copy()
+    comm.all_reduce(total, algorithm="direct")
+    np.testing.assert_allclose(total, reference(ringcomm.SUM, many), rtol=1e-5)
     published.append(int(b.counters[r][ADDRESS + (b.count & 1)]))
     return {
         "shared": b.shared_cache,
