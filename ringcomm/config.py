@@ -461,7 +461,7 @@ class Config:
         bool,
         "1: the cores of this host's ranks share a cache, so broadcast data and all_gather "
         "inputs up to 512 KiB (and an area) go through the area (two copies in cache beat one "
-        "`process_vm_readv`), and all_reduces that size take one step through the areas; 0: "
+        "`process_vm_readv`), and all_reduces up to an area take one step through them; 0: "
         "they do not, such data is read where it lies from "
         "`RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES` up; unset or `auto`: rank 0 times copying "
         "64 KiB its peers just wrote against its own when a board is made. Rank 0's setting "

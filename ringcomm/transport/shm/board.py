@@ -116,12 +116,13 @@ PROBE_ROUNDS = 7
 # 64 KiB 1.2 us both ways (ratio 0.9-1.4 from 16 KiB to 1 MiB); earlier sessions found
 # such lines up to 10x slower when they did not (see docs/benchmarks.md).
 APART_RATIO = 3.0
-# Where they share one, broadcast data, all_gather inputs and whole all_reduces up to this
-# size (and an area's) go through the area. n=2 broadcast, 2026-12-06, through the area vs
-# by address, back to back | barrier before each: 512 KiB 20 vs 39 | 34 vs 40 us, but 1 MiB
-# 29-104 vs 76-79 | 103-166 vs 76-77 (two 1 MiB copies in and out of a 2 MiB L2, launch by
-# launch). all_reduce, one step vs two by address: 512 KiB 42 vs 102 | 49 vs 104 us, 1 MiB
-# 133 vs 193 | 190 vs 196.
+# Where they share one, broadcast data and all_gather inputs up to this size (and an
+# area's) go through the area. n=2 broadcast, 2026-12-06, through the area vs by address,
+# back to back | barrier before each: 512 KiB 20 vs 39 | 34 vs 40 us, but 1 MiB 29-104 vs
+# 76-79 | 103-166 vs 76-77 (two 1 MiB copies in and out of a 2 MiB L2, launch by launch).
+# A whole all_reduce goes through the areas up to an area's size (direct.allreduce_piece):
+# one step against two by address, 512 KiB 32-42 vs 97-102 us, 1 MiB 75 vs 97-98 in both
+# modes (n=4: 271-294 vs 330).
 COPY_THROUGH_AREA_BYTES = 512 << 10
 # What SIZE says besides the bytes: the operation exchanges 16-bit floats (compression), so
 # a rank that runs it against a plain one of the same size fails instead of misreading.
@@ -215,9 +216,7 @@ class Board:
         # broadcast data and all_gather inputs this large are read where they lie (else
         # through the owner's area); see settle_copies
         self.read_in_place_bytes: int = transport.board_by_address_bytes
-        self.shared_cache: bool | None = None  # None: not settled
-        # what goes through the areas because the cores share a cache (every rank alike)
-        self.through_area_bytes = 0
+        self.shared_cache: bool | None = None  # None: not settled (every rank alike)
         # the probe's medians, microseconds: the slowest peer's, rank 0's own (rank 0 only)
         self.probed_us: tuple[float, float] | None = None
 
@@ -225,8 +224,8 @@ class Board:
         """Settle how broadcast and all_gather data that fits an area (up to
         :data:`COPY_THROUGH_AREA_BYTES`) travels: through the area (two copies) where the
         ranks' cores share a cache, by address otherwise (:attr:`read_in_place_bytes`);
-        and an all_reduce that size: in one step through the areas where they share one
-        (:attr:`through_area_bytes`), else from 64 KiB in two by address.
+        and an all_reduce up to an area's size: in one step through the areas where they
+        share one (:attr:`shared_cache`), else from 64 KiB in two by address.
         ``shared``: whether they do (None: probe it; RINGCOMM_SHM_BOARD_SHARED_CACHE). A
         collective step: rank 0's setting (and probe) decides for every rank.
 
@@ -238,8 +237,8 @@ class Board:
         line costs up to 10x and the area loses: all_gather 256 KiB 75 against 25 us."""
         self.shared_cache = self._agree_cache(shared, deadline)
         if self.shared_cache:
-            self.through_area_bytes = min(self.area_bytes, COPY_THROUGH_AREA_BYTES)
-            self.read_in_place_bytes = max(self.read_in_place_bytes, self.through_area_bytes + 1)
+            through_area = min(self.area_bytes, COPY_THROUGH_AREA_BYTES)
+            self.read_in_place_bytes = max(self.read_in_place_bytes, through_area + 1)
 
     def _agree_cache(self, shared: bool | None, deadline: float) -> bool:
         """Whether the ranks' cores share a cache, as rank 0 says: ``shared`` there, else
