@@ -232,9 +232,9 @@ class Board:
         Where lines one core writes are cheap for another to read, two copies in cache beat
         one ``process_vm_readv`` (a fixed few microseconds, then 10-15 GB/s): n=2 broadcast
         256 KiB 10 against 22 us, all_gather 1 MiB 40 against 55 us, all_reduce 256 KiB
-        24 against 55 us. Where they are not (this
-        machine's vCPUs land on cores with separate caches from launch to launch), each such
-        line costs up to 10x and the area loses: all_gather 256 KiB 75 against 25 us."""
+        24 against 55 us. Where they are not (this machine's vCPUs land on cores with
+        separate caches from launch to launch), each such line costs up to 10x and the area
+        loses: all_gather 256 KiB 75 against 25 us."""
         self.shared_cache = self._agree_cache(shared, deadline)
         if self.shared_cache:
             through_area = min(self.area_bytes, COPY_THROUGH_AREA_BYTES)
@@ -242,44 +242,14 @@ class Board:
 
     def _agree_cache(self, shared: bool | None, deadline: float) -> bool:
         """Whether the ranks' cores share a cache, as rank 0 says: ``shared`` there, else
-        (None) its probe: it times copying what each peer just wrote into its area (round
-        by round, peer after peer) against copying what it just wrote itself. Rank 0 tells
-        every rank through VERDICT; the peers always take their turns (a rank 0 that does
-        not probe releases them at once), so ranks set alike or not never wait apart."""
+        (None) its probe (:meth:`_probe_peers`). Rank 0 tells every rank through VERDICT;
+        the peers always take their turns (a rank 0 that does not probe releases them at
+        once), so ranks set alike or not never wait apart."""
         nbytes = min(PROBE_BYTES, self.area_bytes)
         rounds = PROBE_ROUNDS * (self.size - 1)
-        if self.rank == 0 and shared is not None:
-            self.counters[0][VERDICT] = VERDICT_SHARED if shared else VERDICT_APART
-            self.raise_counter(PROBE, rounds + 1)
-            return shared
         if self.rank == 0:
-            own, into = np.empty(nbytes, np.uint8), np.empty(nbytes, np.uint8)
-            remote: dict[int, list[float]] = {}
-            local: list[float] = []
-            clock = time.perf_counter
-            j = 0
-            for r in self.others:
-                theirs, times = self.areas[r][0][:nbytes], remote.setdefault(r, [])
-                for _ in range(PROBE_ROUNDS):
-                    j += 1
-                    self.wait(PROBE, j, deadline, [r])
-                    t0 = clock()
-                    np.copyto(into, theirs)
-                    t1 = clock()
-                    own.fill(j & 0xFF)
-                    t2 = clock()
-                    np.copyto(into, own)
-                    times.append(t1 - t0)
-                    local.append(clock() - t2)
-                    self.raise_counter(PROBE, j)  # the next round (peer) may write
-            shared = share_a_cache(remote, local)
-            slowest = max(statistics.median(t) for t in remote.values())
-            self.probed_us = (slowest * 1e6, statistics.median(local) * 1e6)
-            log.debug(
-                "rank 0: %d KiB a peer wrote copied in %.2f us (slowest peer), its own in "
-                "%.2f: the ranks %s a cache",
-                nbytes >> 10, *self.probed_us, "share" if shared else "do not share",
-            )  # fmt: skip
+            if shared is None:
+                shared = self._probe_peers(nbytes, deadline)
             self.counters[0][VERDICT] = VERDICT_SHARED if shared else VERDICT_APART
             self.raise_counter(PROBE, rounds + 1)
             return shared
@@ -291,6 +261,38 @@ class Board:
             self.raise_counter(PROBE, j)
         self.wait(PROBE, rounds + 1, deadline, [0])
         return int(native_shm.load_acquire(self.counters[0], VERDICT)) == VERDICT_SHARED
+
+    def _probe_peers(self, nbytes: int, deadline: float) -> bool:
+        """Rank 0's probe: time copying the ``nbytes`` each peer just wrote into its area
+        (round by round, peer after peer) against copying what this rank just wrote."""
+        own, into = np.empty(nbytes, np.uint8), np.empty(nbytes, np.uint8)
+        remote: dict[int, list[float]] = {}
+        local: list[float] = []
+        clock = time.perf_counter
+        j = 0
+        for r in self.others:
+            theirs, times = self.areas[r][0][:nbytes], remote.setdefault(r, [])
+            for _ in range(PROBE_ROUNDS):
+                j += 1
+                self.wait(PROBE, j, deadline, [r])
+                t0 = clock()
+                np.copyto(into, theirs)
+                t1 = clock()
+                own.fill(j & 0xFF)
+                t2 = clock()
+                np.copyto(into, own)
+                times.append(t1 - t0)
+                local.append(clock() - t2)
+                self.raise_counter(PROBE, j)  # the next round (peer) may write
+        shared = share_a_cache(remote, local)
+        slowest = max(statistics.median(t) for t in remote.values())
+        self.probed_us = (slowest * 1e6, statistics.median(local) * 1e6)
+        log.debug(
+            "rank 0: %d KiB a peer wrote copied in %.2f us (slowest peer), its own in %.2f: "
+            "the ranks %s a cache",
+            nbytes >> 10, *self.probed_us, "share" if shared else "do not share",
+        )  # fmt: skip
+        return shared
 
     def _native_table(self) -> np.ndarray:
         nb = native_board
