@@ -451,7 +451,8 @@ class Config:
         "on the shared-memory board, data this large a rank is read where it lies, in one "
         "copy (`process_vm_readv`), where every rank allows it, instead of through the "
         "owner's area: broadcast data, all_gather inputs, each reduce_scatter chunk, each "
-        "all_reduce slice (from 64 KiB); 0, or `RINGCOMM_SHM_BY_ADDRESS_BYTES=0`, turns it off",
+        "all_reduce slice (from 64 KiB). Rank 0's size holds for every rank; 0, or "
+        "`RINGCOMM_SHM_BY_ADDRESS_BYTES=0`, on any rank turns it off for all",
         unit="bytes",
         minimum=0,
     )

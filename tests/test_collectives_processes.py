@@ -214,6 +214,17 @@ def test_board_copies_follow_rank_0() -> None:
     assert len({res[3]["shared"] for res in results}) == 1
 
 
+def test_board_by_address_follows_rank_0() -> None:
+    """Ranks with different by-address thresholds take rank 0's (else one reads by address
+    what another copied into its area), and a rank that turned it off turns it off for all."""
+    results = get_pool(3).run(collectives.board_by_address_follows_rank_0, timeout=120)
+    cases = [(16 << 10, True), (1 << 30, True), (16 << 10, False)]
+    for rank, res in enumerate(results):
+        for case, (threshold, by_address) in enumerate(cases):
+            want = {"by_address_bytes": threshold, "by_address": by_address}
+            assert res[case] == want, (rank, case, res)
+
+
 def test_board_goes_without_when_a_rank_cannot_make_one() -> None:
     results = get_pool(3).run(collectives.board_goes_without)
     assert results == [{"board": False, "possible": False}] * 3, results

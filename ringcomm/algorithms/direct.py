@@ -15,8 +15,8 @@ into pieces that fit an area; per piece:
   pieces: the root reduces every area).
 - barrier: every rank raises READY and waits for every peer's.
 
-By address: where every rank may read every other's memory, from
-``RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES`` up (per rank), a rank publishes where its data lies
+By address: where every rank may read every other's memory (and none turned it off), from
+rank 0's ``RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES`` up, a rank publishes where its data lies
 instead of a copy, and the others read it there in one copy (``process_vm_readv``):
 broadcast and all_gather read the owner's data, reduce_scatter its chunk of every peer's
 input, and all_reduce from 64 KiB reduces its slice of every rank's buffer in place, then
@@ -140,7 +140,7 @@ def allreduce_piece(b: Board, data: np.ndarray, op: int, bfloat16: bool) -> tupl
     if (
         b.by_address
         and b.native_everywhere
-        and data.nbytes >= b.size * b.transport.board_by_address_bytes
+        and data.nbytes >= b.size * b.by_address_bytes
         and _native(b, data, bfloat16, op, by_address=True)
     ):
         return native_board.ALL_REDUCE_SLICES, _SLICES_BY_ADDRESS
@@ -168,9 +168,7 @@ def reduce_scatter_piece(
     native calls: the Python steps read the areas."""
     if b.area_bytes < b.size * inp.itemsize:
         return NO_PIECE
-    by_address = (
-        b.by_address and b.native_everywhere and out.nbytes >= b.transport.board_by_address_bytes
-    )
+    by_address = b.by_address and b.native_everywhere and out.nbytes >= b.by_address_bytes
     if not _native(b, inp, bfloat16, op, by_address):
         return NO_PIECE
     return native_board.REDUCE_SCATTER, _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE

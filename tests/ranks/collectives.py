@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -664,6 +665,44 @@ def board_copies_follow_rank_0(comm: ringcomm.Communicator) -> list[dict[str, An
         np.testing.assert_array_equal(buf, want)
         b = sub._transport.board  # type: ignore[attr-defined]
         seen.append({"shared": b.shared_cache, "probed_us": b.probed_us})
+        sub.close()
+    return seen
+
+
+def board_by_address_follows_rank_0(comm: ringcomm.Communicator) -> list[dict[str, Any]]:
+    """Ranks with different RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES (as each rank's transport
+    holds it, on fresh sub-communicators, copies never through the areas): rank 0's size
+    holds for every rank, and one rank that turned reading by address off turns it off for
+    all. all_reduce, reduce_scatter, all_gather and broadcast of 64 KiB and 1 MiB a rank,
+    against numpy, after each case: the board's threshold and whether it reads by address."""
+    n, r = comm.size, comm.rank
+    off = sys.maxsize
+    cases = [(16 << 10, 1 << 30), (1 << 30, 16 << 10), (16 << 10, off)]
+    seen = []
+    for first, others in cases:
+        sub = comm.split(0)  # a fresh communicator: its board is made at its first use
+        assert sub is not None
+        t = sub._transport  # type: ignore[attr-defined]
+        t.board_shared_cache = False
+        t.board_by_address_bytes = first if r == 0 else (others if r == 1 else first)
+        for count in (16 << 10, 256 << 10):  # float32
+            every = [make_input("float32", ringcomm.SUM, q, count, seed=7) for q in range(n)]
+            total = every[r].copy()
+            sub.all_reduce(total, algorithm="direct")
+            np.testing.assert_allclose(total, reference(ringcomm.SUM, every), rtol=1e-5)
+            chunk = np.zeros(count // n, np.float32)
+            sub.reduce_scatter(chunk, every[r][: count // n * n], algorithm="direct")
+            whole = reference(ringcomm.SUM, [e[: count // n * n] for e in every])
+            mine = whole[r * (count // n) : (r + 1) * (count // n)]
+            np.testing.assert_allclose(chunk, mine, rtol=1e-5)
+            out = np.zeros(n * count, np.float32)
+            sub.all_gather(out, every[r], algorithm="direct")
+            np.testing.assert_array_equal(out, np.concatenate(every))
+            buf = every[r].copy()
+            sub.broadcast(buf, n - 1, algorithm="direct")
+            np.testing.assert_array_equal(buf, every[n - 1])
+        b = t.board
+        seen.append({"by_address_bytes": b.by_address_bytes, "by_address": b.by_address})
         sub.close()
     return seen
 

@@ -40,6 +40,7 @@ import contextlib
 import mmap
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -84,8 +85,9 @@ _STEPS_TO_TAKE = _PUBLISH | _FINISH | _GATHER | _AWAIT_DONE
 
 # Counter words in the control page, a cache line apart (peers poll them).
 C_MAGIC, C_PID = 0, 1
-# 1 if every peer may read this rank's memory (process_vm_readv): written before the ranks
-# first agree, read once every board is mapped (see Board.by_address).
+# 1 if every peer may read this rank's memory (process_vm_readv) and it did not turn reading
+# by address off: written before the ranks first agree, read once every board is mapped
+# (see Board.by_address).
 C_READABLE = 2
 # 1 if this rank runs the board's pieces in native calls: written and read likewise (see
 # Board.native_everywhere).
@@ -103,10 +105,11 @@ MAPPED = 4 * LINE // 8
 # MAP_FAILED + parity: 1 if this rank could not map every peer's buffer of that operation
 # (written before it raises REDUCED, which keeps its meaning for the operations after).
 MAP_FAILED = MAPPED + 8
-# The cache probe (Board.settle_copies): each rank's round counter, and rank 0's verdict
-# (VERDICT_SHARED or VERDICT_APART).
+# The cache probe (Board.settle_copies): each rank's round counter, rank 0's verdict
+# (VERDICT_SHARED or VERDICT_APART) and its by-address threshold, which every rank takes.
 PROBE = 6 * LINE // 8
 VERDICT = PROBE + 1
+BY_ADDRESS_FROM = PROBE + 2
 VERDICT_SHARED, VERDICT_APART = 1, 2
 # Rank 0 copies this much that a peer just wrote, this many times per peer.
 PROBE_BYTES = 64 << 10
@@ -213,9 +216,13 @@ class Board:
         if _runs_native(transport):
             self.table = self._native_table()
         self._spins = transport.polls * _NATIVE_SPINS_PER_POLL
+        # Data this large a rank (or an all_reduce slice, a reduce_scatter chunk) is read
+        # where it lies: rank 0's RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES, for every rank alike
+        # once settle_copies ran (ranks that chose apart would read what was never written).
+        self.by_address_bytes: int = transport.board_by_address_bytes
         # broadcast data and all_gather inputs this large are read where they lie (else
         # through the owner's area); see settle_copies
-        self.read_in_place_bytes: int = transport.board_by_address_bytes
+        self.read_in_place_bytes: int = self.by_address_bytes
         self.shared_cache: bool | None = None  # None: not settled (every rank alike)
         # the probe's medians, microseconds: the slowest peer's, rank 0's own (rank 0 only)
         self.probed_us: tuple[float, float] | None = None
@@ -234,23 +241,28 @@ class Board:
         256 KiB 10 against 22 us, all_gather 1 MiB 40 against 55 us, all_reduce 256 KiB
         24 against 55 us. Where they are not (this machine's vCPUs land on cores with
         separate caches from launch to launch), each such line costs up to 10x and the area
-        loses: all_gather 256 KiB 75 against 25 us."""
+        loses: all_gather 256 KiB 75 against 25 us.
+
+        Every rank also takes rank 0's :attr:`by_address_bytes`."""
         self.shared_cache = self._agree_cache(shared, deadline)
+        self.read_in_place_bytes = self.by_address_bytes
         if self.shared_cache:
             through_area = min(self.area_bytes, COPY_THROUGH_AREA_BYTES)
             self.read_in_place_bytes = max(self.read_in_place_bytes, through_area + 1)
 
     def _agree_cache(self, shared: bool | None, deadline: float) -> bool:
         """Whether the ranks' cores share a cache, as rank 0 says: ``shared`` there, else
-        (None) its probe (:meth:`_probe_peers`). Rank 0 tells every rank through VERDICT;
-        the peers always take their turns (a rank 0 that does not probe releases them at
-        once), so ranks set alike or not never wait apart."""
+        (None) its probe (:meth:`_probe_peers`). Rank 0 tells every rank through VERDICT,
+        and its :attr:`by_address_bytes` through BY_ADDRESS_FROM; the peers always take
+        their turns (a rank 0 that does not probe releases them at once), so ranks set
+        alike or not never wait apart."""
         nbytes = min(PROBE_BYTES, self.area_bytes)
         rounds = PROBE_ROUNDS * (self.size - 1)
         if self.rank == 0:
             if shared is None:
                 shared = self._probe_peers(nbytes, deadline)
             self.counters[0][VERDICT] = VERDICT_SHARED if shared else VERDICT_APART
+            self.counters[0][BY_ADDRESS_FROM] = self.by_address_bytes
             self.raise_counter(PROBE, rounds + 1)
             return shared
         mine = self.areas[self.rank][0][:nbytes]
@@ -260,6 +272,7 @@ class Board:
             mine.fill(j & 0xFF)
             self.raise_counter(PROBE, j)
         self.wait(PROBE, rounds + 1, deadline, [0])
+        self.by_address_bytes = int(self.counters[0][BY_ADDRESS_FROM])
         return int(native_shm.load_acquire(self.counters[0], VERDICT)) == VERDICT_SHARED
 
     def _probe_peers(self, nbytes: int, deadline: float) -> bool:
@@ -619,7 +632,9 @@ def _map_all(
 ) -> Board | None:
     control = np.frombuffer(own, np.uint64, PAGE // 8)
     control[C_PID] = os.getpid()
-    control[C_READABLE] = int(transport.readable_by_all())
+    # A rank that turned reading by address off (a threshold of 0) turns it off for all.
+    readable = transport.readable_by_all() and transport.board_by_address_bytes < sys.maxsize
+    control[C_READABLE] = int(readable)
     control[C_NATIVE] = int(_runs_native(transport))
     native_shm.store_release(control, C_MAGIC, MAGIC)
     del control

@@ -182,8 +182,8 @@ class ShmTransport(Transport):
         self.board_area_bytes = config.shm_board_bytes
         self.board_native = config.shm_board_native
         self.board_shared_cache = config.shm_board_shared_cache  # None: probe it
-        # broadcast and all_gather data on the board read where it lies from this size up
-        # (per rank); never where reading by address is off altogether
+        # data on the board read where it lies from this size up (rank 0's, for every rank;
+        # see Board.by_address_bytes); never where reading by address is off altogether
         self.board_by_address_bytes = (
             config.shm_board_by_address_bytes
             if config.shm_board_by_address_bytes and config.shm_by_address_bytes
