@@ -26,7 +26,8 @@ table, and the publisher waits until every reader raised DONE before its buffer 
 (AWAIT_DONE). broadcast and all_gather read the owner's data, reduce_scatter its chunk of
 every peer's input block by block through a scratch, and ALL_REDUCE_SLICES reduces this
 rank's slice of every buffer in place (FINISH, raising REDUCED), then reads the others'
-reduced slices (GATHER).
+reduced slices (GATHER). ALL_REDUCE_SLICES also runs through the areas (COPY): each rank
+then copies its reduced slice into its own area, and the others copy it from there.
 
 The board's layout lives with the board: it hands over a ``table`` of uint64 words, the
 header below, then per rank the addresses of its counters, its two areas, (peers only) the
@@ -58,8 +59,9 @@ DTYPES = frozenset(
 OPS = frozenset((SUM, PROD, MIN, MAX, AVG))
 
 # What finish does with what the ranks published.
-# ALL_REDUCE_SLICES (by address only): each rank reduces its slice of every rank's data
-# into its own (FINISH, then REDUCED), then reads every other rank's reduced slice (GATHER).
+# ALL_REDUCE_SLICES: each rank reduces its slice of every rank's data into its own (FINISH,
+# then REDUCED), then reads every other rank's reduced slice (GATHER): where they lie (by
+# address), or out of the areas (each rank copies its reduced slice back into its own).
 ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, BROADCAST, REDUCE, BARRIER = range(6)
 ALL_REDUCE_SLICES = 6
 
@@ -296,7 +298,9 @@ def _gather_slices(table, data, k, spins):  # type: ignore[no-untyped-def]
         start, stop = _slice(data.size, size, r)
         address = _counters(table, r)[address_word]
         at = address + np.uint64(start * data.itemsize)
-        if not address or not _read_remote(table, r, at, data[start:stop]):
+        if not address:  # through the areas: its reduced slice is in its area
+            _copy(data[start:stop], _area(table, r, k, data, data.size)[start:stop])
+        elif not _read_remote(table, r, at, data[start:stop]):
             return UNREAD
     _store_seq_cst(_counters(table, rank), _word(table, H_DONE), k)
     return GATHERED | _sleeping(table)
@@ -342,7 +346,10 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
         start, stop = _slice(src.size, size, rank)
         if not _reduce_own_chunk(table, src, dst[start:stop], start, k, op):
             return UNREAD
-        _store_seq_cst(_counters(table, rank), _word(table, H_REDUCED), k)
+        own = _counters(table, rank)
+        if not own[_word(table, H_ADDRESS) + (k & 1)]:  # published in its area: so is this
+            _copy(_area(table, rank, k, dst, dst.size)[start:stop], dst[start:stop])
+        _store_seq_cst(own, _word(table, H_REDUCED), k)
         return FINISHED | _sleeping(table)
     elif kind == ALL_GATHER:
         c = src.size

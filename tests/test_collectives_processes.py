@@ -120,15 +120,25 @@ def test_torch_tensors() -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "native"), [(2, True), (3, True), (4, True), (8, True), (2, False), (3, False)]
+    ("size", "native", "shared"),
+    [
+        (2, True, "1"),
+        (3, True, "0"),
+        (4, True, "1"),
+        (8, True, "auto"),
+        (2, False, "auto"),
+        (3, False, "auto"),
+    ],
 )
-def test_board_collectives(size: int, native: bool) -> None:
+def test_board_collectives(size: int, native: bool, shared: str) -> None:
     """The shared-memory board: every collective forced onto it, against numpy; a 4 KiB
     board cuts larger operations into pieces. n=8 on this 2-core machine too. ``native``:
     operations that fit an area run in native calls (ringcomm.native.board), and from 8 KiB
     all_gather and broadcast read by address (in the native call too); else every piece
-    runs in Python steps through the areas."""
+    runs in Python steps through the areas. ``shared`` (RINGCOMM_SHM_BOARD_SHARED_CACHE):
+    1, all_reduces from 64 KiB go through the areas in native pieces; 0, by address."""
     env = {"RINGCOMM_SHM_BOARD_BYTES": "4096", "RINGCOMM_SHM_BOARD_NATIVE": str(int(native))}
+    env["RINGCOMM_SHM_BOARD_SHARED_CACHE"] = shared
     env["RINGCOMM_SHM_BY_ADDRESS_BYTES"] = "8192" if native else "0"  # 0: the board's too
     env["RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES"] = "8192"
     pool = RankPool(size, env=env)
