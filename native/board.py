@@ -81,6 +81,9 @@ FIELDS = 5
 # published by address, which must not change before).
 PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS, AWAIT_DONE, GATHER = 1, 2, 4, 8, 16, 32, 64
 WHOLE_PIECE = PUBLISH | COPY | FINISH  # the usual call: publish a copy, read the others
+# Not piece()'s but its caller's (piece() ignores it): the operation goes through the areas
+# piece after piece of the board's piece size (Board.native_piece cuts it).
+IN_PIECES = 128
 # What piece() says (bits; WAKE: some peer sleeps on its futex, wake it; UNREAD: reading a
 # peer's memory failed, nothing raised: the caller reads it again, to raise the error).
 PUBLISHED, FINISHED, BLOCKED, NOT_READY, MISMATCH, UNREAD = 1, 2, 4, 8, 16, 32

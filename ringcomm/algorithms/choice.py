@@ -75,6 +75,13 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   both); the point-to-point ones swing 2-7x: the board below 32 MiB. n=4, through the
   areas -> by address: 256 KiB 328-407 -> 188-392, 1 MiB 1.0 -> 0.44-1.2 ms, 4 MiB 3.9-4.4
   -> 1.3-4.1 ms.
+- all_reduce from 64 KiB through the areas in 512 KiB pieces (where the cores share a
+  cache), 2026-12-06, ``bench/collectives.py all_reduce``, board forced
+  (``RINGCOMM_ALL_REDUCE_ALGORITHM=direct``) vs the default, two alternating launches
+  each, in-place us: n=2 16 MiB 1047-1140 vs 1126-1228 (the board already), 32 MiB
+  3498-3580 vs the ring's 3718-4116, 64 MiB 7276-7346 vs 7441-9625: the board at every
+  size. n=4 16 MiB 6643-8009 vs the ring's 6254-7130, 32 MiB 12558-13133 vs 15370-15877,
+  64 MiB 29430-33150 vs 30273-30309: left below 16 MiB.
 - This machine's two vCPUs sometimes share a last-level cache and sometimes not (it
   changes from launch to launch): a 1 MiB broadcast then takes 38 us or 400 us, every
   algorithm alike, because a rank writing lines its peer just read pays a cross-chiplet
@@ -152,7 +159,7 @@ HALVING_REDUCE_SCATTER_BELOW_BYTES = 4 << 20  # the whole input
 # ranks and for more (measured with bench/tune.py, see the module docstring); other sizes
 # take the point-to-point choice below.
 BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
-    ("all_reduce", False): "direct:0-32M",
+    ("all_reduce", False): "direct",
     ("all_reduce", True): "direct:0-16M",
     ("all_gather", False): "direct",
     ("all_gather", True): "direct",

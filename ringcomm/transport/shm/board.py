@@ -65,8 +65,7 @@ log = get_logger(__name__)
 
 # native_board.piece and its bits, bound once: the small-message path reads them per call.
 _piece = native_board.piece
-_PUBLISH, _FINISH, _COPY = native_board.PUBLISH, native_board.FINISH, native_board.COPY
-_ALL_REDUCE_SLICES = native_board.ALL_REDUCE_SLICES
+_PUBLISH, _FINISH, _IN_PIECES = native_board.PUBLISH, native_board.FINISH, native_board.IN_PIECES
 _PUBLISHED, _FINISHED, _WAKE = native_board.PUBLISHED, native_board.FINISHED, native_board.WAKE
 _BLOCKED, _NOT_READY = native_board.BLOCKED, native_board.NOT_READY
 _MISMATCH = native_board.MISMATCH
@@ -355,13 +354,13 @@ class Board:
         a copy of ``src``, then read it as ``kind`` says into ``dst``). The native call
         spins briefly; longer waits, errors and wake-ups are made here, between calls.
 
-        An all_reduce in two steps (ALL_REDUCE_SLICES) larger than :attr:`piece_bytes`
-        that goes through the areas (COPY) runs piece after piece, each numbered."""
+        An operation larger than :attr:`piece_bytes` with IN_PIECES in ``steps`` (an
+        all_reduce or broadcast through the areas) runs piece after piece, each numbered."""
         table = self.table
         assert table is not None
         nbytes = src.nbytes
-        if nbytes > self.piece_bytes and kind == _ALL_REDUCE_SLICES and steps & _COPY:
-            self._native_pieces(src, dst, deadline, steps, op)
+        if nbytes > self.piece_bytes and steps & _IN_PIECES:
+            self._native_pieces(kind, src, dst, deadline, steps, op, root)
             return
         self.count = k = self.count + 1
         status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
@@ -397,16 +396,23 @@ class Board:
             status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
 
     def _native_pieces(
-        self, src: np.ndarray, dst: np.ndarray, deadline: float, steps: int, op: int
+        self,
+        kind: int,
+        src: np.ndarray,
+        dst: np.ndarray,
+        deadline: float,
+        steps: int,
+        op: int,
+        root: int,
     ) -> None:
-        """:meth:`native_piece` for an all_reduce too large for one piece through the areas,
-        :attr:`piece_bytes` at a time (the same cut on every rank: each piece's size is
-        compared)."""
+        """:meth:`native_piece` for an element-wise operation (all_reduce, broadcast: ``src``
+        and ``dst`` alike) too large for one piece, :attr:`piece_bytes` at a time (the same
+        cut on every rank: each piece's size is compared)."""
         step = max(1, self.piece_bytes // src.itemsize)
         for start in range(0, src.size, step):
             stop = start + step
             part, out = src[start:stop], dst[start:stop]
-            self.native_piece(_ALL_REDUCE_SLICES, part, out, deadline, steps, op=op)
+            self.native_piece(kind, part, out, deadline, steps, op=op, root=root)
 
     def _read_again(self, kind: int, k: int, src: np.ndarray, dst: np.ndarray, root: int) -> None:
         """Read by address what a native call could not, to raise why (or, had the
