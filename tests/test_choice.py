@@ -45,9 +45,9 @@ def test_board_defaults_follow_the_world_size() -> None:
     cfg = ringcomm.Config()
     ar = choice.choose_allreduce
     assert ar(4 * K, 2, cfg, None, board=True) == "direct"
-    assert ar(1 * M, 2, cfg, None, board=True) == "direct"  # by address, in two steps
+    assert ar(1 * M, 2, cfg, None, board=True) == "direct"  # in two steps
     assert ar(1 * M, 2, cfg, None, board=False) == "recursive_doubling"
-    assert ar(64 * M, 2, cfg, None, board=True) == "ring"
+    assert ar(64 * M, 2, cfg, None, board=True) == "direct"  # every size at n=2
     assert ar(4 * M, 4, cfg, None, board=True) == "direct"
     assert ar(64 * M, 4, cfg, None, board=True) == "ring"  # past the board's sizes at n=4
     assert ar(4 * K, 4, cfg, None, board=False) == "recursive_doubling"  # no board: p2p
