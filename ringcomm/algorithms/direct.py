@@ -179,10 +179,20 @@ def reduce_scatter_piece(
 ) -> tuple[int, int]:
     """The native piece of a reduce_scatter of ``inp`` into ``out``. By address (every
     rank reads its chunk of every peer's input where it lies) only where every rank runs
-    native calls: the Python steps read the areas."""
+    native calls (the Python steps read the areas), and not below
+    :attr:`~Board.read_in_place_bytes` of input: where the cores share a cache, up to 512 KiB
+    goes through the areas (2026-12-06, in one launch, through the areas vs by address, us:
+    n=2 64 KiB 6.1-6.4 vs 9.0-9.3, 256 KiB 11.5-14.1 vs 17.4-20.4, 512 KiB 21-25 vs 32; n=4
+    on 2 cores 64 KiB 26-72 vs 47-128, 512 KiB 70-79 vs 110-122; but n=2 1 MiB 101-107 vs
+    67-69 in alternating launches)."""
     if b.area_bytes < b.size * inp.itemsize:
         return NO_PIECE
-    by_address = b.by_address and b.native_everywhere and out.nbytes >= b.by_address_bytes
+    by_address = (
+        b.by_address
+        and b.native_everywhere
+        and out.nbytes >= b.by_address_bytes
+        and inp.nbytes >= b.read_in_place_bytes
+    )
     if not _native(b, inp, bfloat16, op, by_address):
         return NO_PIECE
     return native_board.REDUCE_SCATTER, _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE

@@ -613,8 +613,8 @@ def board_copies(comm: ringcomm.Communicator) -> dict[str, Any]:
     """What the board settled about its copies (RINGCOMM_SHM_BOARD_SHARED_CACHE as the pool
     sets it), and where each rank's broadcast and all_gather data of 64 KiB went (below the
     512 KiB that may go through an area, above the by-address threshold): the ADDRESS word
-    a root published (0: through its area), and an all_reduce's of 256 KiB. All against
-    numpy, broadcast from every root."""
+    a root published (0: through its area), an all_reduce's of 256 KiB and a
+    reduce_scatter's of 64 KiB chunks. All against numpy, broadcast from every root."""
     from ringcomm.transport.shm.board import ADDRESS
 
     n, r = comm.size, comm.rank
@@ -637,6 +637,12 @@ def board_copies(comm: ringcomm.Communicator) -> dict[str, Any]:
     total = many[r].copy()
     comm.all_reduce(total, algorithm="direct")
     np.testing.assert_allclose(total, reference(ringcomm.SUM, many), rtol=1e-5)
+    published.append(int(b.counters[r][ADDRESS + (b.count & 1)]))
+    # reduce_scatter of 64 KiB chunks (an input within 512 KiB): likewise
+    chunk = np.zeros(count, np.float32)
+    comm.reduce_scatter(chunk, np.concatenate(everyone), algorithm="direct")
+    whole = reference(ringcomm.SUM, [np.concatenate(everyone)] * n)
+    np.testing.assert_allclose(chunk, whole[r * count : (r + 1) * count], rtol=1e-5)
     published.append(int(b.counters[r][ADDRESS + (b.count & 1)]))
     return {
         "shared": b.shared_cache,

@@ -228,16 +228,16 @@ class Board:
         # where it lies: rank 0's RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES, for every rank alike
         # once settle_copies ran (ranks that chose apart would read what was never written).
         self.by_address_bytes: int = transport.board_by_address_bytes
-        # broadcast data and all_gather inputs this large are read where they lie (else
-        # through the owner's area); see settle_copies
+        # broadcast data, all_gather inputs and reduce_scatter inputs this large are read
+        # where they lie (else through the owner's area); see settle_copies
         self.read_in_place_bytes: int = self.by_address_bytes
         self.shared_cache: bool | None = None  # None: not settled (every rank alike)
         # the probe's medians, microseconds: the slowest peer's, rank 0's own (rank 0 only)
         self.probed_us: tuple[float, float] | None = None
 
     def settle_copies(self, shared: bool | None, deadline: float) -> None:
-        """Settle how broadcast and all_gather data that fits an area (up to
-        :data:`COPY_THROUGH_AREA_BYTES`) travels: through the area (two copies) where the
+        """Settle how broadcast, all_gather and reduce_scatter data that fits an area (up
+        to :data:`COPY_THROUGH_AREA_BYTES`) travels: through the area (two copies) where the
         ranks' cores share a cache, by address otherwise (:attr:`read_in_place_bytes`);
         and an all_reduce up to an area's size: in one step through the areas where they
         share one (:attr:`shared_cache`), else from 64 KiB in two by address.
