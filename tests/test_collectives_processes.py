@@ -136,7 +136,8 @@ def test_board_collectives(size: int, native: bool, shared: str) -> None:
     operations that fit an area run in native calls (ringcomm.native.board), and from 8 KiB
     all_gather and broadcast read by address (in the native call too); else every piece
     runs in Python steps through the areas. ``shared`` (RINGCOMM_SHM_BOARD_SHARED_CACHE):
-    1, all_reduces from 64 KiB go through the areas in native pieces; 0, by address."""
+    1, all_reduces from 64 KiB and broadcasts go through the areas in native pieces, and
+    reduce_scatters through an area; 0, by address."""
     env = {"RINGCOMM_SHM_BOARD_BYTES": "4096", "RINGCOMM_SHM_BOARD_NATIVE": str(int(native))}
     env["RINGCOMM_SHM_BOARD_SHARED_CACHE"] = shared
     env["RINGCOMM_SHM_BY_ADDRESS_BYTES"] = "8192" if native else "0"  # 0: the board's too
