@@ -236,6 +236,15 @@ def test_board_by_address_follows_rank_0() -> None:
             assert res[case] == want, (rank, case, res)
 
 
+def test_board_mixed_native_and_python_steps() -> None:
+    """A rank that runs the board's Python steps beside native ones: every rank takes the
+    Python steps' protocol for what goes through the areas in pieces (their pieces are
+    cut differently), and the results are right."""
+    results = get_pool(3).run(collectives.board_mixed_native, timeout=120)
+    assert [res["native"] for res in results] == [True, False, True], results
+    assert not any(res["everywhere"] for res in results), results
+
+
 def test_board_goes_without_when_a_rank_cannot_make_one() -> None:
     results = get_pool(3).run(collectives.board_goes_without)
     assert results == [{"board": False, "possible": False}] * 3, results

@@ -713,6 +713,31 @@ def board_by_address_follows_rank_0(comm: ringcomm.Communicator) -> list[dict[st
     return seen
 
 
+def board_mixed_native(comm: ringcomm.Communicator) -> dict[str, Any]:
+    """Rank 1 runs the board's Python steps, the others native pieces (as each rank's
+    transport holds it, on a fresh sub-communicator; copies through the areas): every rank
+    takes the Python steps' protocol where they differ, so all_reduces of 256 KiB and of
+    1.5 MiB (more than one area) and a 1.5 MiB broadcast are right against numpy."""
+    n, r = comm.size, comm.rank
+    sub = comm.split(0)  # a fresh communicator: its board is made at its first use
+    assert sub is not None
+    t = sub._transport  # type: ignore[attr-defined]
+    t.board_shared_cache = True
+    t.board_native = r != 1
+    for count in (64 << 10, 384 << 10):  # float32: 256 KiB, 1.5 MiB
+        every = [make_input("float32", ringcomm.SUM, q, count, seed=8) for q in range(n)]
+        total = every[r].copy()
+        sub.all_reduce(total, algorithm="direct")
+        np.testing.assert_allclose(total, reference(ringcomm.SUM, every), rtol=1e-5)
+        buf = every[r].copy()
+        sub.broadcast(buf, 0, algorithm="direct")
+        np.testing.assert_array_equal(buf, every[0])
+    b = t.board
+    seen = {"native": b.table is not None, "everywhere": b.native_everywhere}
+    sub.close()
+    return seen
+
+
 def board_goes_without(comm: ringcomm.Communicator) -> dict[str, bool]:
     """Rank 1 cannot make its board (the name is taken): every rank goes without it alike,
     and the collectives forced onto it run point to point instead."""
