@@ -5,6 +5,8 @@ names the ranks that did not pass."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 import re
@@ -28,6 +30,7 @@ if MPIEXEC is None:
 
 ROOT = Path(__file__).resolve().parents[1]
 RANKS_SCRIPT = ROOT / "tests" / "ranks" / "mpi.py"
+MPICH_SEGMENTS = "/dev/shm/mpich_shm_*"
 
 
 def mpiexec(n: int, args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
@@ -86,8 +89,15 @@ def test_messages_over_2_gib(transport: str) -> None:
 @pytest.mark.parametrize("transport", ["mpi", "zmq"])
 def test_uncaught_exception_aborts_the_job(transport: str) -> None:
     env = {"EXPECT_TRANSPORT": transport, "RINGCOMM_TRANSPORT": transport}
+    before = set(glob.glob(MPICH_SEGMENTS))
     t0 = time.monotonic()
-    rc, out = mpiexec(3, [str(RANKS_SCRIPT), "uncaught"], env, timeout=60)
+    try:
+        rc, out = mpiexec(3, [str(RANKS_SCRIPT), "uncaught"], env, timeout=60)
+    finally:
+        # MPICH leaves its shared-memory segment behind when MPI_Abort ends the job
+        for path in set(glob.glob(MPICH_SEGMENTS)) - before:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     took = time.monotonic() - t0
     assert rc not in (0, -9), out
     text = re.sub(r"\[\d+\] ?", "", out)  # mpiexec -l labels pieces of lines too
