@@ -23,9 +23,11 @@ input, and all_reduce from 64 KiB reduces its slice of every rank's buffer in pl
 reads the others' reduced slices (reduce_scatter and all_reduce only where every rank runs
 native calls). The owner waits until every reader is done before its buffer may change.
 
-An operation that fits one area (an all_reduce or reduce: below the one-step size), or
-goes by address, runs as one piece in native calls (:meth:`Board.native_piece`), the same
-protocol without the interpreter between its steps.
+An operation that fits one area (a reduce: below the one-step size), or goes by address,
+runs as one piece in native calls (:meth:`Board.native_piece`), the same protocol without
+the interpreter between its steps; an all_reduce from the one-step size, and a broadcast
+up to ``BROADCAST_IN_PIECES_BYTES`` where the cores share a cache, run through the areas
+in native pieces of :attr:`Board.piece_bytes` (every rank runs native calls).
 
 Every function takes the point-to-point algorithm to fall back on: it runs instead when the
 communicator cannot have a board (its ranks span hosts, another transport, /dev/shm full

@@ -119,13 +119,11 @@ PROBE_ROUNDS = 7
 # 64 KiB 1.2 us both ways (ratio 0.9-1.4 from 16 KiB to 1 MiB); earlier sessions found
 # such lines up to 10x slower when they did not (see docs/benchmarks.md).
 APART_RATIO = 3.0
-# Where they share one, broadcast data and all_gather inputs up to this size (and an
-# area's) go through the area. n=2 broadcast, 2026-12-06, through the area vs by address,
-# back to back | barrier before each: 512 KiB 20 vs 39 | 34 vs 40 us, but 1 MiB 29-104 vs
-# 76-79 | 103-166 vs 76-77 (two 1 MiB copies in and out of a 2 MiB L2, launch by launch).
-# A whole all_reduce goes through the areas up to an area's size (direct.allreduce_piece):
-# one step against two by address, 512 KiB 32-42 vs 97-102 us, 1 MiB 75 vs 97-98 in both
-# modes (n=4: 271-294 vs 330).
+# Where they share one, broadcast data, all_gather inputs and reduce_scatter inputs up to
+# this size (and an area's) go through the area in one piece. n=2 broadcast, 2026-12-06,
+# through the area vs by address, back to back | barrier before each: 512 KiB 20 vs 39 |
+# 34 vs 40 us, but 1 MiB 29-104 vs 76-79 | 103-166 vs 76-77 (two 1 MiB copies in and out
+# of a 2 MiB L2, launch by launch). all_reduce and larger broadcasts go in pieces instead.
 COPY_THROUGH_AREA_BYTES = 512 << 10
 # An all_reduce through the areas goes in pieces of at most this much (each two steps: see
 # ringcomm.algorithms.direct.allreduce_piece), so that a piece, its copy and the peers'
@@ -239,8 +237,8 @@ class Board:
         """Settle how broadcast, all_gather and reduce_scatter data that fits an area (up
         to :data:`COPY_THROUGH_AREA_BYTES`) travels: through the area (two copies) where the
         ranks' cores share a cache, by address otherwise (:attr:`read_in_place_bytes`);
-        and an all_reduce up to an area's size: in one step through the areas where they
-        share one (:attr:`shared_cache`), else from 64 KiB in two by address.
+        and an all_reduce from 64 KiB (and a broadcast up to 2 MiB): through the areas in
+        pieces where they share one (:attr:`shared_cache`), else by address.
         ``shared``: whether they do (None: probe it; RINGCOMM_SHM_BOARD_SHARED_CACHE). A
         collective step: rank 0's setting (and probe) decides for every rank.
 
