@@ -48,6 +48,16 @@ def test_unsupported_dtypes_refused(comm) -> None:
             comm.all_reduce(bad)
 
 
+def test_errors_name_the_argument(comm) -> None:
+    # (the two-part names are put together only when an error is raised: see as_buffer)
+    with pytest.raises(TypeError, match=r"^all_gather input: unsupported dtype complex64"):
+        comm.all_gather(np.zeros(3, np.float32), np.zeros(3, np.complex64))
+    with pytest.raises(TypeError, match=r"^reduce_scatter output: expected a numpy array"):
+        comm.reduce_scatter([1.0], np.zeros(1))
+    with pytest.raises(ValueError, match=r"^all_reduce buf: array is not C-contiguous"):
+        comm.all_reduce(np.zeros((4, 4), np.float32)[:, 1])
+
+
 def test_op_dtype_rules(comm) -> None:
     with pytest.raises(TypeError, match="AVG"):
         comm.all_reduce(np.zeros(3, np.int32), ringcomm.AVG)

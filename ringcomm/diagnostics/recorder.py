@@ -70,7 +70,11 @@ class FlightRecorder:
         used = min(started, n)
         return [self._slots[(started - used + i) % n] for i in range(used)]
 
-    def start(self, seq: int, name: str, nbytes: int, deadline: float) -> OpRecord:
+    def start(
+        self, seq: int, name: str, nbytes: int, deadline: float, now: float | None = None
+    ) -> OpRecord:
+        """Record operation ``seq`` as started (``now``: its ``time.monotonic()``, where
+        the caller has just read it) and running."""
         started = self._started
         self._started = started + 1
         record = self._slots[started % self._capacity]
@@ -78,7 +82,7 @@ class FlightRecorder:
         record.name = name
         record.nbytes = nbytes
         record.deadline = deadline
-        record.started = time.monotonic()
+        record.started = time.monotonic() if now is None else now
         record.ended = 0.0
         record.warned = False
         self.current = record

@@ -342,7 +342,6 @@ class Board:
         dst: np.ndarray,
         deadline: float,
         steps: int = native_board.WHOLE_PIECE,
-        *,
         op: int = 0,
         root: int = -1,
     ) -> None:
