@@ -72,7 +72,11 @@ ALL_REDUCE_SLICES = 6
 H_SIZE, H_RANK, H_READY, H_SIZE_WORD, H_DONE, H_COUNTER_WORDS, H_ADDRESS, H_READV = range(8)
 # H_REDUCED: the counter word of the first of two steps.
 H_SCRATCH, H_SCRATCH_BYTES, H_REDUCED = 8, 9, 10
-FIRST = 12
+# A wait that its spins did not end yields the core (libc's sched_yield at H_YIELD) between
+# polls for up to H_YIELD_NS nanoseconds (libc's clock_gettime at H_CLOCK) before it
+# returns; 0 in any of them: it returns at once.
+H_YIELD, H_CLOCK, H_YIELD_NS = 11, 12, 13
+FIRST = 14
 F_COUNTERS, F_AREA0, F_AREA1, F_SLEEPING, F_PID = range(5)
 FIELDS = 5
 
@@ -149,21 +153,62 @@ def _sleeping(table):  # type: ignore[no-untyped-def]
     return 0
 
 
+@intrinsic
+def _sched_yield(typingctx, function):  # type: ignore[no-untyped-def]
+    """sched_yield() through the function's address (from the table)."""
+    sig = types.void(types.uint64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _monotonic_ns(typingctx, function):  # type: ignore[no-untyped-def]
+    """clock_gettime(CLOCK_MONOTONIC) in nanoseconds, through the function's address."""
+    sig = types.int64(types.uint64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        timespec = cgutils.alloca_once(builder, ir.ArrayType(i64, 2))  # (seconds, nanoseconds)
+        at = builder.bitcast(timespec, i64.as_pointer())
+        fnty = ir.FunctionType(i32, [i32, i64.as_pointer()])
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [ir.Constant(i32, 1), at])
+        seconds = builder.load(at)
+        nanoseconds = builder.load(builder.gep(at, [ir.Constant(i64, 1)]))
+        return builder.add(builder.mul(seconds, ir.Constant(i64, 1_000_000_000)), nanoseconds)
+
+    return sig, codegen
+
+
 @njit(inline="always")
 def _reached(table, word, k, only, spins):  # type: ignore[no-untyped-def]
     """Whether counter ``word`` of every peer (or of rank ``only``, if >= 0) reached ``k``
-    within ``spins`` polls."""
+    within ``spins`` polls each, then polls that yield the core for up to H_YIELD_NS."""
     size, rank = _word(table, H_SIZE), _word(table, H_RANK)
+    yield_until = np.int64(0)
     for r in range(size):
         if r == rank or (only >= 0 and r != only):
             continue
         counters = _counters(table, r)
         polls = 0
         while np.int64(_load_acquire(counters, word)) < k:
-            if polls >= spins:
+            if polls < spins:
+                polls += 1
+                _pause()
+                continue
+            yield_ns = _word(table, H_YIELD_NS)
+            if yield_ns <= 0 or not table[H_YIELD] or not table[H_CLOCK]:
                 return False
-            polls += 1
-            _pause()
+            now = _monotonic_ns(table[H_CLOCK])
+            if yield_until == 0:
+                yield_until = now + yield_ns
+            elif now >= yield_until:
+                return False
+            _sched_yield(table[H_YIELD])
     return True
 
 

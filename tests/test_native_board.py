@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -131,6 +133,32 @@ def test_finish_waits_for_every_peer_and_refuses_another_size() -> None:
     b.sleeping[0][0] = 1
     status = finish(b, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes)
     assert status == nb.FINISHED | nb.WAKE
+    np.testing.assert_array_equal(mine, 6.0)
+
+
+def test_a_wait_yields_the_core_for_its_time_then_returns() -> None:
+    b = FakeBoard()
+    t = b.table
+    t[nb.H_YIELD] = syscalls.libc_address("sched_yield")
+    t[nb.H_CLOCK] = syscalls.libc_address("clock_gettime")
+    mine = np.ones(100, np.float64)
+    b.peer_publishes(0, 1, np.full(100, 2.0))
+    status = nb.piece(b.table, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes, native.SUM, -1, ALL, 0)
+    assert status == nb.PUBLISHED | nb.NOT_READY  # (no time to yield: it returned at once)
+    t[nb.H_YIELD_NS] = 20_000_000
+    began = time.monotonic()
+    status = nb.piece(b.table, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes, 0, -1, nb.FINISH, 0)
+    assert status == nb.NOT_READY
+    assert time.monotonic() - began >= 0.02  # it polled, yielding, for its 20 ms
+    # A peer that publishes while the call yields is seen there (the call holds no GIL).
+    t[nb.H_YIELD_NS] = 30_000_000_000
+    late = threading.Timer(0.05, b.peer_publishes, (2, 1, np.full(100, 3.0)))
+    late.start()
+    try:
+        status = nb.piece(b.table, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes, 0, -1, nb.FINISH, 0)
+    finally:
+        late.join()
+    assert status == nb.FINISHED
     np.testing.assert_array_equal(mine, 6.0)
 
 

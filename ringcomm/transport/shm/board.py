@@ -139,6 +139,10 @@ _MAPPINGS_KEPT = 16
 # A native poll of a counter costs about 25 ns (a pause each), a transport poll about 0.2 us:
 # native calls spin about as long as the transport polls before it yields.
 _NATIVE_SPINS_PER_POLL = 8
+# How long a native wait yields the core between polls (after its spins) before it returns
+# to the transport's wait, which yields, then sleeps, in Python at several times the cost a
+# poll: a waiting rank that gives its core back sooner lets the rank it waits for run.
+NATIVE_YIELD_SECONDS = 0.0002
 # What a native call reads a peer's data into before it reduces it (two halves: the peer's
 # block, and this rank's own where it reduces in place): small enough to stay in cache.
 _NATIVE_SCRATCH_BYTES = 256 << 10
@@ -324,6 +328,9 @@ class Board:
         table[nb.H_SCRATCH] = syscalls.address_of(self._scratch)
         table[nb.H_SCRATCH_BYTES] = self._scratch.nbytes
         table[nb.H_REDUCED] = REDUCED
+        table[nb.H_YIELD] = syscalls.libc_address("sched_yield")
+        table[nb.H_CLOCK] = syscalls.libc_address("clock_gettime")
+        table[nb.H_YIELD_NS] = int(NATIVE_YIELD_SECONDS * 1e9)
         for r in range(self.size):
             at = nb.FIRST + nb.FIELDS * r
             table[at + nb.F_COUNTERS] = syscalls.address_of(self.counters[r])

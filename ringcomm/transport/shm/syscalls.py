@@ -77,6 +77,13 @@ def process_vm_readv_address() -> int:
     return ctypes.cast(PROCESS_VM_READV, ctypes.c_void_p).value or 0
 
 
+def libc_address(name: str) -> int:
+    """Where libc's function ``name`` lies in this process (0: it has none), for native
+    code to call it (``sched_yield`` and ``clock_gettime`` for the board's waits)."""
+    function = getattr(_libc, name, None)
+    return 0 if function is None else ctypes.cast(function, ctypes.c_void_p).value or 0
+
+
 def read_remote(pid: int, address: int, out: np.ndarray) -> None:
     """Copy ``out.nbytes`` bytes at ``address`` in process ``pid`` into ``out`` (GIL free).
 
