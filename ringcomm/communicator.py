@@ -834,18 +834,18 @@ class Communicator:
         if (timeout is not None and timeout <= 0) or _get_ident() == self._thread_id:
             return False
         exec_lock, lock = self._exec_lock, self._lock
-        # (explicit acquire and release, positional arguments: a third of this path's
+        # (acquire and release in a try, positional arguments: a third of this path's
         # locking cost against ``with`` and ``blocking=False``)
         lock.acquire()
-        if self._closed or self._outstanding or not exec_lock.acquire(False):
+        try:
+            if self._closed or self._outstanding or not exec_lock.acquire(False):
+                return False
+            if self._broken is not None:
+                exec_lock.release()
+                return False
+            self._seq = seq = self._seq + 1
+        finally:
             lock.release()
-            return False
-        if self._broken is not None:
-            exec_lock.release()
-            lock.release()
-            return False
-        self._seq = seq = self._seq + 1
-        lock.release()
         try:
             now = _monotonic()
             deadline = now + (self._timeout if timeout is None else timeout)
