@@ -36,7 +36,7 @@ class FakeBoard:
         t = np.zeros(nb.FIRST + nb.FIELDS * N, np.uint64)
         t[nb.H_SIZE], t[nb.H_RANK], t[nb.H_COUNTER_WORDS] = N, RANK, WORDS
         t[nb.H_READY], t[nb.H_SIZE_WORD], t[nb.H_DONE] = READY, SIZE, DONE
-        t[nb.H_ADDRESS], t[nb.H_READV] = ADDRESS, syscalls.process_vm_readv_address()
+        t[nb.H_ADDRESS], t[nb.H_READV] = ADDRESS, syscalls.libc_address("process_vm_readv")
         self.scratch = np.zeros(SCRATCH, np.uint8)  # small: reductions take several blocks
         t[nb.H_SCRATCH], t[nb.H_SCRATCH_BYTES] = _address(self.scratch), SCRATCH
         for r in range(N):
@@ -209,7 +209,7 @@ def test_a_sleeping_peer_is_woken_before_anyone_waits_for_it() -> None:
 
 
 needs_readv = pytest.mark.skipif(
-    not syscalls.process_vm_readv_address(), reason="no process_vm_readv in this libc"
+    not syscalls.libc_address("process_vm_readv"), reason="no process_vm_readv in this libc"
 )
 
 

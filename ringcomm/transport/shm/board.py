@@ -323,7 +323,7 @@ class Board:
         table[nb.H_SIZE], table[nb.H_RANK] = self.size, self.rank
         table[nb.H_READY], table[nb.H_SIZE_WORD], table[nb.H_DONE] = READY, SIZE, DONE
         table[nb.H_COUNTER_WORDS], table[nb.H_ADDRESS] = PAGE // 8, ADDRESS
-        table[nb.H_READV] = syscalls.process_vm_readv_address()
+        table[nb.H_READV] = syscalls.libc_address("process_vm_readv")
         self._scratch = np.empty(_NATIVE_SCRATCH_BYTES, np.uint8)
         table[nb.H_SCRATCH] = syscalls.address_of(self._scratch)
         table[nb.H_SCRATCH_BYTES] = self._scratch.nbytes

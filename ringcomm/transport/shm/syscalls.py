@@ -69,17 +69,9 @@ if PROCESS_VM_READV is not None:
     PROCESS_VM_READV.restype = ctypes.c_ssize_t
 
 
-def process_vm_readv_address() -> int:
-    """Where libc's ``process_vm_readv`` lies in this process (0: it has none), for native
-    code to call it."""
-    if PROCESS_VM_READV is None:
-        return 0
-    return ctypes.cast(PROCESS_VM_READV, ctypes.c_void_p).value or 0
-
-
 def libc_address(name: str) -> int:
     """Where libc's function ``name`` lies in this process (0: it has none), for native
-    code to call it (``sched_yield`` and ``clock_gettime`` for the board's waits)."""
+    code to call it (the board's ``process_vm_readv``, ``sched_yield``, ``clock_gettime``)."""
     function = getattr(_libc, name, None)
     return 0 if function is None else ctypes.cast(function, ctypes.c_void_p).value or 0
 
