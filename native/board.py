@@ -64,10 +64,16 @@ OPS = frozenset((SUM, PROD, MIN, MAX, AVG))
 # address), or out of the areas (each rank copies its reduced slice back into its own).
 ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, BROADCAST, REDUCE, BARRIER = range(6)
 ALL_REDUCE_SLICES = 6
+# BROADCAST_SPLIT: a broadcast by address whose copy into each reader is split between the
+# two (a core each): every reader publishes where its buffer lies and reads the root's data
+# but the last ``size``-th (FINISH, raising DONE); the root writes that last part into every
+# reader's buffer (FINISH, then REDUCED); a reader is through once the root raised REDUCED
+# (GATHER). Each rank copies (n-1)/n of the data, where a reader alone copied all of it.
+BROADCAST_SPLIT = 7
 
 # The table's header words, then per rank FIELDS words from FIRST. H_ADDRESS: the counter
 # word (and the next, by parity) where a rank says where its data lies (0: in its area);
-# H_READV: the address of libc's process_vm_readv (0: none).
+# H_READV, H_WRITEV: the addresses of libc's process_vm_readv and process_vm_writev (0: none).
 # H_SCRATCH (H_SCRATCH_BYTES long): where a reduction reads peers' data into by address.
 H_SIZE, H_RANK, H_READY, H_SIZE_WORD, H_DONE, H_COUNTER_WORDS, H_ADDRESS, H_READV = range(8)
 # H_REDUCED: the counter word of the first of two steps.
@@ -76,7 +82,8 @@ H_SCRATCH, H_SCRATCH_BYTES, H_REDUCED = 8, 9, 10
 # polls for up to H_YIELD_NS nanoseconds (libc's clock_gettime at H_CLOCK) before it
 # returns; 0 in any of them: it returns at once.
 H_YIELD, H_CLOCK, H_YIELD_NS = 11, 12, 13
-FIRST = 14
+H_WRITEV = 14
+FIRST = 15
 F_COUNTERS, F_AREA0, F_AREA1, F_SLEEPING, F_PID = range(5)
 FIELDS = 5
 
@@ -231,9 +238,10 @@ def _copy(typingctx, dst, src):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _process_vm_readv(typingctx, function, pid, local, remote):  # type: ignore[no-untyped-def]
-    """process_vm_readv(pid, local, 1, remote, 1, 0) through the function's address (from
-    the table: a ctypes function in the code would keep numba from caching it)."""
+def _process_vm_call(typingctx, function, pid, local, remote):  # type: ignore[no-untyped-def]
+    """process_vm_readv or process_vm_writev(pid, local, 1, remote, 1, 0) (one signature)
+    through the function's address (from the table: a ctypes function in the code would
+    keep numba from caching it)."""
     sig = types.int64(types.uint64, types.int64, types.uint64, types.uint64)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
@@ -249,25 +257,33 @@ def _process_vm_readv(typingctx, function, pid, local, remote):  # type: ignore[
 
 
 @njit(inline="always")
-def _read_remote(table, r, address, dst):  # type: ignore[no-untyped-def]
-    """Read ``dst.nbytes`` at ``address`` in rank ``r``'s process into ``dst``; False if
-    the system call failed (the caller says why)."""
-    function = table[H_READV]
+def _remote_copy(table, function_word, r, address, local):  # type: ignore[no-untyped-def]
+    """Copy ``local.nbytes`` between ``local`` and ``address`` in rank ``r``'s process, the
+    way the function at header word ``function_word`` goes (H_READV: into ``local``;
+    H_WRITEV: out of it); False if the system call failed (the caller says why)."""
+    function = table[function_word]
     if not function:
         return False
     pid = _word(table, FIRST + FIELDS * r + F_PID)
     iov = np.empty(4, np.uint64)  # local (base, length), then remote
-    total, done = np.uint64(dst.nbytes), np.uint64(0)
-    base = np.uint64(dst.ctypes.data)
+    total, done = np.uint64(local.nbytes), np.uint64(0)
+    base = np.uint64(local.ctypes.data)
     while done < total:
         iov[0], iov[1] = base + done, total - done
         iov[2], iov[3] = address + done, total - done
         at = np.uint64(iov.ctypes.data)
-        got = _process_vm_readv(function, pid, at, at + np.uint64(16))
+        got = _process_vm_call(function, pid, at, at + np.uint64(16))
         if got <= 0:
             return False
         done += np.uint64(got)
     return True
+
+
+@njit(inline="always")
+def _read_remote(table, r, address, dst):  # type: ignore[no-untyped-def]
+    """Read ``dst.nbytes`` at ``address`` in rank ``r``'s process into ``dst``; False if
+    the system call failed (the caller says why)."""
+    return _remote_copy(table, H_READV, r, address, dst)
 
 
 @njit(inline="always")
@@ -355,6 +371,31 @@ def _gather_slices(table, data, k, spins):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
+def _split_head(count, size):  # type: ignore[no-untyped-def]
+    """BROADCAST_SPLIT: how many elements a reader reads; the root writes the rest."""
+    return count - count // size
+
+
+@njit(inline="always")
+def _write_shares(table, src, head, k):  # type: ignore[no-untyped-def]
+    """BROADCAST_SPLIT's root: write ``src[head:]`` where every reader's buffer of piece
+    ``k`` lies, from the next rank on (readers that arrive together are not all written
+    last). False if a write failed."""
+    size, rank = _word(table, H_SIZE), _word(table, H_RANK)
+    share = src[head:]
+    if share.size == 0:
+        return True
+    offset = np.uint64(head * src.itemsize)
+    address_word = _word(table, H_ADDRESS) + (k & 1)
+    for i in range(1, size):
+        r = (rank + i) % size
+        address = _counters(table, r)[address_word]
+        if not address or not _remote_copy(table, H_WRITEV, r, address + offset, share):
+            return False
+    return True
+
+
+@njit(inline="always")
 def _publish(table, src, k, size_word, steps, spins):  # type: ignore[no-untyped-def]
     rank = _word(table, H_RANK)
     if k > 2 and not _reached(table, _word(table, H_DONE), k - 2, -1, spins):
@@ -376,7 +417,7 @@ def _publish(table, src, k, size_word, steps, spins):  # type: ignore[no-untyped
 @njit(inline="always")
 def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: ignore[no-untyped-def]
     size, rank = _word(table, H_SIZE), _word(table, H_RANK)
-    only = root if kind == BROADCAST else -1
+    only = root if kind == BROADCAST or (kind == BROADCAST_SPLIT and rank != root) else -1
     if not _reached(table, _word(table, H_READY), k, only, spins):
         return NOT_READY
     word = _word(table, H_SIZE_WORD) + (k & 1)
@@ -413,6 +454,15 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
                 return UNREAD
     elif kind == BROADCAST and not _read(table, root, k, dst, dst):
         return UNREAD
+    elif kind == BROADCAST_SPLIT:
+        head = _split_head(dst.size, size)
+        if rank == root:
+            if not _write_shares(table, src, head, k):
+                return UNREAD
+            _store_seq_cst(_counters(table, rank), _word(table, H_REDUCED), k)
+            return FINISHED | _sleeping(table)
+        if not _read(table, root, k, dst[:head], dst):
+            return UNREAD
     own = _counters(table, rank)
     _store_seq_cst(own, _word(table, H_DONE), k)
     return FINISHED | _sleeping(table)
@@ -428,14 +478,16 @@ def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type:
     if BY_ADDRESS, else copy it into this rank's area if COPY; write the size, raise READY
     (and DONE if DONE_TOO: this rank reads nothing): PUBLISHED. It returns there if a peer
     sleeps (WAKE: the caller wakes it before anyone waits for it). FINISH: once every rank
-    it reads from (BROADCAST: ``root``) raised READY (else NOT_READY) with this size (else
-    MISMATCH, nothing read), read the piece as ``kind`` says into ``dst`` (reductions with
-    ``op``, in rank order; all_gather, reduce_scatter and broadcast read a peer by
-    address where it published one, else out of its area; UNREAD if such a read failed)
-    and raise DONE (ALL_REDUCE_SLICES: its slice only, then REDUCED): FINISHED. GATHER
-    (ALL_REDUCE_SLICES): once every peer raised REDUCED (else NOT_REDUCED), read their
-    reduced slices and raise DONE: GATHERED. AWAIT_DONE: then wait until every peer raised
-    DONE: AWAITED (else NOT_DONE)."""
+    it reads from (a broadcast's reader: ``root``) raised READY (else NOT_READY) with this
+    size (else MISMATCH, nothing read), read the piece as ``kind`` says into ``dst``
+    (reductions with ``op``, in rank order; all_gather, reduce_scatter and broadcast read a
+    peer by address where it published one, else out of its area; UNREAD if such a read,
+    or BROADCAST_SPLIT's root's write, failed) and raise DONE (ALL_REDUCE_SLICES: its slice
+    only, then REDUCED; BROADCAST_SPLIT's root: REDUCED, once it wrote every reader's
+    share): FINISHED. GATHER (ALL_REDUCE_SLICES): once every peer raised REDUCED (else
+    NOT_REDUCED), read their reduced slices and raise DONE: GATHERED; (BROADCAST_SPLIT's
+    reader) once the root raised REDUCED: GATHERED. AWAIT_DONE: then wait until every peer
+    raised DONE: AWAITED (else NOT_DONE)."""
     status = 0
     if steps & PUBLISH:
         status = _publish(table, src, k, size_word, steps, spins)
@@ -445,7 +497,12 @@ def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type:
         status |= _finish(table, src, dst, kind, k, size_word, op, root, spins)
         if status & (WAKE | NOT_READY | MISMATCH | UNREAD) or not steps & (GATHER | AWAIT_DONE):
             return status
-    if steps & GATHER:
+    if steps & GATHER and kind == BROADCAST_SPLIT:  # the root wrote this reader's share
+        written = _reached(table, _word(table, H_REDUCED), k, root, spins)
+        status |= GATHERED if written else NOT_REDUCED
+        if status & NOT_REDUCED or not steps & AWAIT_DONE:
+            return status
+    elif steps & GATHER:
         status |= _gather_slices(table, dst, k, spins)
         if status & (WAKE | NOT_REDUCED | UNREAD) or not steps & AWAIT_DONE:
             return status

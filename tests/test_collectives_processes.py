@@ -15,6 +15,7 @@ import ringcomm
 from conftest import get_pool
 from data import DTYPES, OPS, assert_reduced, make_input, op_applies, reference
 from ranks import collectives
+from ringcomm.native import board as native_board
 from ringcomm.transport.shm import board as shm_board
 from runners import RankPool
 
@@ -151,6 +152,10 @@ def test_board_collectives(size: int, native: bool, shared: str) -> None:
     assert len(pieces) == 1 and pieces.pop() > 100, "every rank numbers the same pieces"
     assert all(res["area"] == 4096 for res in results)
     assert all(res["native"] == native and res["by_address"] == native for res in results)
+    if native and shared != "auto":
+        # apart, by address: each reader's copy split with the root; else in the areas
+        kind = native_board.BROADCAST_SPLIT if shared == "0" else native_board.BROADCAST
+        assert all(res["broadcast_kind"] == kind for res in results), results
     for res in results[1:]:
         for got, want in zip(res["bits"], results[0]["bits"], strict=True):
             np.testing.assert_array_equal(got, want)

@@ -22,7 +22,7 @@ from ringcomm.transport.shm import syscalls
 pytestmark = pytest.mark.skipif(not nb.AVAILABLE, reason="numba's JIT is off")
 
 N, RANK, WORDS, AREA = 3, 1, 64, 4096
-READY, SIZE, ADDRESS, DONE = 8, 9, 11, 16  # counter words, as a board lays them out
+READY, SIZE, ADDRESS, DONE, REDUCED = 8, 9, 11, 16, 17  # counter words, as a board's
 SCRATCH = 96
 
 
@@ -37,6 +37,7 @@ class FakeBoard:
         t[nb.H_SIZE], t[nb.H_RANK], t[nb.H_COUNTER_WORDS] = N, RANK, WORDS
         t[nb.H_READY], t[nb.H_SIZE_WORD], t[nb.H_DONE] = READY, SIZE, DONE
         t[nb.H_ADDRESS], t[nb.H_READV] = ADDRESS, syscalls.libc_address("process_vm_readv")
+        t[nb.H_WRITEV], t[nb.H_REDUCED] = syscalls.libc_address("process_vm_writev"), REDUCED
         self.scratch = np.zeros(SCRATCH, np.uint8)  # small: reductions take several blocks
         t[nb.H_SCRATCH], t[nb.H_SCRATCH_BYTES] = _address(self.scratch), SCRATCH
         for r in range(N):
@@ -267,6 +268,77 @@ def test_publish_by_address_then_await_every_reader() -> None:
     small = np.ones(4, np.float32)
     assert publish(b, small, 3, nb.PUBLISH | nb.COPY | nb.DONE_TOO) == nb.PUBLISHED
     assert b.counters[RANK][ADDRESS + 1] == 0
+
+
+SPLIT_ROOT = nb.PUBLISH | nb.BY_ADDRESS | nb.DONE_TOO | nb.FINISH | nb.AWAIT_DONE
+SPLIT_READER = nb.PUBLISH | nb.BY_ADDRESS | nb.FINISH | nb.GATHER
+
+
+@needs_readv
+def test_split_broadcast_root_writes_the_last_share_into_every_reader() -> None:
+    b = FakeBoard()
+    data = np.arange(3001, dtype=np.float64)  # 3001 // 3 = 1000: the readers read 2001
+    head = 2001
+    readers = {r: np.full(3001, -1.0) for r in (0, 2)}
+    status = nb.piece(
+        b.table, data, data, nb.BROADCAST_SPLIT, 1, data.nbytes, 0, RANK, SPLIT_ROOT, 10
+    )
+    assert status == nb.PUBLISHED | nb.NOT_READY  # no reader has said where its buffer is
+    assert b.counters[RANK][ADDRESS + 1] == _address(data) and b.counters[RANK][DONE] == 1
+    b.peer_publishes_address(0, 1, readers[0])
+    finish_and_await = nb.FINISH | nb.AWAIT_DONE
+    status = nb.piece(
+        b.table, data, data, nb.BROADCAST_SPLIT, 1, data.nbytes, 0, RANK, finish_and_await, 10
+    )
+    assert status == nb.NOT_READY and b.counters[RANK][REDUCED] == 0
+    assert (readers[0] == -1).all()  # nothing written before every reader is there
+    b.peer_publishes_address(2, 1, readers[2])
+    status = nb.piece(
+        b.table, data, data, nb.BROADCAST_SPLIT, 1, data.nbytes, 0, RANK, finish_and_await, 10
+    )
+    assert status == nb.FINISHED | nb.NOT_DONE
+    assert b.counters[RANK][REDUCED] == 1  # every reader's share is written
+    for buf in readers.values():
+        np.testing.assert_array_equal(buf[head:], data[head:])
+        assert (buf[:head] == -1).all()  # the reader's own part
+    b.counters[0][DONE] = b.counters[2][DONE] = 1
+    status = nb.piece(b.table, data, data, nb.BROADCAST_SPLIT, 1, 0, 0, RANK, nb.AWAIT_DONE, 10)
+    assert status == nb.AWAITED
+
+
+@needs_readv
+def test_split_broadcast_reader_reads_the_rest_then_waits_for_the_root() -> None:
+    b = FakeBoard()
+    theirs = np.arange(3001, dtype=np.float64)
+    head = 2001
+    got = np.full(3001, -1.0)
+    b.peer_publishes_address(0, 1, theirs)
+    status = nb.piece(b.table, got, got, nb.BROADCAST_SPLIT, 1, got.nbytes, 0, 0, SPLIT_READER, 10)
+    assert status == nb.PUBLISHED | nb.FINISHED | nb.NOT_REDUCED
+    assert b.counters[RANK][ADDRESS + 1] == _address(got)  # where the root writes
+    assert b.counters[RANK][READY] == 1 and b.counters[RANK][DONE] == 1  # done reading it
+    np.testing.assert_array_equal(got[:head], theirs[:head])
+    assert (got[head:] == -1).all()
+    got[head:] = theirs[head:]  # the root writes the rest, then says so
+    b.counters[0][REDUCED] = 1
+    status = nb.piece(b.table, got, got, nb.BROADCAST_SPLIT, 1, 0, 0, 0, nb.GATHER, 10)
+    assert status == nb.GATHERED
+
+
+@needs_readv
+def test_a_failed_split_broadcast_write_is_unread_with_nothing_raised() -> None:
+    b = FakeBoard()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    b.table[nb.FIRST + nb.FIELDS * 2 + nb.F_PID] = gone.pid
+    data = np.ones(300, np.float32)
+    for r in (0, 2):
+        b.peer_publishes_address(r, 1, np.zeros(300, np.float32))
+    status = nb.piece(
+        b.table, data, data, nb.BROADCAST_SPLIT, 1, data.nbytes, 0, RANK, SPLIT_ROOT, 10
+    )
+    assert status == nb.PUBLISHED | nb.UNREAD
+    assert b.counters[RANK][REDUCED] == 0  # the caller raises the error
 
 
 @needs_readv

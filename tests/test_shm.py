@@ -19,10 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ringcomm.hosts import SHM_DIR
 from ringcomm.transport.shm import board as shm_board
+from ringcomm.transport.shm import syscalls
 from ringcomm.transport.shm.segment import NAME_PREFIX
 from runners import assert_passed, run_script_ranks
 
@@ -211,3 +213,25 @@ def test_cache_verdict_takes_medians_of_every_peer() -> None:
     assert not shm_board.share_a_cache({1: [1.0, 1.0, 1.0], 2: [4.0, 3.5, 100.0]}, local)
     assert not shm_board.share_a_cache({1: [3.2, 3.3, 0.1]}, [1.0])
     assert shm_board.share_a_cache({1: [3.0]}, [1.0])
+
+
+@pytest.mark.skipif(
+    syscalls.PROCESS_VM_READV is None or syscalls.PROCESS_VM_WRITEV is None,
+    reason="no process_vm_readv/writev in this libc",
+)
+def test_remote_reads_and_writes_copy_or_say_why() -> None:
+    """read_remote and write_remote copy between this process and another's memory (here:
+    this one's); a process that is gone is an OSError naming the call and the pid."""
+    data = np.arange(100_000, dtype=np.float32)  # several pages
+    into = np.zeros_like(data)
+    syscalls.write_remote(os.getpid(), syscalls.address_of(into), data[10:])
+    np.testing.assert_array_equal(into[: data.size - 10], data[10:])
+    back = np.zeros_like(data)
+    syscalls.read_remote(os.getpid(), syscalls.address_of(data), back)
+    np.testing.assert_array_equal(back, data)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with pytest.raises(OSError, match=rf"process_vm_writev to pid {gone.pid}"):
+        syscalls.write_remote(gone.pid, syscalls.address_of(into), data)
+    with pytest.raises(OSError, match=rf"process_vm_readv from pid {gone.pid}"):
+        syscalls.read_remote(gone.pid, syscalls.address_of(data), back)

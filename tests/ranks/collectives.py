@@ -600,7 +600,11 @@ def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
         comm.all_reduce(buf, ringcomm.AVG, algorithm="direct")
         bits.append(buf)
     board = comm._transport.board  # type: ignore[attr-defined]
+    from ringcomm.algorithms import direct
+
     return {
+        # how a broadcast of the largest count above went (its root's kind)
+        "broadcast_kind": direct.broadcast_piece(board, np.empty(40_003, np.float32), 0, False)[0],
         "pieces": board.count,
         "area": board.area_bytes,
         "bits": bits,

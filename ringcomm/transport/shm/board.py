@@ -156,7 +156,7 @@ def _runs_native(transport: ShmTransport) -> bool:
 _NO_BOARD = "shared memory: no board for the direct collectives (%s); point to point instead"
 _WHAT = {
     READY: "publish its data",
-    REDUCED: "publish its reduced share",
+    REDUCED: "publish its reduced share (or write a broadcast's share)",
     DONE: "finish reading",
     PROBE: "take its turn in the board's cache probe",
 }
@@ -214,6 +214,12 @@ class Board:
         # Every rank runs native pieces: an operation whose Python steps would read the
         # areas may go by address instead (reduce_scatter).
         self.native_everywhere = all(int(c[C_NATIVE]) for c in self.counters)
+        # The root of a broadcast may write into its readers' buffers (BROADCAST_SPLIT):
+        # every rank reads by address, runs native calls, and has process_vm_writev (the
+        # kernel allows it where it allows process_vm_readv).
+        self.writes_by_address = (
+            self.by_address and self.native_everywhere and syscalls.PROCESS_VM_WRITEV is not None
+        )
         self._segments = [transport.peer_segment(r) for r in self.others]
         # (rank, inode, file size) -> that peer's file, mapped (see map_published)
         self._mapped: dict[tuple[int, int, int], mmap.mmap] = {}
@@ -324,6 +330,7 @@ class Board:
         table[nb.H_READY], table[nb.H_SIZE_WORD], table[nb.H_DONE] = READY, SIZE, DONE
         table[nb.H_COUNTER_WORDS], table[nb.H_ADDRESS] = PAGE // 8, ADDRESS
         table[nb.H_READV] = syscalls.libc_address("process_vm_readv")
+        table[nb.H_WRITEV] = syscalls.libc_address("process_vm_writev")
         self._scratch = np.empty(_NATIVE_SCRATCH_BYTES, np.uint8)
         table[nb.H_SCRATCH] = syscalls.address_of(self._scratch)
         table[nb.H_SCRATCH_BYTES] = self._scratch.nbytes
@@ -385,12 +392,14 @@ class Board:
                 return
             if status & _BLOCKED:
                 self.wait(DONE, k - 2, deadline)
+            from_root = kind == native_board.BROADCAST or (
+                kind == native_board.BROADCAST_SPLIT and self.rank != root
+            )
             if status & (_NOT_READY | _MISMATCH):
                 # Wait here (sleeping, peers watched); name a size that differs.
-                readers = [root] if kind == native_board.BROADCAST else None
-                self.wait_published(k, nbytes, deadline, readers)
+                self.wait_published(k, nbytes, deadline, [root] if from_root else None)
             if status & _NOT_REDUCED:
-                self.wait(REDUCED, k, deadline)
+                self.wait(REDUCED, k, deadline, [root] if from_root else None)
             if status & _UNREAD:
                 self._read_again(kind, k, src, dst, root)
             if status & _NOT_DONE:  # (everything else is done: only the wait was left)
@@ -420,8 +429,12 @@ class Board:
 
     def _read_again(self, kind: int, k: int, src: np.ndarray, dst: np.ndarray, root: int) -> None:
         """Read by address what a native call could not, to raise why (or, had the
-        system call failed once only, carry on: the call then reads it all again)."""
-        if kind == native_board.BROADCAST:
+        system call failed once only, carry on: the call then reads it all again);
+        BROADCAST_SPLIT's root writes its share into every reader's buffer so."""
+        if kind == native_board.BROADCAST_SPLIT and self.rank == root:
+            self._write_shares(k, src)
+            return
+        if kind in (native_board.BROADCAST, native_board.BROADCAST_SPLIT):
             self.read_published(root, k, dst)
             return
         c = {native_board.ALL_GATHER: src.size, native_board.REDUCE_SCATTER: dst.size}.get(
@@ -480,6 +493,26 @@ class Board:
                 f"{t.current_op}: rank {t.rank} could not read rank {rank}'s memory ({e})"
             ) from None
         return True
+
+    def _write_shares(self, k: int, src: np.ndarray) -> None:
+        """BROADCAST_SPLIT's root: write the readers' share of ``src`` (what they do not
+        read themselves) where each reader's buffer of operation ``k`` lies."""
+        share = src[src.size - src.size // self.size :].view(np.uint8)
+        offset = src.nbytes - share.nbytes
+        for r in self.others:
+            address = self.counters[r].item(ADDRESS + (k & 1))
+            t = self.transport
+            if not address:
+                raise TransportError(
+                    f"{t.current_op}: rank {r} published no address for a broadcast that "
+                    f"the root writes into (rank {t.rank} is the root)"
+                )
+            try:
+                syscalls.write_remote(t.peer_pid(r), address + offset, share)
+            except OSError as e:
+                raise PeerLostError(
+                    f"{t.current_op}: rank {t.rank} could not write into rank {r}'s memory ({e})"
+                ) from None
 
     def publish_mapping(self, k: int, fd: int, offset: int) -> None:
         """Say that this rank's buffer of operation ``k`` lies at ``offset`` in the

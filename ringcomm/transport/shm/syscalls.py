@@ -1,6 +1,6 @@
 """The system calls the shared-memory transport makes through ctypes: futex sleep and wake,
-``process_vm_readv`` (read another process's memory in one copy), and whether a process
-still lives (pidfd)."""
+``process_vm_readv`` and ``process_vm_writev`` (read or write another process's memory in
+one copy), and whether a process still lives (pidfd)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import platform
 import select
 import time
+from typing import Any
 
 import numpy as np
 
@@ -57,16 +58,18 @@ class _IoVec(ctypes.Structure):
 
 
 PROCESS_VM_READV = getattr(_libc, "process_vm_readv", None)
-if PROCESS_VM_READV is not None:
-    PROCESS_VM_READV.argtypes = [
-        ctypes.c_int,
-        ctypes.POINTER(_IoVec),
-        ctypes.c_ulong,
-        ctypes.POINTER(_IoVec),
-        ctypes.c_ulong,
-        ctypes.c_ulong,
-    ]
-    PROCESS_VM_READV.restype = ctypes.c_ssize_t
+PROCESS_VM_WRITEV = getattr(_libc, "process_vm_writev", None)
+for _function in (PROCESS_VM_READV, PROCESS_VM_WRITEV):
+    if _function is not None:
+        _function.argtypes = [
+            ctypes.c_int,
+            ctypes.POINTER(_IoVec),
+            ctypes.c_ulong,
+            ctypes.POINTER(_IoVec),
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        ]
+        _function.restype = ctypes.c_ssize_t
 
 
 def libc_address(name: str) -> int:
@@ -81,14 +84,25 @@ def read_remote(pid: int, address: int, out: np.ndarray) -> None:
 
     Raises OSError (ESRCH: the process is gone; EPERM/ENOSYS: not allowed here)."""
     assert PROCESS_VM_READV is not None
-    base, total, done = address_of(out), out.nbytes, 0
+    _remote_copy(PROCESS_VM_READV, "process_vm_readv from", pid, address, out)
+
+
+def write_remote(pid: int, address: int, data: np.ndarray) -> None:
+    """Copy ``data`` to ``address`` in process ``pid`` (GIL free); raises as
+    :func:`read_remote`."""
+    assert PROCESS_VM_WRITEV is not None
+    _remote_copy(PROCESS_VM_WRITEV, "process_vm_writev to", pid, address, data)
+
+
+def _remote_copy(function: Any, what: str, pid: int, address: int, local: np.ndarray) -> None:
+    base, total, done = address_of(local), local.nbytes, 0
     while done < total:
-        local = _IoVec(base + done, total - done)
-        remote = _IoVec(address + done, total - done)
-        got = PROCESS_VM_READV(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        here = _IoVec(base + done, total - done)
+        there = _IoVec(address + done, total - done)
+        got = function(pid, ctypes.byref(here), 1, ctypes.byref(there), 1, 0)
         if got <= 0:
             err = ctypes.get_errno() if got < 0 else 0
-            raise OSError(err, f"process_vm_readv from pid {pid}: {os.strerror(err)}")
+            raise OSError(err, f"{what} pid {pid}: {os.strerror(err)}")
         done += got
 
 
