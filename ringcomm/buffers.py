@@ -82,6 +82,18 @@ def _from_torch(t: Any, name: str) -> tuple[np.ndarray, str, bool]:
     return arr.reshape(-1), str(arr.dtype), False
 
 
+def plain_array(obj: Any, writable: bool) -> np.ndarray | None:
+    """``obj`` flat, where it is a numpy array that :func:`as_buffer` takes as it is if its
+    dtype is supported: C-contiguous, and writable where ``writable`` (the dtype is not
+    checked here); else None (as_buffer takes it another way, or says why not)."""
+    if type(obj) is not np.ndarray:
+        return None
+    flags = obj.flags
+    if flags.c_contiguous and (flags.writeable or not writable):
+        return obj if obj.ndim == 1 else obj.reshape(-1)
+    return None
+
+
 def as_buffer(
     obj: Any, name: str, *, writable: bool, read: bool = True, role: str = ""
 ) -> Buffer | gpu.DeviceBuffer:
@@ -103,12 +115,10 @@ def as_buffer(
         ImportError: a GPU buffer without CuPy installed.
     """
     if type(obj) is np.ndarray:  # the common call, checked in a few attribute reads
-        flags = obj.flags
+        arr = plain_array(obj, writable)
         dtype_name = _SUPPORTED.get(obj.dtype)
-        if flags.c_contiguous and (flags.writeable or not writable) and dtype_name is not None:
-            return _new_buffer(
-                Buffer, (obj if obj.ndim == 1 else obj.reshape(-1), dtype_name, False, obj)
-            )
+        if arr is not None and dtype_name is not None:
+            return _new_buffer(Buffer, (arr, dtype_name, False, obj))
     if role:
         name = f"{name} {role}"
     if gpu.is_device(obj):

@@ -46,7 +46,7 @@ from ringcomm.algorithms import (
     tuning,
 )
 from ringcomm.algorithms.context import OpContext, OrderedContext
-from ringcomm.buffers import Buffer, as_buffer
+from ringcomm.buffers import Buffer, as_buffer, plain_array
 from ringcomm.config import Config
 from ringcomm.diagnostics import OpRecord, protocol
 from ringcomm.diagnostics.stats import Stats, print_table
@@ -814,7 +814,7 @@ class Communicator:
     def _run_piece(
         self,
         name: str,
-        buffers: tuple[Buffer, ...],
+        buffers: tuple[Buffer, ...] | None,
         board: Board,
         piece: tuple[int, int],
         src: np.ndarray,
@@ -830,7 +830,9 @@ class Communicator:
         (n=2, 4 KiB all_gather 6.0-6.7 -> 4.5-5.3 us a call). False, nothing done, where the general
         path must take it (and raise what it raises): an operation ahead of it, a closed
         or broken communicator, a timeout that is not positive, a completion callback.
-        ``average``: what an AVG divides by the world size at the end (None: nothing)."""
+        ``average``: what an AVG divides by the world size at the end (None: nothing).
+        ``buffers`` None: the one buffer ``src`` (its Buffer made only for a failure's
+        report)."""
         if (timeout is not None and timeout <= 0) or _get_ident() == self._thread_id:
             return False
         exec_lock, lock = self._exec_lock, self._lock
@@ -864,6 +866,8 @@ class Communicator:
                 if average is not None:
                     native.divide(average, self.size, False)
             except BaseException as e:
+                if buffers is None:
+                    buffers = (as_buffer(src, name, writable=False),)
                 item = _Op(
                     name, seq, KIND_COLLECTIVE, _ran_as_piece, timeout, op, False, None,
                     buffers, root, None,
@@ -924,6 +928,23 @@ class Communicator:
             grad = np.ones(1000, np.float32)
             comm.all_reduce(grad, op=ringcomm.AVG)
         """
+        if op is _SUM and compression is None:
+            # The usual small call, a SUM of a numpy array whose piece is chosen already:
+            # no Buffer made, no key built but the piece's (n=2, 4 KiB: 2.68-2.79 ->
+            # 2.36-2.41 us a call). Its dtype was checked when the piece was chosen (none
+            # is chosen for another dtype).
+            a = plain_array(buf, True)
+            if a is not None:
+                key = ("piece", "all_reduce", a.nbytes, a.dtype, _SUM, False, algorithm)
+                piece = self._choices.get(key)
+                board = self._quick_board(async_op)
+                if (
+                    piece is not None
+                    and piece[1]
+                    and board is not None
+                    and self._run_piece("all_reduce", None, board, piece, a, a, timeout)
+                ):
+                    return None
         b = as_buffer(buf, "all_reduce buf", writable=True)
         rop = op if op is _SUM else _reduce_op(op, b, "all_reduce")  # (SUM: no call)
         board = self._quick_board(async_op)

@@ -115,6 +115,10 @@ def test_async_and_subcommunicators(size: int, transport: str) -> None:
         pool.run(collectives.subcommunicators_concurrently)
 
 
+def test_quick_path_takes_what_as_buffer_takes() -> None:
+    get_pool(2).run(collectives.quick_path_takes_what_as_buffer_takes)
+
+
 def test_torch_tensors() -> None:
     pytest.importorskip("torch", reason="torch is an optional extra: pip install 'ringcomm[torch]'")
     get_pool(3).run(collectives.torch_tensors)

@@ -539,6 +539,39 @@ def any_source_receives(comm: ringcomm.Communicator) -> None:
     comm.barrier()
 
 
+def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
+    """A blocking all_reduce whose native piece is chosen already skips the general intake:
+    it must still refuse what as_buffer refuses (read-only, strided), flatten what it
+    takes (2-D), and sum right."""
+    n, r = comm.size, comm.rank
+    a = np.ones(1024, np.float32)
+    for _ in range(2):  # the first makes the board, the second chooses its piece
+        comm.all_reduce(a)
+    key = ("piece", "all_reduce", a.nbytes, a.dtype, ringcomm.SUM, False, None)
+    assert comm._choices.get(key, (0, 0))[1], list(comm._choices)  # type: ignore[attr-defined]
+    read_only = np.ones(1024, np.float32)
+    read_only.flags.writeable = False
+    try:
+        comm.all_reduce(read_only)
+    except ValueError as e:
+        assert "read-only" in str(e), e
+    else:
+        raise AssertionError("a read-only buffer was reduced into")
+    strided = np.ones(2048, np.float32)[::2]  # 4 KiB of float32 too, not contiguous
+    try:
+        comm.all_reduce(strided)
+    except ValueError as e:
+        assert "not C-contiguous" in str(e), e
+    else:
+        raise AssertionError("a strided buffer was taken")
+    square = np.full((32, 32), r + 1, np.float32)
+    comm.all_reduce(square)
+    np.testing.assert_array_equal(square, np.full((32, 32), n * (n + 1) / 2, np.float32))
+    a[:] = r + 1
+    comm.all_reduce(a)
+    np.testing.assert_array_equal(a, np.full(1024, n * (n + 1) / 2, np.float32))
+
+
 def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
     """Every collective forced onto the shared-memory board, against numpy: every op and
     dtype of all_reduce, the other collectives in and out of place, every root, sizes on
