@@ -811,6 +811,22 @@ class Communicator:
         b: Board | None = self._transport.board  # type: ignore[attr-defined]
         return b if b is not None and b.table is not None else None
 
+    def _quick_pair(
+        self, output: Any, input: Any, async_op: bool
+    ) -> tuple[np.ndarray, np.ndarray, Board] | None:
+        """``output`` and ``input`` flat, and the board, where a blocking all_gather or
+        reduce_scatter of them may run its piece without the general intake: two numpy
+        arrays as as_buffer takes them, of one dtype, apart (in place takes the general
+        path). Their dtype and sizes were checked when the piece under their key was
+        chosen: the caller runs only a piece it finds (n=2, 16 KiB all_gather: the Python
+        of a call 2.8 -> 1.7 us)."""
+        o = plain_array(output, True)
+        i = plain_array(input, False)
+        if o is None or i is None or o.dtype != i.dtype or np.may_share_memory(o, i):
+            return None
+        board = self._quick_board(async_op)
+        return None if board is None else (o, i, board)
+
     def _run_piece(
         self,
         name: str,
@@ -831,8 +847,8 @@ class Communicator:
         path must take it (and raise what it raises): an operation ahead of it, a closed
         or broken communicator, a timeout that is not positive, a completion callback.
         ``average``: what an AVG divides by the world size at the end (None: nothing).
-        ``buffers`` None: the one buffer ``src`` (its Buffer made only for a failure's
-        report)."""
+        ``buffers`` None: ``dst`` and ``src`` (one buffer where they are one), their Buffers
+        made only for a failure's report."""
         if (timeout is not None and timeout <= 0) or _get_ident() == self._thread_id:
             return False
         exec_lock, lock = self._exec_lock, self._lock
@@ -866,8 +882,9 @@ class Communicator:
                 if average is not None:
                     native.divide(average, self.size, False)
             except BaseException as e:
-                if buffers is None:
-                    buffers = (as_buffer(src, name, writable=False),)
+                if buffers is None:  # (what the general path's intake made, in its order)
+                    arrays = (src,) if src is dst else (dst, src)
+                    buffers = tuple(as_buffer(x, name, writable=False) for x in arrays)
                 item = _Op(
                     name, seq, KIND_COLLECTIVE, _ran_as_piece, timeout, op, False, None,
                     buffers, root, None,
@@ -1087,6 +1104,17 @@ class Communicator:
         ``output`` itself (in place). ``algorithm``: ``"direct"``, ``"bruck"`` or
         ``"ring"`` (default: by size).
         """
+        quick = self._quick_pair(output, input, async_op)
+        if quick is not None:  # (see _quick_pair)
+            oa, ia, board = quick
+            key = ("piece", "all_gather", oa.nbytes, ia.nbytes, ia.dtype, False, algorithm)
+            piece = self._choices.get(key)
+            if (
+                piece is not None
+                and piece[1]
+                and self._run_piece("all_gather", None, board, piece, ia, oa, timeout)
+            ):
+                return None
         o, i = _intake_pair(
             "all_gather", output, input, self.size, "output", allow_in_place=self.rank
         )
@@ -1134,6 +1162,26 @@ class Communicator:
         ``"direct"``, ``"recursive_halving"`` (a power of two of ranks; the ring elsewhere)
         or ``"ring"`` (default: by size).
         """
+        quick = self._quick_pair(output, input, async_op) if op is _SUM else None
+        if quick is not None:  # (see _quick_pair)
+            oa, ia, board = quick
+            key = (
+                "piece",
+                "reduce_scatter",
+                ia.nbytes,
+                oa.nbytes,
+                ia.dtype,
+                _SUM,
+                False,
+                algorithm,
+            )
+            piece = self._choices.get(key)
+            if (
+                piece is not None
+                and piece[1]
+                and self._run_piece("reduce_scatter", None, board, piece, ia, oa, timeout)
+            ):
+                return None
         o, i = _intake_pair(
             "reduce_scatter", output, input, self.size, "input", allow_in_place=self.rank
         )

@@ -570,6 +570,45 @@ def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
     a[:] = r + 1
     comm.all_reduce(a)
     np.testing.assert_array_equal(a, np.full(1024, n * (n + 1) / 2, np.float32))
+    # all_gather and reduce_scatter: two arrays of one dtype, apart
+    c = 1024
+    mine, whole = np.full(c, r, np.float32), np.zeros(n * c, np.float32)
+    for _ in range(2):
+        comm.all_gather(whole, mine)
+        comm.reduce_scatter(mine, whole)
+    for name in ("all_gather", "reduce_scatter"):
+        key = ("piece", name, n * c * 4, c * 4, np.dtype(np.float32))
+        assert any(k[:5] == key and v[1] for k, v in comm._choices.items()), name  # type: ignore[attr-defined]
+    wrong_kind = np.zeros(n * c, np.int32)  # as many bytes, another dtype
+    for call in (
+        lambda: comm.all_gather(wrong_kind, mine),
+        lambda: comm.reduce_scatter(mine, wrong_kind),
+    ):
+        _refused(call, TypeError, "float32")
+    overlapping = np.zeros(n * c + 1, np.float32)  # input one element past output's start
+    _refused(
+        lambda: comm.all_gather(overlapping[: n * c], overlapping[1 : c + 1]), ValueError, "overlap"
+    )
+    fixed = np.zeros(n * c, np.float32)
+    fixed.flags.writeable = False
+    _refused(lambda: comm.all_gather(fixed, mine), ValueError, "read-only")
+    out, inp = np.zeros(n * c, np.float32), np.full(c, r + 1, np.float32)
+    comm.all_gather(out, inp)
+    np.testing.assert_array_equal(out, np.repeat(np.arange(1, n + 1, dtype=np.float32), c))
+    comm.all_gather(out, out[r * c : (r + 1) * c])  # in place: the general path
+    np.testing.assert_array_equal(out, np.repeat(np.arange(1, n + 1, dtype=np.float32), c))
+    part = np.zeros(c, np.float32)
+    comm.reduce_scatter(part, np.full(n * c, r + 1, np.float32))
+    np.testing.assert_array_equal(part, np.full(c, n * (n + 1) / 2, np.float32))
+
+
+def _refused(call: Any, error: type[Exception], says: str) -> None:
+    try:
+        call()
+    except error as e:
+        assert says in str(e), e
+    else:
+        raise AssertionError(f"not refused: expected {error.__name__} saying {says!r}")
 
 
 def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
