@@ -517,7 +517,7 @@ class Config:
         "RINGCOMM_FLIGHT_RECORDER_OPS",
         int,
         "operations each communicator remembers and logs when one fails on a timeout, a lost "
-        "peer or a transport error; 0: off (it costs about 0.7 us per operation)",
+        "peer or a transport error; 0: off (it costs about 0.2 us per blocking call)",
         minimum=0,
     )
     flight_recorder_dir: str | None = setting(

@@ -570,6 +570,18 @@ def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
     a[:] = r + 1
     comm.all_reduce(a)
     np.testing.assert_array_equal(a, np.full(1024, n * (n + 1) / 2, np.float32))
+    # broadcast: a reader's buffer must be writable (every rank refuses, so none runs it)
+    for _ in range(2):
+        comm.broadcast(a, 0)
+    key = ("piece", "broadcast", a.nbytes, a.dtype, 0, False, None)
+    assert comm._choices.get(key, (0, 0))[1], list(comm._choices)  # type: ignore[attr-defined]
+    if r == 0:
+        _refused(lambda: comm.broadcast(strided, 0), ValueError, "not C-contiguous")
+    else:
+        _refused(lambda: comm.broadcast(read_only, 0), ValueError, "read-only")
+    square = np.full((32, 32), r + 7, np.float32)
+    comm.broadcast(square, 0)
+    np.testing.assert_array_equal(square, np.full((32, 32), 7, np.float32))
     # all_gather and reduce_scatter: two arrays of one dtype, apart
     c = 1024
     mine, whole = np.full(c, r, np.float32), np.zeros(n * c, np.float32)
