@@ -551,19 +551,9 @@ def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
     assert comm._choices.get(key, (0, 0))[1], list(comm._choices)  # type: ignore[attr-defined]
     read_only = np.ones(1024, np.float32)
     read_only.flags.writeable = False
-    try:
-        comm.all_reduce(read_only)
-    except ValueError as e:
-        assert "read-only" in str(e), e
-    else:
-        raise AssertionError("a read-only buffer was reduced into")
+    _refused(lambda: comm.all_reduce(read_only), ValueError, "read-only")
     strided = np.ones(2048, np.float32)[::2]  # 4 KiB of float32 too, not contiguous
-    try:
-        comm.all_reduce(strided)
-    except ValueError as e:
-        assert "not C-contiguous" in str(e), e
-    else:
-        raise AssertionError("a strided buffer was taken")
+    _refused(lambda: comm.all_reduce(strided), ValueError, "not C-contiguous")
     square = np.full((32, 32), r + 1, np.float32)
     comm.all_reduce(square)
     np.testing.assert_array_equal(square, np.full((32, 32), n * (n + 1) / 2, np.float32))
