@@ -360,6 +360,8 @@ class Communicator:
         # where the user forced none.
         self._choosing = tuning.apply(config, transport.name, self.size)
         self._choices: dict[tuple[Any, ...], Any] = {}  # see _chosen
+        # The quick path's pieces: (board, piece) under a short key (see _choose_piece).
+        self._quick: dict[tuple[Any, ...], tuple[Board, tuple[int, int]]] = {}
         self._local: Communicator | None = None  # split_local(), made at the first call
         self._cross: Communicator | None = None  # split_cross(), likewise
         self._seq = 0
@@ -497,6 +499,7 @@ class Communicator:
         board fixes once made (n=2, 4 KiB all_reduce 3.7-3.9 -> 3.3 us a call)."""
         if len(self._choices) >= _CHOSEN_LIMIT:
             self._choices.clear()
+            self._quick.clear()
         self._choices[key] = made
         return made
 
@@ -505,13 +508,22 @@ class Communicator:
         key: tuple[Any, ...],
         buffers: tuple[Buffer, ...],
         choose: Callable[..., tuple[int, int]],
+        board: Board,
         *args: Any,
+        quick: tuple[Any, ...] | None = None,
     ) -> tuple[int, int]:
-        """The quick path's native piece for ``key`` ("piece", operation, the bytes that
-        choose the algorithm, ..., algorithm): ``choose(*args)`` where the operation runs on
-        the board, else none; remembered (:meth:`_remember`)."""
+        """The native piece for ``key`` ("piece", operation, the bytes that choose the
+        algorithm, ..., algorithm): ``choose(board, *args)`` where the operation runs on
+        the board, else none; remembered (:meth:`_remember`). A piece found also goes
+        under ``quick`` (the operation, its sizes, dtype and algorithm: a piece depends on
+        nothing else, since a reduction the kernels do not take, or bfloat16, has none),
+        where a blocking SUM or broadcast of numpy arrays looks it up before any intake:
+        the checks its key leaves out were made here, for the call that chose it."""
         on_board = self._direct(key[1], key[2], buffers, key[-1])
-        return self._remember(key, choose(*args) if on_board else direct.NO_PIECE)  # type: ignore[no-any-return]
+        piece = choose(board, *args) if on_board else direct.NO_PIECE
+        if quick is not None and piece[1]:
+            self._quick[quick] = (board, piece)
+        return self._remember(key, piece)  # type: ignore[no-any-return]
 
     def _direct(
         self, op: str, nbytes: int, buffers: tuple[AnyBuffer, ...], algorithm: str | None
@@ -811,35 +823,19 @@ class Communicator:
         b: Board | None = self._transport.board  # type: ignore[attr-defined]
         return b if b is not None and b.table is not None else None
 
-    def _quick_one(
-        self, buf: Any, writable: bool, async_op: bool
-    ) -> tuple[np.ndarray, Board] | None:
-        """``buf`` flat, and the board, where a blocking all_reduce (SUM) or broadcast of it
-        may run its piece without the general intake: a numpy array as as_buffer takes it.
-        Its dtype was checked when the piece under its key was chosen (none is chosen for a
-        dtype the board cannot take): the caller runs only a piece it finds (n=2, 4 KiB
-        all_reduce: 2.6-2.8 -> 2.4-2.5 us a call)."""
-        a = plain_array(buf, writable)
-        if a is None:
-            return None
-        board = self._quick_board(async_op)
-        return None if board is None else (a, board)
-
-    def _quick_pair(
-        self, output: Any, input: Any, async_op: bool
-    ) -> tuple[np.ndarray, np.ndarray, Board] | None:
-        """``output`` and ``input`` flat, and the board, where a blocking all_gather or
-        reduce_scatter of them may run its piece without the general intake: two numpy
-        arrays as as_buffer takes them, of one dtype, apart (in place takes the general
-        path). Their dtype and sizes were checked when the piece under their key was
-        chosen: the caller runs only a piece it finds (n=2, 4 KiB all_gather: 3.5-3.9 ->
-        2.8-2.9 us a call)."""
+    def _quick_pair(self, output: Any, input: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """``output`` and ``input`` flat, where a blocking all_gather or reduce_scatter of
+        them may look up its piece in :attr:`_quick`: two numpy arrays as as_buffer takes
+        them (:func:`plain_array`), of one dtype, apart (in place takes the general path).
+        Arrays that each own their memory are apart without asking numpy (0.17 us; one
+        array as both has no piece: its sizes differ where a piece runs)."""
         o = plain_array(output, True)
         i = plain_array(input, False)
-        if o is None or i is None or o.dtype != i.dtype or np.may_share_memory(o, i):
+        if o is None or i is None or o.dtype != i.dtype:
             return None
-        board = self._quick_board(async_op)
-        return None if board is None else (o, i, board)
+        if (o.flags.owndata and i.flags.owndata) or not np.may_share_memory(o, i):
+            return o, i
+        return None
 
     def _run_piece(
         self,
@@ -859,7 +855,8 @@ class Communicator:
         general path's (:meth:`_failed`), but no context, body or queue item made for it
         (n=2, 4 KiB all_gather 6.0-6.7 -> 4.5-5.3 us a call). False, nothing done, where the general
         path must take it (and raise what it raises): an operation ahead of it, a closed
-        or broken communicator, a timeout that is not positive, a completion callback.
+        or broken communicator, a group open, a timeout that is not positive, a completion
+        callback.
         ``average``: what an AVG divides by the world size at the end (None: nothing).
         ``buffers`` None: ``dst`` and ``src`` (one buffer where they are one), their Buffers
         made only for a failure's report."""
@@ -870,7 +867,12 @@ class Communicator:
         # locking cost against ``with`` and ``blocking=False``)
         lock.acquire()
         try:
-            if self._closed or self._outstanding or not exec_lock.acquire(False):
+            if (
+                self._closed
+                or self._outstanding
+                or self._groups_open
+                or not exec_lock.acquire(False)
+            ):
                 return False
             if self._broken is not None:
                 exec_lock.release()
@@ -959,16 +961,13 @@ class Communicator:
             grad = np.ones(1000, np.float32)
             comm.all_reduce(grad, op=ringcomm.AVG)
         """
-        plain_sum = op is _SUM and compression is None
-        quick = self._quick_one(buf, True, async_op) if plain_sum else None
-        if quick is not None:  # (see _quick_one)
-            a, board = quick
-            key = ("piece", "all_reduce", a.nbytes, a.dtype, _SUM, False, algorithm)
-            piece = self._choices.get(key)
-            if (
-                piece is not None
-                and piece[1]
-                and self._run_piece("all_reduce", None, board, piece, a, a, timeout)
+        if op is _SUM and compression is None and not async_op:
+            a = plain_array(buf, True)
+            quick = (
+                None if a is None else self._quick.get(("all_reduce", a.nbytes, a.dtype, algorithm))
+            )
+            if quick is not None and self._run_piece(
+                "all_reduce", None, quick[0], quick[1], a, a, timeout
             ):
                 return None
         b = as_buffer(buf, "all_reduce buf", writable=True)
@@ -978,7 +977,14 @@ class Communicator:
             a = b.array
             key = ("piece", "all_reduce", a.nbytes, a.dtype, rop, b.bfloat16, algorithm)
             piece = self._choices.get(key) or self._choose_piece(
-                key, (b,), direct.allreduce_piece, board, a, rop, b.bfloat16
+                key,
+                (b,),
+                direct.allreduce_piece,
+                board,
+                a,
+                rop,
+                b.bfloat16,
+                quick=("all_reduce", a.nbytes, a.dtype, algorithm),
             )
             average = a if rop == _AVG else None
             if piece[1] and self._run_piece(
@@ -1113,15 +1119,12 @@ class Communicator:
         ``output`` itself (in place). ``algorithm``: ``"direct"``, ``"bruck"`` or
         ``"ring"`` (default: by size).
         """
-        quick = self._quick_pair(output, input, async_op)
-        if quick is not None:  # (see _quick_pair)
-            oa, ia, board = quick
-            key = ("piece", "all_gather", oa.nbytes, ia.nbytes, ia.dtype, False, algorithm)
-            piece = self._choices.get(key)
-            if (
-                piece is not None
-                and piece[1]
-                and self._run_piece("all_gather", None, board, piece, ia, oa, timeout)
+        pair = None if async_op else self._quick_pair(output, input)
+        if pair is not None:
+            oa, ia = pair
+            quick = self._quick.get(("all_gather", oa.nbytes, ia.nbytes, ia.dtype, algorithm))
+            if quick is not None and self._run_piece(
+                "all_gather", None, quick[0], quick[1], ia, oa, timeout
             ):
                 return None
         o, i = _intake_pair(
@@ -1131,7 +1134,13 @@ class Communicator:
         if board is not None and type(o) is Buffer and type(i) is Buffer:
             key = ("piece", "all_gather", o.nbytes, i.nbytes, i.array.dtype, i.bfloat16, algorithm)
             piece = self._choices.get(key) or self._choose_piece(
-                key, (o, i), direct.allgather_piece, board, i.array, i.bfloat16
+                key,
+                (o, i),
+                direct.allgather_piece,
+                board,
+                i.array,
+                i.bfloat16,
+                quick=("all_gather", o.nbytes, i.nbytes, i.array.dtype, algorithm),
             )
             if piece[1] and self._run_piece(
                 "all_gather", (o, i), board, piece, i.array, o.array, timeout
@@ -1171,24 +1180,12 @@ class Communicator:
         ``"direct"``, ``"recursive_halving"`` (a power of two of ranks; the ring elsewhere)
         or ``"ring"`` (default: by size).
         """
-        quick = self._quick_pair(output, input, async_op) if op is _SUM else None
-        if quick is not None:  # (see _quick_pair)
-            oa, ia, board = quick
-            key = (
-                "piece",
-                "reduce_scatter",
-                ia.nbytes,
-                oa.nbytes,
-                ia.dtype,
-                _SUM,
-                False,
-                algorithm,
-            )
-            piece = self._choices.get(key)
-            if (
-                piece is not None
-                and piece[1]
-                and self._run_piece("reduce_scatter", None, board, piece, ia, oa, timeout)
+        pair = None if async_op or op is not _SUM else self._quick_pair(output, input)
+        if pair is not None:
+            oa, ia = pair
+            quick = self._quick.get(("reduce_scatter", ia.nbytes, oa.nbytes, ia.dtype, algorithm))
+            if quick is not None and self._run_piece(
+                "reduce_scatter", None, quick[0], quick[1], ia, oa, timeout
             ):
                 return None
         o, i = _intake_pair(
@@ -1207,8 +1204,17 @@ class Communicator:
                 o.bfloat16,
                 algorithm,
             )
+            quick = ("reduce_scatter", i.nbytes, o.nbytes, i.array.dtype, algorithm)
             piece = self._choices.get(key) or self._choose_piece(
-                key, (o, i), direct.reduce_scatter_piece, board, o.array, i.array, rop, o.bfloat16
+                key,
+                (o, i),
+                direct.reduce_scatter_piece,
+                board,
+                o.array,
+                i.array,
+                rop,
+                o.bfloat16,
+                quick=quick,
             )
             average = o.array if rop == _AVG else None
             if piece[1] and self._run_piece(
@@ -1249,23 +1255,29 @@ class Communicator:
         """Copy ``buf`` from ``root`` to every rank (``algorithm``: direct, binomial or
         chain; default: by size)."""
         self._check_rank(root, "broadcast root")
-        quick = self._quick_one(buf, self.rank != root, async_op)
-        if quick is not None:  # (see _quick_one)
-            a, board = quick
-            key = ("piece", "broadcast", a.nbytes, a.dtype, root, False, algorithm)
-            piece = self._choices.get(key)
-            if (
-                piece is not None
-                and piece[1]
-                and self._run_piece("broadcast", None, board, piece, a, a, timeout, _SUM, root)
-            ):
-                return None
+        a = None if async_op else plain_array(buf, self.rank != root)
+        quick = (
+            None
+            if a is None
+            else self._quick.get(("broadcast", a.nbytes, a.dtype, root, algorithm))
+        )
+        if quick is not None and self._run_piece(
+            "broadcast", None, quick[0], quick[1], a, a, timeout, _SUM, root
+        ):
+            return None
         b = as_buffer(buf, "broadcast buf", writable=self.rank != root, read=self.rank == root)
         board = self._quick_board(async_op)
         if board is not None and type(b) is Buffer:
             key = ("piece", "broadcast", b.nbytes, b.array.dtype, root, b.bfloat16, algorithm)
             piece = self._choices.get(key) or self._choose_piece(
-                key, (b,), direct.broadcast_piece, board, b.array, root, b.bfloat16
+                key,
+                (b,),
+                direct.broadcast_piece,
+                board,
+                b.array,
+                root,
+                b.bfloat16,
+                quick=("broadcast", b.nbytes, b.array.dtype, root, algorithm),
             )
             if piece[1] and self._run_piece(
                 "broadcast", (b,), board, piece, b.array, b.array, timeout, _SUM, root

@@ -21,6 +21,16 @@ def get_pool(size: int, transport: str = "auto") -> RankPool:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _warm_native() -> None:
+    """Compile the numba kernels once before any rank starts (1-2 s from numba's cache): on
+    a fresh clone every rank would otherwise compile what it calls first, for seconds to
+    minutes, while its peers wait inside operations with 30 s timeouts."""
+    import ringcomm.native
+
+    ringcomm.native.warm_cache()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _close_pools() -> Iterator[None]:
     yield
     for pool in _pools.values():

@@ -547,8 +547,7 @@ def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
     a = np.ones(1024, np.float32)
     for _ in range(2):  # the first makes the board, the second chooses its piece
         comm.all_reduce(a)
-    key = ("piece", "all_reduce", a.nbytes, a.dtype, ringcomm.SUM, False, None)
-    assert comm._choices.get(key, (0, 0))[1], list(comm._choices)  # type: ignore[attr-defined]
+    assert ("all_reduce", a.nbytes, a.dtype, None) in comm._quick, list(comm._quick)  # type: ignore[attr-defined]
     read_only = np.ones(1024, np.float32)
     read_only.flags.writeable = False
     _refused(lambda: comm.all_reduce(read_only), ValueError, "read-only")
@@ -563,8 +562,7 @@ def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
     # broadcast: a reader's buffer must be writable (every rank refuses, so none runs it)
     for _ in range(2):
         comm.broadcast(a, 0)
-    key = ("piece", "broadcast", a.nbytes, a.dtype, 0, False, None)
-    assert comm._choices.get(key, (0, 0))[1], list(comm._choices)  # type: ignore[attr-defined]
+    assert ("broadcast", a.nbytes, a.dtype, 0, None) in comm._quick, list(comm._quick)  # type: ignore[attr-defined]
     if r == 0:
         _refused(lambda: comm.broadcast(strided, 0), ValueError, "not C-contiguous")
     else:
@@ -578,9 +576,11 @@ def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
     for _ in range(2):
         comm.all_gather(whole, mine)
         comm.reduce_scatter(mine, whole)
-    for name in ("all_gather", "reduce_scatter"):
-        key = ("piece", name, n * c * 4, c * 4, np.dtype(np.float32))
-        assert any(k[:5] == key and v[1] for k, v in comm._choices.items()), name  # type: ignore[attr-defined]
+    for key in (
+        ("all_gather", n * c * 4, c * 4, np.dtype(np.float32), None),
+        ("reduce_scatter", n * c * 4, c * 4, np.dtype(np.float32), None),
+    ):
+        assert key in comm._quick, list(comm._quick)  # type: ignore[attr-defined]
     wrong_kind = np.zeros(n * c, np.int32)  # as many bytes, another dtype
     for call in (
         lambda: comm.all_gather(wrong_kind, mine),
@@ -602,6 +602,30 @@ def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
     part = np.zeros(c, np.float32)
     comm.reduce_scatter(part, np.full(n * c, r + 1, np.float32))
     np.testing.assert_array_equal(part, np.full(c, n * (n + 1) / 2, np.float32))
+    _quick_path_sums_where_other_ops_chose_first(comm)
+
+
+def _quick_path_sums_where_other_ops_chose_first(comm: ringcomm.Communicator) -> None:
+    """Pieces chosen first for MAX, or for bfloat16 bits, at a size: a later SUM of a
+    numpy array of that size and dtype (uint16 for bfloat16's bits) must not run them."""
+    import torch
+
+    n, r, c = comm.size, comm.rank, 1536  # (sizes no other check here uses)
+    ones = np.full(c, r + 1, np.float32)
+    whole = np.full(n * c, r + 1, np.float32)
+    for _ in range(2):  # the board's pieces for MAX, chosen first at these sizes
+        comm.all_reduce(ones.copy(), ringcomm.MAX)
+        comm.reduce_scatter(np.zeros(c, np.float32), whole, ringcomm.MAX)
+        comm.all_reduce(torch.ones(c, dtype=torch.bfloat16))
+    total = n * (n + 1) / 2
+    comm.all_reduce(ones)
+    np.testing.assert_array_equal(ones, np.full(c, total, np.float32))
+    part = np.zeros(c, np.float32)
+    comm.reduce_scatter(part, whole)
+    np.testing.assert_array_equal(part, np.full(c, total, np.float32))
+    bits = np.full(c, 1000 * (r + 1), np.uint16)  # summed as integers, not as bfloat16s
+    comm.all_reduce(bits)
+    np.testing.assert_array_equal(bits, np.full(c, 1000 * total, np.uint16))
 
 
 def _refused(call: Any, error: type[Exception], says: str) -> None:
