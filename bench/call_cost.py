@@ -30,10 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         n, count = comm.size, max(1, args.bytes // 4)
         one = np.ones(count, np.float32)
         whole = np.ones(n * count, np.float32)
+        gathered = np.ones(n * count, np.float32)  # in place: this rank's slot is the input
+        slot = slice(comm.rank * count, (comm.rank + 1) * count)
         ops: dict[str, Callable[[], object]] = {
             "all_reduce": lambda: comm.all_reduce(one),
             "all_gather": lambda: comm.all_gather(whole, one),
             "reduce_scatter": lambda: comm.reduce_scatter(one, whole),
+            "all_gather in place": lambda: comm.all_gather(gathered, gathered[slot]),
+            "reduce_scatter in place": lambda: comm.reduce_scatter(whole[slot], whole),
             "broadcast": lambda: comm.broadcast(one, 0),
             "reduce": lambda: comm.reduce(one, 0),
             "barrier": comm.barrier,
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if comm.rank == 0:
             print(f"# n={n}, {args.bytes} bytes a rank, us per blocking call (best of rounds)")
             for name, us in figures.items():
-                print(f"{name:>17} {us:8.2f}")
+                print(f"{name:>23} {us:8.2f}")
     return 0
 
 

@@ -6,7 +6,7 @@ Installed as the subpackage ``ringcomm.native`` (setuptools ``package-dir``).
 """
 
 from . import board, kernels, shm
-from .kernels import divide, reduce_into
+from .kernels import byte_offset, divide, reduce_into
 from .numpy_fallback import bf16_to_f32, f32_to_bf16
 from .ops import AVG, BAND, BOR, BUFFER_DTYPES, BXOR, MAX, MIN, PROD, SUM
 
@@ -21,6 +21,7 @@ __all__ = [
     "PROD",
     "SUM",
     "bf16_to_f32",
+    "byte_offset",
     "divide",
     "f32_to_bf16",
     "reduce_into",

@@ -264,6 +264,26 @@ def _divide_half(arr, divisor, is_bf16):
             arr[j] = _half_out(_half_in(arr[j]) / d)
 
 
+@njit(**_JIT)
+def _byte_offset(start, at):
+    return np.int64(at.ctypes.data) - np.int64(start.ctypes.data)
+
+
+def byte_offset(start: np.ndarray, at: np.ndarray) -> int:
+    """How many bytes after ``start``'s first byte ``at``'s first byte lies (negative:
+    before). A numba call, about 0.2 us, where numba compiles it for both dtypes: numpy
+    tells an address in 0.8-1 us."""
+    if not _NUMBA_OFF and start.dtype not in _UNTYPED and at.dtype not in _UNTYPED:
+        try:
+            return int(_byte_offset(start, at))
+        except Exception:  # numba has no CPU type for it (float16, among others)
+            _UNTYPED.update((start.dtype, at.dtype))
+    return int(at.ctypes.data) - int(start.ctypes.data)
+
+
+_UNTYPED: set[np.dtype] = set()  # dtypes byte_offset found numba compiles nothing for
+
+
 _KERNELS = {
     SUM: _sum,
     PROD: _prod,
@@ -350,6 +370,10 @@ def warm_cache() -> None:
             kernel(a, a.copy())
         if a.dtype.kind == "f":
             _divide(a, 2)
+        read_only = a[1:]
+        read_only.flags.writeable = False
+        byte_offset(a, read_only)  # (an in-place input, read only or not)
+        byte_offset(a, a)
     h = np.zeros(2, np.uint16)
     for is_bf16 in (True, False):
         for op in (SUM, PROD, MIN, MAX):

@@ -255,13 +255,20 @@ def _check_pair(name: str, o: AnyBuffer, i: AnyBuffer, big: str, in_place_at: in
     if type(o) is Buffer and not np.may_share_memory(o.array, i.array):
         return  # their bounds are apart (reading an address costs ~1 us)
     large, small = (o, i) if big == "output" else (i, o)
-    if (
-        in_place_at is not None
-        and small.count > 0
-        and large.addr + in_place_at * (small.nbytes // small.count) == small.addr
-    ):
-        return
+    if in_place_at is not None and small.count > 0:
+        if type(o) is Buffer:
+            if _in_slot(large.array, small.array, in_place_at):
+                return
+        elif large.addr + in_place_at * (small.nbytes // small.count) == small.addr:
+            return
     _no_overlap(o, i, name)
+
+
+def _in_slot(large: np.ndarray, small: np.ndarray, at: int) -> bool:
+    """Whether ``small`` is ``large``'s elements from ``at`` on (one dtype, both flat): an
+    in-place all_gather's input or reduce_scatter's output (0.2 us, against 1.8 us for the
+    two addresses from numpy)."""
+    return native.byte_offset(large, small) == at * small.itemsize  # type: ignore[no-any-return]
 
 
 def _counts(counts: Any, size: int, name: str, what: str = "counts") -> list[int]:
@@ -823,19 +830,23 @@ class Communicator:
         b: Board | None = self._transport.board  # type: ignore[attr-defined]
         return b if b is not None and b.table is not None else None
 
-    def _quick_pair(self, output: Any, input: Any) -> tuple[np.ndarray, np.ndarray] | None:
-        """``output`` and ``input`` flat, where a blocking all_gather or reduce_scatter of
-        them may look up its piece in :attr:`_quick`: two numpy arrays as as_buffer takes
-        them (:func:`plain_array`), of one dtype, apart (in place takes the general path).
-        Arrays that each own their memory are apart without asking numpy (0.17 us; one
-        array as both has no piece: its sizes differ where a piece runs)."""
+    def _quick_pair(
+        self, output: Any, input: Any, output_is_large: bool
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``output`` and ``input`` flat, where a blocking all_gather (``output_is_large``)
+        or reduce_scatter of them may look up its piece in :attr:`_quick`: two numpy arrays
+        as as_buffer takes them (:func:`plain_array`), of one dtype, apart or in place (the
+        small one is this rank's slot of the large one). Arrays that each own their memory
+        are apart without asking numpy (0.17 us; one array as both has no piece: its sizes
+        differ where a piece runs)."""
         o = plain_array(output, True)
         i = plain_array(input, False)
         if o is None or i is None or o.dtype != i.dtype:
             return None
         if (o.flags.owndata and i.flags.owndata) or not np.may_share_memory(o, i):
             return o, i
-        return None
+        large, small = (o, i) if output_is_large else (i, o)
+        return (o, i) if _in_slot(large, small, self.rank * small.size) else None
 
     def _run_piece(
         self,
@@ -1119,7 +1130,7 @@ class Communicator:
         ``output`` itself (in place). ``algorithm``: ``"direct"``, ``"bruck"`` or
         ``"ring"`` (default: by size).
         """
-        pair = None if async_op else self._quick_pair(output, input)
+        pair = None if async_op else self._quick_pair(output, input, True)
         if pair is not None:
             oa, ia = pair
             quick = self._quick.get(("all_gather", oa.nbytes, ia.nbytes, ia.dtype, algorithm))
@@ -1180,7 +1191,7 @@ class Communicator:
         ``"direct"``, ``"recursive_halving"`` (a power of two of ranks; the ring elsewhere)
         or ``"ring"`` (default: by size).
         """
-        pair = None if async_op or op is not _SUM else self._quick_pair(output, input)
+        pair = None if async_op or op is not _SUM else self._quick_pair(output, input, False)
         if pair is not None:
             oa, ia = pair
             quick = self._quick.get(("reduce_scatter", ia.nbytes, oa.nbytes, ia.dtype, algorithm))

@@ -224,3 +224,14 @@ def test_portable_half_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64", "uint8", "float16"])
+def test_byte_offset_is_the_distance_between_first_bytes(dtype: str) -> None:
+    whole = np.zeros(64, dtype)
+    part = whole[10:20]
+    fixed = whole[5:]
+    fixed.flags.writeable = False  # an all_gather's input may be read-only
+    for start, at in ((whole, part), (part, whole), (whole, fixed), (whole, whole)):
+        want = at.ctypes.data - start.ctypes.data
+        assert native.byte_offset(start, at) == want

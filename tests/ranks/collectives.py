@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -597,8 +599,18 @@ def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
     out, inp = np.zeros(n * c, np.float32), np.full(c, r + 1, np.float32)
     comm.all_gather(out, inp)
     np.testing.assert_array_equal(out, np.repeat(np.arange(1, n + 1, dtype=np.float32), c))
-    comm.all_gather(out, out[r * c : (r + 1) * c])  # in place: the general path
+    out[:] = 0
+    out[r * c : (r + 1) * c] = r + 1
+    with _no_intake():  # in place (this rank's slot) takes the quick path too
+        comm.all_gather(out, out[r * c : (r + 1) * c])
     np.testing.assert_array_equal(out, np.repeat(np.arange(1, n + 1, dtype=np.float32), c))
+    other = ((r + 1) % n) * c  # another rank's slot: they overlap
+    _refused(lambda: comm.all_gather(out, out[other : other + c]), ValueError, "overlap")
+    whole = np.full(n * c, r + 1, np.float32)
+    with _no_intake():
+        comm.reduce_scatter(whole[r * c : (r + 1) * c], whole)
+    np.testing.assert_array_equal(whole[r * c : (r + 1) * c], np.full(c, n * (n + 1) / 2))
+    _refused(lambda: comm.reduce_scatter(whole[other : other + c], whole), ValueError, "overlap")
     part = np.zeros(c, np.float32)
     comm.reduce_scatter(part, np.full(n * c, r + 1, np.float32))
     np.testing.assert_array_equal(part, np.full(c, n * (n + 1) / 2, np.float32))
@@ -626,6 +638,23 @@ def _quick_path_sums_where_other_ops_chose_first(comm: ringcomm.Communicator) ->
     bits = np.full(c, 1000 * (r + 1), np.uint16)  # summed as integers, not as bfloat16s
     comm.all_reduce(bits)
     np.testing.assert_array_equal(bits, np.full(c, 1000 * total, np.uint16))
+
+
+@contextlib.contextmanager
+def _no_intake() -> Iterator[None]:
+    """Fail any call that takes the general intake (as_buffer) inside: it must take the
+    quick path."""
+    from ringcomm import communicator
+
+    def taken(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the general intake ran: the quick path was not taken")
+
+    kept = communicator.as_buffer
+    communicator.as_buffer = taken  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        communicator.as_buffer = kept  # type: ignore[assignment]
 
 
 def _refused(call: Any, error: type[Exception], says: str) -> None:
