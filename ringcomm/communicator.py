@@ -857,7 +857,7 @@ class Communicator:
         src: np.ndarray,
         dst: np.ndarray,
         timeout: float | None,
-        op: int = _SUM,
+        op: int = 0,
         root: int = -1,
         average: np.ndarray | None = None,
     ) -> bool:
@@ -868,7 +868,9 @@ class Communicator:
         path must take it (and raise what it raises): an operation ahead of it, a closed
         or broken communicator, a group open, a timeout that is not positive, a completion
         callback.
-        ``average``: what an AVG divides by the world size at the end (None: nothing).
+        ``op``: the reduction as a plain int (numba types an IntEnum argument anew on
+        every call). ``average``: what an AVG divides by the world size at the end (None:
+        nothing).
         ``buffers`` None: ``dst`` and ``src`` (one buffer where they are one), their Buffers
         made only for a failure's report."""
         if (timeout is not None and timeout <= 0) or _get_ident() == self._thread_id:
@@ -904,20 +906,20 @@ class Communicator:
                 nbytes = src.nbytes if src is dst else src.nbytes + dst.nbytes
                 record = recorder.start(seq, name, nbytes, deadline, now)
             try:
-                # (a plain int: numba types an IntEnum argument anew on every call)
-                board.native_piece(piece[0], src, dst, deadline, piece[1], int(op), root)
+                board.native_piece(piece[0], src, dst, deadline, piece[1], op, root)
                 if average is not None:
                     native.divide(average, self.size, False)
             except BaseException as e:
                 if buffers is None:  # (what the general path's intake made, in its order)
                     arrays = (src,) if src is dst else (dst, src)
                     buffers = tuple(as_buffer(x, name, writable=False) for x in arrays)
+                rop = ReduceOp(op)
                 item = _Op(
-                    name, seq, KIND_COLLECTIVE, _ran_as_piece, timeout, op, False, None,
+                    name, seq, KIND_COLLECTIVE, _ran_as_piece, timeout, rop, False, None,
                     buffers, root, None,
                 )  # fmt: skip
                 ctx = self._context(
-                    transport, seq, deadline, self._segment_bytes, op, False, KIND_COLLECTIVE
+                    transport, seq, deadline, self._segment_bytes, rop, False, KIND_COLLECTIVE
                 )
                 error = self._failed(ctx, item, record, e)
                 if error is e:
@@ -999,7 +1001,7 @@ class Communicator:
             )
             average = a if rop == _AVG else None
             if piece[1] and self._run_piece(
-                "all_reduce", (b,), board, piece, a, a, timeout, rop, -1, average
+                "all_reduce", (b,), board, piece, a, a, timeout, int(rop), -1, average
             ):
                 return None
         host = type(b) is Buffer
@@ -1229,7 +1231,7 @@ class Communicator:
             )
             average = o.array if rop == _AVG else None
             if piece[1] and self._run_piece(
-                "reduce_scatter", (o, i), board, piece, i.array, o.array, timeout, rop, -1,
+                "reduce_scatter", (o, i), board, piece, i.array, o.array, timeout, int(rop), -1,
                 average,
             ):  # fmt: skip
                 return None
@@ -1273,7 +1275,7 @@ class Communicator:
             else self._quick.get(("broadcast", a.nbytes, a.dtype, root, algorithm))
         )
         if quick is not None and self._run_piece(
-            "broadcast", None, quick[0], quick[1], a, a, timeout, _SUM, root
+            "broadcast", None, quick[0], quick[1], a, a, timeout, 0, root
         ):
             return None
         b = as_buffer(buf, "broadcast buf", writable=self.rank != root, read=self.rank == root)
@@ -1291,7 +1293,7 @@ class Communicator:
                 quick=("broadcast", b.nbytes, b.array.dtype, root, algorithm),
             )
             if piece[1] and self._run_piece(
-                "broadcast", (b,), board, piece, b.array, b.array, timeout, _SUM, root
+                "broadcast", (b,), board, piece, b.array, b.array, timeout, 0, root
             ):
                 return None
         key = ("broadcast", b.nbytes, algorithm, self._board and type(b) is Buffer)
@@ -1340,7 +1342,7 @@ class Communicator:
             )
             average = b.array if rop == _AVG and self.rank == root else None
             if piece[1] and self._run_piece(
-                "reduce", (b,), board, piece, b.array, b.array, timeout, rop, root, average
+                "reduce", (b,), board, piece, b.array, b.array, timeout, int(rop), root, average
             ):
                 return None
         if self._direct("reduce", b.nbytes, (b,), algorithm):
