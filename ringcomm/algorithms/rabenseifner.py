@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ringcomm import native
 from ringcomm.algorithms.context import OpContext
 from ringcomm.algorithms.schedule import (
     chunk_bounds,
@@ -95,9 +96,7 @@ def reduce_scatter(ctx: OpContext, output: np.ndarray, input: np.ndarray) -> Non
             acc = np.empty(kb - ka, input.dtype)
         else:
             acc = kept  # the scratch: reduce in place
-        if acc is not kept and (
-            not np.shares_memory(acc, kept) or acc.ctypes.data != kept.ctypes.data
-        ):
+        if acc is not kept and native.byte_offset(kept, acc):  # (0: the same memory)
             np.copyto(acc, kept)
         for k, (x, y) in enumerate(ctx.segments(ka, kb, input.itemsize)):
             ctx.recv_reduce(step.partner, s, k, acc[x - ka : y - ka])

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ringcomm import native
 from ringcomm.algorithms.context import OpContext
 from ringcomm.algorithms.schedule import (
     RingStep,
@@ -126,7 +127,7 @@ def allgather(
     if chunks is None:
         chunks = [(c * input.size, (c + 1) * input.size) for c in range(n)]
     mine = output[chunks[r][0] : chunks[r][1]]
-    if not np.shares_memory(mine, input) or mine.ctypes.data != input.ctypes.data:
+    if native.byte_offset(input, mine):  # (0: in place, input is this slot)
         np.copyto(mine, input)
     if n == 1:
         return
