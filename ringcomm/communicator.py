@@ -831,22 +831,33 @@ class Communicator:
         return b if b is not None and b.table is not None else None
 
     def _quick_pair(
-        self, output: Any, input: Any, output_is_large: bool
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """``output`` and ``input`` flat, where a blocking all_gather (``output_is_large``)
-        or reduce_scatter of them may look up its piece in :attr:`_quick`: two numpy arrays
-        as as_buffer takes them (:func:`plain_array`), of one dtype, apart or in place (the
-        small one is this rank's slot of the large one). Arrays that each own their memory
-        are apart without asking numpy (0.17 us; one array as both has no piece: its sizes
-        differ where a piece runs)."""
+        self,
+        name: str,
+        output: Any,
+        input: Any,
+        output_is_large: bool,
+        algorithm: str | None,
+        timeout: float | None,
+    ) -> bool:
+        """Run a blocking all_gather (``output_is_large``) or reduce_scatter ``name`` by its
+        piece in :attr:`_quick`, where it has one and both are numpy arrays as as_buffer
+        takes them (:func:`plain_array`), of one dtype, apart or in place (the small one is
+        this rank's slot of the large one); False, nothing done, where the general path
+        must take it. Arrays that each own their memory are apart without asking numpy
+        (0.17 us; one array as both has no piece: its sizes differ where a piece runs)."""
         o = plain_array(output, True)
         i = plain_array(input, False)
         if o is None or i is None or o.dtype != i.dtype:
-            return None
-        if (o.flags.owndata and i.flags.owndata) or not np.may_share_memory(o, i):
-            return o, i
+            return False
         large, small = (o, i) if output_is_large else (i, o)
-        return (o, i) if _in_slot(large, small, self.rank * small.size) else None
+        if not (
+            (o.flags.owndata and i.flags.owndata)
+            or not np.may_share_memory(o, i)
+            or _in_slot(large, small, self.rank * small.size)
+        ):
+            return False
+        quick = self._quick.get((name, large.nbytes, small.nbytes, o.dtype, algorithm))
+        return quick is not None and self._run_piece(name, None, quick[0], quick[1], i, o, timeout)
 
     def _run_piece(
         self,
@@ -1132,14 +1143,8 @@ class Communicator:
         ``output`` itself (in place). ``algorithm``: ``"direct"``, ``"bruck"`` or
         ``"ring"`` (default: by size).
         """
-        pair = None if async_op else self._quick_pair(output, input, True)
-        if pair is not None:
-            oa, ia = pair
-            quick = self._quick.get(("all_gather", oa.nbytes, ia.nbytes, ia.dtype, algorithm))
-            if quick is not None and self._run_piece(
-                "all_gather", None, quick[0], quick[1], ia, oa, timeout
-            ):
-                return None
+        if not async_op and self._quick_pair("all_gather", output, input, True, algorithm, timeout):
+            return None
         o, i = _intake_pair(
             "all_gather", output, input, self.size, "output", allow_in_place=self.rank
         )
@@ -1193,14 +1198,12 @@ class Communicator:
         ``"direct"``, ``"recursive_halving"`` (a power of two of ranks; the ring elsewhere)
         or ``"ring"`` (default: by size).
         """
-        pair = None if async_op or op is not _SUM else self._quick_pair(output, input, False)
-        if pair is not None:
-            oa, ia = pair
-            quick = self._quick.get(("reduce_scatter", ia.nbytes, oa.nbytes, ia.dtype, algorithm))
-            if quick is not None and self._run_piece(
-                "reduce_scatter", None, quick[0], quick[1], ia, oa, timeout
-            ):
-                return None
+        if (
+            op is _SUM
+            and not async_op
+            and self._quick_pair("reduce_scatter", output, input, False, algorithm, timeout)
+        ):
+            return None
         o, i = _intake_pair(
             "reduce_scatter", output, input, self.size, "input", allow_in_place=self.rank
         )
