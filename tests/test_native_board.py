@@ -209,6 +209,43 @@ def test_a_sleeping_peer_is_woken_before_anyone_waits_for_it() -> None:
     np.testing.assert_array_equal(mine, 5.0)
 
 
+def test_pieces_go_one_after_another_up_to_one_that_cannot() -> None:
+    """pieces() takes piece after piece in one call while each takes every step, and says
+    how many went and what stopped the next (its caller carries that one on, then calls
+    again from the one after it)."""
+    b = FakeBoard()
+    sent = np.arange(25, dtype=np.float64) + 1
+    got = np.zeros_like(sent)
+    step = 10  # pieces of 10, 10 and 5 elements, numbered 1, 2, 3
+    for k, lo in ((1, 0), (2, 10)):
+        b.peer_publishes(0, k, sent[lo : lo + step])
+    said = nb.pieces(b.table, got, got, nb.BROADCAST, 1, step, 0, 0, nb.FINISH, 10)
+    assert divmod(said, nb.STATUS_SPAN) == (2, nb.NOT_READY)
+    np.testing.assert_array_equal(got[:20], sent[:20])
+    assert not got[20:].any() and b.counters[RANK][DONE] == 2
+    rest = got[20:]
+    b.peer_publishes(0, 3, sent[20:], size=8 * 4)  # the root's last piece is shorter
+    said = nb.pieces(b.table, rest, rest, nb.BROADCAST, 3, step, 0, 0, nb.FINISH, 10)
+    assert divmod(said, nb.STATUS_SPAN) == (0, nb.MISMATCH) and not rest.any()
+    b.peer_publishes(0, 3, sent[20:])
+    b.sleeping[2][0] = 1  # read, but a peer sleeps: the caller wakes it
+    said = nb.pieces(b.table, rest, rest, nb.BROADCAST, 3, step, 0, 0, nb.FINISH, 10)
+    assert divmod(said, nb.STATUS_SPAN) == (0, nb.FINISHED | nb.WAKE)
+    np.testing.assert_array_equal(got, sent)
+    b.sleeping[2][0] = 0
+
+    b = FakeBoard()  # every piece through: an all_reduce of two pieces
+    everyone = [np.arange(20, dtype=np.int64) * (r + 1) for r in range(N)]
+    mine = everyone[RANK].copy()
+    for r in (0, 2):
+        for k, lo in ((1, 0), (2, step)):
+            b.peer_publishes(r, k, everyone[r][lo : lo + step])
+    said = nb.pieces(b.table, mine, mine, nb.ALL_REDUCE, 1, step, native.SUM, -1, ALL, 10)
+    assert said == 2 * nb.STATUS_SPAN
+    np.testing.assert_array_equal(mine, sum(everyone))
+    assert b.counters[RANK][READY] == 2 and b.counters[RANK][DONE] == 2
+
+
 needs_readv = pytest.mark.skipif(
     not syscalls.libc_address("process_vm_readv"), reason="no process_vm_readv in this libc"
 )

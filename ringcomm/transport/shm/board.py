@@ -64,7 +64,7 @@ from ringcomm.transport.shm.slots import ShmTransport
 log = get_logger(__name__)
 
 # native_board.piece and its bits, bound once: the small-message path reads them per call.
-_piece = native_board.piece
+_piece, _pieces, _STATUS_SPAN = native_board.piece, native_board.pieces, native_board.STATUS_SPAN
 _PUBLISH, _FINISH, _IN_PIECES = native_board.PUBLISH, native_board.FINISH, native_board.IN_PIECES
 _PUBLISHED, _FINISHED, _WAKE = native_board.PUBLISHED, native_board.FINISHED, native_board.WAKE
 _BLOCKED, _NOT_READY = native_board.BLOCKED, native_board.NOT_READY
@@ -377,6 +377,24 @@ class Board:
         status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
         if status == _PUBLISHED_FINISHED and steps == native_board.WHOLE_PIECE:  # the usual
             return
+        self._carry_on(kind, src, dst, deadline, steps, op, root, k, status)
+
+    def _carry_on(
+        self,
+        kind: int,
+        src: np.ndarray,
+        dst: np.ndarray,
+        deadline: float,
+        steps: int,
+        op: int,
+        root: int,
+        k: int,
+        status: int,
+    ) -> None:
+        """Take the rest of piece ``k``'s ``steps`` (see :meth:`native_piece`) after a
+        native call said ``status`` of it: wake, wait (sleeping), read again or raise here,
+        call again, until every step is taken."""
+        table, nbytes = self.table, src.nbytes
         while True:
             if status & _WAKE:
                 self.wake_peers()
@@ -421,11 +439,26 @@ class Board:
         """:meth:`native_piece` for an element-wise operation (all_reduce, broadcast: ``src``
         and ``dst`` alike) too large for one piece, :attr:`piece_bytes` at a time (the same
         cut on every rank: each piece's size is compared)."""
-        step = max(1, self.piece_bytes // src.itemsize)
-        for start in range(0, src.size, step):
+        step, start, size = max(1, self.piece_bytes // src.itemsize), 0, src.size
+        while True:
+            # Natively, piece after piece, up to one that needs this side (a wait, a wake,
+            # an error): that one is carried on here, then the rest go natively again.
+            said = _pieces(
+                self.table, src[start:], dst[start:], kind, self.count + 1, step, op, root,
+                steps, self._spins,
+            )  # fmt: skip
+            went, status = divmod(said, _STATUS_SPAN)
+            self.count += went
+            start += went * step
+            if start >= size:
+                return
+            self.count = k = self.count + 1
             stop = start + step
             part, out = src[start:stop], dst[start:stop]
-            self.native_piece(kind, part, out, deadline, steps, op=op, root=root)
+            self._carry_on(kind, part, out, deadline, steps, op, root, k, status)
+            start = stop
+            if start >= size:
+                return
 
     def _read_again(self, kind: int, k: int, src: np.ndarray, dst: np.ndarray, root: int) -> None:
         """Read by address what a native call could not, to raise why (or, had the
