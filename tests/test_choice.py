@@ -49,7 +49,9 @@ def test_board_defaults_follow_the_world_size() -> None:
     assert ar(1 * M, 2, cfg, None, board=False) == "recursive_doubling"
     assert ar(64 * M, 2, cfg, None, board=True) == "direct"  # every size at n=2
     assert ar(4 * M, 4, cfg, None, board=True) == "direct"
-    assert ar(64 * M, 4, cfg, None, board=True) == "ring"  # past the board's sizes at n=4
+    assert ar(16 * M, 4, cfg, None, board=True) == "direct"  # every size at n>2 too
+    assert ar(64 * M, 8, cfg, None, board=True) == "direct"
+    assert ar(64 * M, 4, cfg, None, board=False) == "ring"  # no board: p2p
     assert ar(4 * K, 4, cfg, None, board=False) == "recursive_doubling"  # no board: p2p
     assert choice.choose_broadcast(4 * K, 4, cfg, None, board=True) == "direct"
     assert choice.choose_broadcast(4 * K, 4, cfg, None, board=False) == "binomial"

@@ -82,6 +82,12 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   3498-3580 vs the ring's 3718-4116, 64 MiB 7276-7346 vs 7441-9625: the board at every
   size. n=4 16 MiB 6643-8009 vs the ring's 6254-7130, 32 MiB 12558-13133 vs 15370-15877,
   64 MiB 29430-33150 vs 30273-30309: left below 16 MiB.
+- all_reduce on more than two ranks from 16 MiB, 2026-12-07, after its pieces went in one
+  native call (``Board._native_pieces``), ``bench/collectives.py all_reduce -b 4M -e 64M
+  -f 4``, ``--algorithm direct`` vs the default (the ring), two alternating launches each,
+  in-place us: n=3 16 MiB 2741-2782 vs 4708-4932, 64 MiB 11.9 vs 25.7-26.5 ms; n=4 16 MiB
+  3305-3442 vs 5988-6417, 64 MiB 12.7-13.7 vs 22.0-26.5 ms; n=8 16 MiB 7.7-9.5 vs
+  14.5-15.7 ms, 64 MiB 29.2-30.9 vs 54.0-76.8 ms: the board at every size.
 - This machine's two vCPUs sometimes share a last-level cache and sometimes not (it
   changes from launch to launch): a 1 MiB broadcast then takes 38 us or 400 us, every
   algorithm alike, because a rank writing lines its peer just read pays a cross-chiplet
@@ -160,7 +166,7 @@ HALVING_REDUCE_SCATTER_BELOW_BYTES = 4 << 20  # the whole input
 # take the point-to-point choice below.
 BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
     ("all_reduce", False): "direct",
-    ("all_reduce", True): "direct:0-16M",
+    ("all_reduce", True): "direct",
     ("all_gather", False): "direct",
     ("all_gather", True): "direct",
     ("reduce_scatter", False): "direct",
