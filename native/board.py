@@ -396,7 +396,7 @@ def _write_shares(table, src, head, k):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
-def _publish(table, src, k, size_word, steps, spins):  # type: ignore[no-untyped-def]
+def _publish(table, src, kind, k, size_word, steps, spins):  # type: ignore[no-untyped-def]
     rank = _word(table, H_RANK)
     if k > 2 and not _reached(table, _word(table, H_DONE), k - 2, -1, spins):
         return BLOCKED
@@ -405,7 +405,13 @@ def _publish(table, src, k, size_word, steps, spins):  # type: ignore[no-untyped
         own[_word(table, H_ADDRESS) + (k & 1)] = np.uint64(src.ctypes.data)
     else:
         own[_word(table, H_ADDRESS) + (k & 1)] = 0
-        if steps & COPY:
+        if steps & COPY and kind == ALL_REDUCE_SLICES:
+            # No peer reads this rank's own slice: its reduced slice goes there later.
+            area = _area(table, rank, k, src, src.size)
+            start, stop = _slice(src.size, _word(table, H_SIZE), rank)
+            _copy(area[:start], src[:start])
+            _copy(area[stop:], src[stop:])
+        elif steps & COPY:
             _copy(_area(table, rank, k, src, src.size), src)
     own[_word(table, H_SIZE_WORD) + (k & 1)] = size_word
     if steps & DONE_TOO:
@@ -490,7 +496,7 @@ def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type:
     raised DONE: AWAITED (else NOT_DONE)."""
     status = 0
     if steps & PUBLISH:
-        status = _publish(table, src, k, size_word, steps, spins)
+        status = _publish(table, src, kind, k, size_word, steps, spins)
         if status != PUBLISHED or not steps & (FINISH | AWAIT_DONE):
             return status
     if steps & FINISH:

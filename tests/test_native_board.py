@@ -209,6 +209,44 @@ def test_a_sleeping_peer_is_woken_before_anyone_waits_for_it() -> None:
     np.testing.assert_array_equal(mine, 5.0)
 
 
+def test_all_reduce_slices_through_the_areas() -> None:
+    """ALL_REDUCE_SLICES with COPY: publish copies all but this rank's own slice into its
+    area (no peer reads it); finish reduces that slice of every area into the buffer and
+    into the area's slice, raising REDUCED; gather copies the peers' reduced slices out
+    of their areas once they raised REDUCED, then raises DONE."""
+    b = FakeBoard()
+    c = 10  # elements a slice
+    everyone = [np.arange(N * c, dtype=np.int64) * (r + 2) + r for r in range(N)]
+    total = sum(everyone)
+    mine = everyone[RANK].copy()
+    kind, k = nb.ALL_REDUCE_SLICES, 1
+    own = slice(RANK * c, RANK * c + c)
+    status = nb.piece(
+        b.table, mine, mine, kind, k, mine.nbytes, native.SUM, -1, nb.PUBLISH | nb.COPY, 10
+    )
+    assert status == nb.PUBLISHED
+    area = b.area(RANK, k, mine)
+    np.testing.assert_array_equal(area[: own.start], mine[: own.start])
+    np.testing.assert_array_equal(area[own.stop :], mine[own.stop :])
+    assert not area[own].any()  # not copied
+    for r in (0, 2):
+        b.peer_publishes(r, k, everyone[r])
+    steps = nb.FINISH | nb.GATHER
+    status = nb.piece(b.table, mine, mine, kind, k, mine.nbytes, native.SUM, -1, steps, 10)
+    assert status == nb.FINISHED | nb.NOT_REDUCED
+    np.testing.assert_array_equal(mine[own], total[own])
+    np.testing.assert_array_equal(area[own], total[own])  # for the peers to read
+    assert b.counters[RANK][REDUCED] == k and b.counters[RANK][DONE] == 0
+    for r in (0, 2):  # the peers reduced their slices into their areas
+        theirs = slice(r * c, r * c + c)
+        b.area(r, k, mine)[theirs] = total[theirs]
+        b.counters[r][REDUCED] = k
+    status = nb.piece(b.table, mine, mine, kind, k, mine.nbytes, native.SUM, -1, nb.GATHER, 10)
+    assert status == nb.GATHERED
+    np.testing.assert_array_equal(mine, total)
+    assert b.counters[RANK][DONE] == k
+
+
 def test_pieces_go_one_after_another_up_to_one_that_cannot() -> None:
     """pieces() takes piece after piece in one call while each takes every step, and says
     how many went and what stopped the next (its caller carries that one on, then calls
