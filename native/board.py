@@ -312,15 +312,26 @@ def _reduce_own_chunk(table, src, dst, start, k, op):  # type: ignore[no-untyped
     mine = src[start : start + c]
     in_place = mine.ctypes.data == dst.ctypes.data
     address_word = _word(table, H_ADDRESS) + (k & 1)
+    # Rank 1 in place keeps its own block where it is and reduces rank 0's into it, where
+    # rank 0's comes out of its area: p1 + p0 and p1 * p0 are p0 + p1 and p0 * p1, bit for
+    # bit (not so MIN and MAX, at -0.0 against 0.0), and two copies of the block are saved.
+    swap = (
+        in_place
+        and rank == 1
+        and (op == SUM or op == PROD or op == AVG)  # noqa: SIM109 (numba: plain comparisons)
+        and not _counters(table, 0)[address_word]
+    )
     for lo in range(0, c, block):
         hi = min(c, lo + block)
         out = dst[lo:hi]
         own = mine[lo:hi]
-        if in_place and rank > 0:
+        if in_place and rank > 0 and not swap:
             own = own_copy[: hi - lo]
             _copy(own, mine[lo:hi])
         for r in range(size):
             if r == rank:
+                if swap:  # (already in ``out``, rank 0's reduced into it)
+                    continue
                 part = own
             else:
                 address = _counters(table, r)[address_word]
@@ -331,7 +342,7 @@ def _reduce_own_chunk(table, src, dst, start, k, op):  # type: ignore[no-untyped
                         return False
                 else:
                     part = _area(table, r, k, src, src.size)[start + lo : start + hi]
-            if r == 0:
+            if r == 0 and not swap:
                 if part.ctypes.data != out.ctypes.data:
                     _copy(out, part)
             else:

@@ -209,22 +209,35 @@ def test_a_sleeping_peer_is_woken_before_anyone_waits_for_it() -> None:
     np.testing.assert_array_equal(mine, 5.0)
 
 
-def test_all_reduce_slices_through_the_areas() -> None:
+@pytest.mark.parametrize("op", [native.SUM, native.PROD, native.MIN, native.MAX])
+@pytest.mark.parametrize("dtype", ["int64", "float32"])
+def test_all_reduce_slices_through_the_areas(dtype: str, op: int) -> None:
     """ALL_REDUCE_SLICES with COPY: publish copies all but this rank's own slice into its
     area (no peer reads it); finish reduces that slice of every area into the buffer and
-    into the area's slice, raising REDUCED; gather copies the peers' reduced slices out
-    of their areas once they raised REDUCED, then raises DONE."""
+    into the area's slice, in rank order bit for bit (rank 1 in place reduces rank 0's
+    block into its own where that commutes), raising REDUCED; gather copies the peers'
+    reduced slices out of their areas once they raised REDUCED, then raises DONE."""
     b = FakeBoard()
     c = 10  # elements a slice
-    everyone = [np.arange(N * c, dtype=np.int64) * (r + 2) + r for r in range(N)]
-    total = sum(everyone)
+    rng = np.random.default_rng(7)
+    everyone = [(rng.standard_normal(N * c) * 1e3).astype(dtype) for _ in range(N)]
+    if dtype == "float32":  # where rank order shows: 0.0 against -0.0, rounding
+        everyone[0][RANK * c], everyone[1][RANK * c] = 0.0, -0.0
+    total = everyone[0].copy()  # in rank order, ties kept as the kernels keep them
+    for p in everyone[1:]:
+        if op == native.SUM:
+            total += p
+        elif op == native.PROD:
+            total *= p
+        else:
+            takes = (p < total if op == native.MIN else p > total) | (p != p)
+            total = np.where(takes, p, total)
+    bits = f"u{total.itemsize}"
     mine = everyone[RANK].copy()
     kind, k = nb.ALL_REDUCE_SLICES, 1
     own = slice(RANK * c, RANK * c + c)
-    status = nb.piece(
-        b.table, mine, mine, kind, k, mine.nbytes, native.SUM, -1, nb.PUBLISH | nb.COPY, 10
-    )
-    assert status == nb.PUBLISHED
+    steps = nb.PUBLISH | nb.COPY
+    assert nb.piece(b.table, mine, mine, kind, k, mine.nbytes, op, -1, steps, 10) == nb.PUBLISHED
     area = b.area(RANK, k, mine)
     np.testing.assert_array_equal(area[: own.start], mine[: own.start])
     np.testing.assert_array_equal(area[own.stop :], mine[own.stop :])
@@ -232,18 +245,18 @@ def test_all_reduce_slices_through_the_areas() -> None:
     for r in (0, 2):
         b.peer_publishes(r, k, everyone[r])
     steps = nb.FINISH | nb.GATHER
-    status = nb.piece(b.table, mine, mine, kind, k, mine.nbytes, native.SUM, -1, steps, 10)
+    status = nb.piece(b.table, mine, mine, kind, k, mine.nbytes, op, -1, steps, 10)
     assert status == nb.FINISHED | nb.NOT_REDUCED
-    np.testing.assert_array_equal(mine[own], total[own])
-    np.testing.assert_array_equal(area[own], total[own])  # for the peers to read
+    np.testing.assert_array_equal(mine[own].view(bits), total[own].view(bits))
+    np.testing.assert_array_equal(area[own].view(bits), total[own].view(bits))  # for the peers
     assert b.counters[RANK][REDUCED] == k and b.counters[RANK][DONE] == 0
     for r in (0, 2):  # the peers reduced their slices into their areas
         theirs = slice(r * c, r * c + c)
         b.area(r, k, mine)[theirs] = total[theirs]
         b.counters[r][REDUCED] = k
-    status = nb.piece(b.table, mine, mine, kind, k, mine.nbytes, native.SUM, -1, nb.GATHER, 10)
+    status = nb.piece(b.table, mine, mine, kind, k, mine.nbytes, op, -1, nb.GATHER, 10)
     assert status == nb.GATHERED
-    np.testing.assert_array_equal(mine, total)
+    np.testing.assert_array_equal(mine.view(bits), total.view(bits))
     assert b.counters[RANK][DONE] == k
 
 
