@@ -303,7 +303,8 @@ def _reduce_own_chunk(table, src, dst, start, k, op):  # type: ignore[no-untyped
     input into ``dst``, in rank order, block by block through the scratch: each peer's out
     of its area, or read where it lies if it published its address. In place (``dst`` is
     that chunk of ``src``), each block of its own chunk is set aside before ``dst`` is
-    written. False if a read by address failed."""
+    written (not on rank 1 where the order does not change the bits: see ``swap``).
+    False if a read by address failed."""
     size, rank = _word(table, H_SIZE), _word(table, H_RANK)
     c, itemsize = dst.size, dst.itemsize
     block = max(1, _word(table, H_SCRATCH_BYTES) // (2 * itemsize))
