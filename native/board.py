@@ -444,8 +444,16 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
         if r != rank and (only < 0 or r == only) and theirs != size_word:
             return MISMATCH
     if kind == ALL_REDUCE or kind == REDUCE:  # noqa: SIM109 (numba: plain comparisons)
-        _copy(dst, _area(table, 0, k, dst, dst.size))
-        for r in range(1, size):
+        # In place, rank 0's data is in ``dst`` already, and rank 1 reduces rank 0's into
+        # its own where the order does not change the bits (as _reduce_own_chunk).
+        in_place = src.ctypes.data == dst.ctypes.data
+        first = 1
+        if in_place and rank == 1 and (op == SUM or op == PROD or op == AVG):  # noqa: SIM109
+            _apply_arithmetic(dst, _area(table, 0, k, dst, dst.size), op)
+            first = 2
+        elif not in_place or rank != 0:
+            _copy(dst, _area(table, 0, k, dst, dst.size))
+        for r in range(first, size):
             _apply_arithmetic(dst, _area(table, r, k, dst, dst.size), op)
     elif kind == REDUCE_SCATTER and not _reduce_own_chunk(table, src, dst, rank * dst.size, k, op):
         return UNREAD

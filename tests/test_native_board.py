@@ -209,6 +209,55 @@ def test_a_sleeping_peer_is_woken_before_anyone_waits_for_it() -> None:
     np.testing.assert_array_equal(mine, 5.0)
 
 
+def in_rank_order(op: int, arrays: list[np.ndarray]) -> np.ndarray:
+    """``arrays`` reduced in rank order as the kernels do it (MIN and MAX keep the first of
+    a tie, 0.0 against -0.0, where numpy keeps the second)."""
+    total = arrays[0].copy()
+    for p in arrays[1:]:
+        if op == native.SUM:
+            total += p
+        elif op == native.PROD:
+            total *= p
+        else:
+            takes = (p < total if op == native.MIN else p > total) | (p != p)
+            total = np.where(takes, p, total)
+    return total
+
+
+def floats_where_order_shows(dtype: str, count: int) -> list[np.ndarray]:
+    """Every rank's input, where reducing out of rank order would show in the bits: 0.0
+    against -0.0 (MIN, MAX) at the first element of every slice, and rounding."""
+    rng = np.random.default_rng(7)
+    everyone = [(rng.standard_normal(count) * 1e3).astype(dtype) for _ in range(N)]
+    if dtype == "float32":
+        everyone[0][:: count // N], everyone[1][:: count // N] = 0.0, -0.0
+    return everyone
+
+
+@pytest.mark.parametrize("op", [native.SUM, native.PROD, native.MIN, native.MAX])
+@pytest.mark.parametrize("dtype", ["int64", "float32"])
+def test_one_step_all_reduce_is_in_rank_order_bit_for_bit(dtype: str, op: int) -> None:
+    """In place, rank 1 reduces rank 0's area into its own data where that commutes bit for
+    bit (SUM, PROD), and copies rank 0's first where it does not (MIN, MAX)."""
+    b = FakeBoard()
+    everyone = floats_where_order_shows(dtype, 30)
+    total = in_rank_order(op, everyone)
+    bits = f"u{total.itemsize}"
+    mine = everyone[RANK].copy()
+    for r in (0, 2):
+        b.peer_publishes(r, 1, everyone[r])
+    status = nb.piece(b.table, mine, mine, nb.ALL_REDUCE, 1, mine.nbytes, op, -1, ALL, 10)
+    assert status == nb.PUBLISHED | nb.FINISHED
+    np.testing.assert_array_equal(mine.view(bits), total.view(bits))
+    out = np.zeros_like(mine)  # apart: every area in rank order
+    b.counters[0][DONE] = b.counters[2][DONE] = 1
+    for r in (0, 2):
+        b.peer_publishes(r, 3, everyone[r])
+    status = nb.piece(b.table, everyone[RANK], out, nb.ALL_REDUCE, 3, out.nbytes, op, -1, ALL, 10)
+    assert status == nb.PUBLISHED | nb.FINISHED
+    np.testing.assert_array_equal(out.view(bits), total.view(bits))
+
+
 @pytest.mark.parametrize("op", [native.SUM, native.PROD, native.MIN, native.MAX])
 @pytest.mark.parametrize("dtype", ["int64", "float32"])
 def test_all_reduce_slices_through_the_areas(dtype: str, op: int) -> None:
@@ -219,19 +268,8 @@ def test_all_reduce_slices_through_the_areas(dtype: str, op: int) -> None:
     reduced slices out of their areas once they raised REDUCED, then raises DONE."""
     b = FakeBoard()
     c = 10  # elements a slice
-    rng = np.random.default_rng(7)
-    everyone = [(rng.standard_normal(N * c) * 1e3).astype(dtype) for _ in range(N)]
-    if dtype == "float32":  # where rank order shows: 0.0 against -0.0, rounding
-        everyone[0][RANK * c], everyone[1][RANK * c] = 0.0, -0.0
-    total = everyone[0].copy()  # in rank order, ties kept as the kernels keep them
-    for p in everyone[1:]:
-        if op == native.SUM:
-            total += p
-        elif op == native.PROD:
-            total *= p
-        else:
-            takes = (p < total if op == native.MIN else p > total) | (p != p)
-            total = np.where(takes, p, total)
+    everyone = floats_where_order_shows(dtype, N * c)
+    total = in_rank_order(op, everyone)
     bits = f"u{total.itemsize}"
     mine = everyone[RANK].copy()
     kind, k = nb.ALL_REDUCE_SLICES, 1
