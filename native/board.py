@@ -417,10 +417,15 @@ def _publish(table, src, kind, k, size_word, steps, spins):  # type: ignore[no-u
         own[_word(table, H_ADDRESS) + (k & 1)] = np.uint64(src.ctypes.data)
     else:
         own[_word(table, H_ADDRESS) + (k & 1)] = 0
-        if steps & COPY and kind == ALL_REDUCE_SLICES:
-            # No peer reads this rank's own slice: its reduced slice goes there later.
+        if steps & COPY and (kind == ALL_REDUCE_SLICES or kind == REDUCE_SCATTER):  # noqa: SIM109
+            # No peer reads this rank's own slice or chunk (a reduced slice goes there later).
             area = _area(table, rank, k, src, src.size)
-            start, stop = _slice(src.size, _word(table, H_SIZE), rank)
+            size = _word(table, H_SIZE)
+            if kind == ALL_REDUCE_SLICES:
+                start, stop = _slice(src.size, size, rank)
+            else:
+                start = rank * (src.size // size)
+                stop = start + src.size // size
             _copy(area[:start], src[:start])
             _copy(area[stop:], src[stop:])
         elif steps & COPY:

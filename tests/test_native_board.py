@@ -168,7 +168,15 @@ def test_finish_gathers_scatters_and_broadcasts() -> None:
     c = 7
     everyone = [np.arange(N * c, dtype=np.int32) * (r + 1) for r in range(N)]
     k = 1
-    publish(b, everyone[RANK], k)
+    mine = everyone[RANK]
+    steps = nb.PUBLISH | nb.COPY
+    status = nb.piece(b.table, mine, mine, nb.REDUCE_SCATTER, k, 4 * N * c, 0, -1, steps, 10)
+    assert status == nb.PUBLISHED
+    area = b.area(RANK, k, mine)  # every chunk but its own, which no peer reads
+    own = slice(RANK * c, RANK * c + c)
+    np.testing.assert_array_equal(area[: own.start], mine[: own.start])
+    np.testing.assert_array_equal(area[own.stop :], mine[own.stop :])
+    assert not area[own].any()
     for r in (0, 2):
         b.peer_publishes(r, k, everyone[r])
     part = np.zeros(c, np.int32)
