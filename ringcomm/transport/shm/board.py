@@ -440,7 +440,7 @@ class Board:
         and ``dst`` alike) too large for one piece, :attr:`piece_bytes` at a time (the same
         cut on every rank: each piece's size is compared)."""
         step, start, size = max(1, self.piece_bytes // src.itemsize), 0, src.size
-        while True:
+        while start < size:
             # Natively, piece after piece, up to one that needs this side (a wait, a wake,
             # an error): that one is carried on here, then the rest go natively again.
             said = _pieces(
@@ -457,8 +457,6 @@ class Board:
             part, out = src[start:stop], dst[start:stop]
             self._carry_on(kind, part, out, deadline, steps, op, root, k, status)
             start = stop
-            if start >= size:
-                return
 
     def _read_again(self, kind: int, k: int, src: np.ndarray, dst: np.ndarray, root: int) -> None:
         """Read by address what a native call could not, to raise why (or, had the
