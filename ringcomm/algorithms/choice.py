@@ -83,7 +83,7 @@ launches (docs/benchmarks.md). Microseconds, board vs the best point-to-point al
   size. n=4 16 MiB 6643-8009 vs the ring's 6254-7130, 32 MiB 12558-13133 vs 15370-15877,
   64 MiB 29430-33150 vs 30273-30309: left below 16 MiB.
 - all_reduce on more than two ranks from 16 MiB, 2026-12-07, after its pieces went in one
-  native call (``Board._native_pieces``), ``bench/collectives.py all_reduce -b 4M -e 64M
+  native call (``Board.native_piece``), ``bench/collectives.py all_reduce -b 4M -e 64M
   -f 4``, ``--algorithm direct`` vs the default (the ring), two alternating launches each,
   in-place us: n=3 16 MiB 2741-2782 vs 4708-4932, 64 MiB 11.9 vs 25.7-26.5 ms; n=4 16 MiB
   3305-3442 vs 5988-6417, 64 MiB 12.7-13.7 vs 22.0-26.5 ms; n=8 16 MiB 7.7-9.5 vs

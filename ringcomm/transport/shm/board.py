@@ -366,12 +366,31 @@ class Board:
         spins briefly; longer waits, errors and wake-ups are made here, between calls.
 
         An operation larger than :attr:`piece_bytes` with IN_PIECES in ``steps`` (an
-        all_reduce or broadcast through the areas) runs piece after piece, each numbered."""
+        element-wise all_reduce or broadcast through the areas: ``src`` and ``dst`` alike)
+        runs piece after piece, each numbered, :attr:`piece_bytes` at a time (the same cut
+        on every rank: each piece's size is compared)."""
         table = self.table
         assert table is not None
         nbytes = src.nbytes
         if nbytes > self.piece_bytes and steps & _IN_PIECES:
-            self._native_pieces(kind, src, dst, deadline, steps, op, root)
+            step, start, size = max(1, self.piece_bytes // src.itemsize), 0, src.size
+            while start < size:
+                # Natively, piece after piece, up to one that needs this side (a wait, a
+                # wake, an error): that one is carried on here, then the rest natively.
+                said = _pieces(
+                    table, src[start:], dst[start:], kind, self.count + 1, step, op, root,
+                    steps, self._spins,
+                )  # fmt: skip
+                went, status = divmod(said, _STATUS_SPAN)
+                self.count += went
+                start += went * step
+                if start >= size:
+                    return
+                self.count = k = self.count + 1
+                stop = start + step
+                part, out = src[start:stop], dst[start:stop]
+                self._carry_on(kind, part, out, deadline, steps, op, root, k, status)
+                start = stop
             return
         self.count = k = self.count + 1
         status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
@@ -425,38 +444,6 @@ class Board:
                 status = _AWAITED
                 continue
             status = _piece(table, src, dst, kind, k, nbytes, op, root, steps, self._spins)
-
-    def _native_pieces(
-        self,
-        kind: int,
-        src: np.ndarray,
-        dst: np.ndarray,
-        deadline: float,
-        steps: int,
-        op: int,
-        root: int,
-    ) -> None:
-        """:meth:`native_piece` for an element-wise operation (all_reduce, broadcast: ``src``
-        and ``dst`` alike) too large for one piece, :attr:`piece_bytes` at a time (the same
-        cut on every rank: each piece's size is compared)."""
-        step, start, size = max(1, self.piece_bytes // src.itemsize), 0, src.size
-        while start < size:
-            # Natively, piece after piece, up to one that needs this side (a wait, a wake,
-            # an error): that one is carried on here, then the rest go natively again.
-            said = _pieces(
-                self.table, src[start:], dst[start:], kind, self.count + 1, step, op, root,
-                steps, self._spins,
-            )  # fmt: skip
-            went, status = divmod(said, _STATUS_SPAN)
-            self.count += went
-            start += went * step
-            if start >= size:
-                return
-            self.count = k = self.count + 1
-            stop = start + step
-            part, out = src[start:stop], dst[start:stop]
-            self._carry_on(kind, part, out, deadline, steps, op, root, k, status)
-            start = stop
 
     def _read_again(self, kind: int, k: int, src: np.ndarray, dst: np.ndarray, root: int) -> None:
         """Read by address what a native call could not, to raise why (or, had the
