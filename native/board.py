@@ -83,7 +83,10 @@ H_SCRATCH, H_SCRATCH_BYTES, H_REDUCED = 8, 9, 10
 # returns; 0 in any of them: it returns at once.
 H_YIELD, H_CLOCK, H_YIELD_NS = 11, 12, 13
 H_WRITEV = 14
-FIRST = 15
+# H_STREAM_BYTES: an all_gather with this much data on the host (every rank's output, and
+# input where apart) writes its output with streaming stores (0: never; _copy_streaming).
+H_STREAM_BYTES = 15
+FIRST = 16
 F_COUNTERS, F_AREA0, F_AREA1, F_SLEEPING, F_PID = range(5)
 FIELDS = 5
 
@@ -238,6 +241,49 @@ def _copy(typingctx, dst, src):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
+def _copy_streaming(typingctx, dst, src):  # type: ignore[no-untyped-def]
+    """``dst[:src.size] = src`` with non-temporal stores from ``dst``'s first 64-byte line
+    on, then a full fence (the stores are weakly ordered; the counter raised after them must
+    not overtake them). A plain store first reads the line it writes (a third of the memory
+    traffic of a copy whose output is not in cache) and pushes other data out of the
+    caches; this one does neither: a copy of 16 MiB out of cache 1.35-1.4x faster here."""
+    sig = types.void(dst, src)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        dst_ty, src_ty = signature.args
+        d = context.make_array(dst_ty)(context, builder, args[0])
+        s = context.make_array(src_ty)(context, builder, args[1])
+        i64, i8p = ir.IntType(64), ir.IntType(8).as_pointer()
+        itemsize = context.get_abi_sizeof(context.get_data_type(src_ty.dtype))
+        nbytes = builder.mul(builder.extract_value(s.shape, 0), ir.Constant(i64, itemsize))
+        to, at = builder.ptrtoint(d.data, i64), builder.ptrtoint(s.data, i64)
+        line = ir.Constant(i64, 63)
+        head = builder.and_(builder.sub(ir.Constant(i64, 0), to), line)  # to the next line
+        head = builder.select(builder.icmp_unsigned("<", nbytes, head), nbytes, head)
+        cgutils.raw_memcpy(builder, d.data, s.data, head, 1)
+        to, at = builder.add(to, head), builder.add(at, head)
+        rest = builder.sub(nbytes, head)
+        lines = builder.lshr(rest, ir.Constant(i64, 6))
+        vector = ir.VectorType(i64, 8)
+        nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+        with cgutils.for_range(builder, lines) as loop:
+            offset = builder.shl(loop.index, ir.Constant(i64, 6))
+            source = builder.inttoptr(builder.add(at, offset), vector.as_pointer())
+            target = builder.inttoptr(builder.add(to, offset), vector.as_pointer())
+            builder.store(builder.load(source, align=1), target, align=64).set_metadata(
+                "nontemporal", nontemporal
+            )
+        body = builder.shl(lines, ir.Constant(i64, 6))
+        tail_to = builder.inttoptr(builder.add(to, body), i8p)
+        tail_at = builder.inttoptr(builder.add(at, body), i8p)
+        cgutils.raw_memcpy(builder, tail_to, tail_at, builder.sub(rest, body), 1)
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def _process_vm_call(typingctx, function, pid, local, remote):  # type: ignore[no-untyped-def]
     """process_vm_readv or process_vm_writev(pid, local, 1, remote, 1, 0) (one signature)
     through the function's address (from the table: a ctypes function in the code would
@@ -287,10 +333,28 @@ def _read_remote(table, r, address, dst):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
-def _read(table, r, k, dst, like):  # type: ignore[no-untyped-def]
+def _read_streaming(table, r, address, dst):  # type: ignore[no-untyped-def]
+    """As :func:`_read_remote`, block by block through the scratch (where the read's own
+    stores stay in cache), each block then streamed into ``dst``."""
+    scratch = carray(_voidptr(table[H_SCRATCH]), _word(table, H_SCRATCH_BYTES), np.uint8)
+    flat = dst.view(np.uint8)
+    for lo in range(0, flat.size, scratch.size):
+        hi = min(flat.size, lo + scratch.size)
+        block = scratch[: hi - lo]
+        if not _read_remote(table, r, address + np.uint64(lo), block):
+            return False
+        _copy_streaming(flat[lo:hi], block)
+    return True
+
+
+@njit(inline="always")
+def _read(table, r, k, dst, like, streaming=False):  # type: ignore[no-untyped-def]
     """Read rank ``r``'s data of piece ``k`` into ``dst``: where it lies if ``r`` published
-    its address, else out of its area. False if a read by address failed."""
+    its address (with streaming stores if ``streaming``), else out of its area. False if a
+    read by address failed."""
     address = _counters(table, r)[_word(table, H_ADDRESS) + (k & 1)]
+    if address and streaming:
+        return _read_streaming(table, r, address, dst)
     if address:
         return _read_remote(table, r, address, dst)
     _copy(dst, _area(table, r, k, like, dst.size))
@@ -474,14 +538,22 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
     elif kind == ALL_GATHER:
         c = src.size
         mine = dst[rank * c : rank * c + c]
-        if mine.ctypes.data != src.ctypes.data:  # (in place: it is there already)
+        in_place = mine.ctypes.data == src.ctypes.data  # (its part is there already)
+        # Where the host's data of this all_gather (every rank's output, and its input if
+        # apart) overflows the cache, the output goes around it: a plain store would read
+        # each line first and push out the inputs still to be read.
+        host_bytes = size * (dst.nbytes + (0 if in_place else src.nbytes))
+        streaming = 0 < _word(table, H_STREAM_BYTES) <= host_bytes
+        if streaming and not in_place:
+            _copy_streaming(mine, src)
+        elif not in_place:
             _copy(mine, src)
         # Each rank starts with the next rank's input, so ranks that read at the same time
         # read different peers' pages, instead of all reading rank 0's first (n=4: 1.10x
         # at 16 MiB, 1.16x at 4 MiB).
         for i in range(1, size):
             r = (rank + i) % size
-            if not _read(table, r, k, dst[r * c : r * c + c], src):
+            if not _read(table, r, k, dst[r * c : r * c + c], src, streaming):
                 return UNREAD
     elif kind == BROADCAST and not _read(table, root, k, dst, dst):
         return UNREAD

@@ -470,6 +470,20 @@ class Config:
         auto_is_none=True,
         default_text="auto",
     )
+    shm_board_stream_bytes: int | None = setting(
+        None,
+        "RINGCOMM_SHM_BOARD_STREAM_BYTES",
+        int,
+        "an all_gather on the shared-memory board (in its native calls) whose data on this "
+        "host, every rank's output and its input where that lies apart, is at least this "
+        "large writes its output with streaming stores, around the caches it would not stay "
+        "in; 0: never; unset or `auto`: 1.25 times the last-level cache (32 MiB where the "
+        "OS does not say), never where the host's ranks outnumber its cores",
+        unit="bytes",
+        minimum=0,
+        auto_is_none=True,
+        default_text="auto",
+    )
     job_id: str = setting(
         "0",
         "RINGCOMM_JOB_ID",

@@ -16,6 +16,7 @@ from ringcomm.errors import TransportError
 
 SHM_DIR = "/dev/shm"
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+_CACHES = "/sys/devices/system/cpu/cpu0/cache"
 _SIOCGIFADDR = 0x8915
 
 
@@ -27,6 +28,30 @@ def boot_id() -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def last_level_cache_bytes(caches: str = _CACHES) -> int | None:
+    """The size of the first CPU's largest data (or unified) cache, as Linux's sysfs
+    (``caches``) tells it; None where it does not."""
+    largest = None
+    try:
+        names = os.listdir(caches)
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with open(f"{caches}/{name}/type") as f:
+                kind = f.read().strip()
+            with open(f"{caches}/{name}/size") as f:
+                raw = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(raw[-1:].upper(), 1)
+        digits = raw[:-1] if scale > 1 else raw
+        if kind == "Instruction" or not digits.isdigit():
+            continue
+        largest = max(largest or 0, int(digits) * scale)
+    return largest
 
 
 def host_identity() -> str:

@@ -24,6 +24,7 @@ import sys
 import time
 
 from ringcomm import config, hosts
+from ringcomm.transport.shm.board import stream_bytes_for
 
 CHECKED_TRANSPORTS = ("auto", "zmq")
 _CHECK_MARK = "RINGCOMM-INFO-CHECK "
@@ -137,6 +138,14 @@ def _transports(report: Report, cfg: config.Config | None) -> None:
         if cfg is not None:
             need = cfg.shm_slots * cfg.shm_slot_bytes >> 20
             report.item("  per peer on this host", f"{need} MiB (slots x slot bytes)")
+        cache = hosts.last_level_cache_bytes()
+        setting = cfg.shm_board_stream_bytes if cfg is not None else None
+        streams = stream_bytes_for(setting)
+        said = "not said by the OS" if cache is None else f"{cache >> 20} MiB"
+        if streams:
+            said += f"; all_gather streams from {streams >> 20} MiB on the host"
+            said += " where ranks do not outnumber cores" if setting is None else ""
+        report.item("  last-level cache", said)
     readable = _read_peer_memory()
     report.item("  read a peer's memory", f"{readable} (one copy for large messages)")
     scope = "/proc/sys/kernel/yama/ptrace_scope"

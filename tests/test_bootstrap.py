@@ -214,6 +214,23 @@ def test_socket_ifname_that_matches_nothing_is_a_clear_error(monkeypatch) -> Non
         hosts.address_of_interface("^lo,docker,eth")
 
 
+def test_last_level_cache_is_the_largest_data_or_unified_cache(tmp_path) -> None:
+    """Read as Linux's sysfs writes it: an instruction cache never counts, a size that
+    does not parse is skipped, and no cache directory at all is None."""
+    from ringcomm import hosts
+
+    caches = {"index0": ("Data", "48K"), "index1": ("Instruction", "65536K"),
+              "index2": ("Unified", "1024K"), "index3": ("Unified", "32M"),
+              "index4": ("Unified", "lots")}  # fmt: skip
+    for name, (kind, size) in caches.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "type").write_text(kind + "\n")
+        (tmp_path / name / "size").write_text(size + "\n")
+    (tmp_path / "uevent").write_text("")  # not a cache: no type or size, skipped
+    assert hosts.last_level_cache_bytes(str(tmp_path)) == 32 << 20
+    assert hosts.last_level_cache_bytes(str(tmp_path / "none")) is None
+
+
 def test_ranks_bind_to_the_chosen_interface() -> None:
     """RINGCOMM_SOCKET_IFNAME=\"=lo\" binds every rank's data socket to lo's address. The
     ranks run through run_threads, which fails on any rank that raised or hung."""

@@ -142,9 +142,12 @@ def test_board_collectives(size: int, native: bool, shared: str) -> None:
     all_gather and broadcast read by address (in the native call too); else every piece
     runs in Python steps through the areas. ``shared`` (RINGCOMM_SHM_BOARD_SHARED_CACHE):
     1, all_reduces from 64 KiB and broadcasts go through the areas in native pieces, and
-    reduce_scatters through an area; 0, by address."""
+    reduce_scatters through an area; 0, by address, and every all_gather streams its
+    output (RINGCOMM_SHM_BOARD_STREAM_BYTES=1)."""
     env = {"RINGCOMM_SHM_BOARD_BYTES": "4096", "RINGCOMM_SHM_BOARD_NATIVE": str(int(native))}
     env["RINGCOMM_SHM_BOARD_SHARED_CACHE"] = shared
+    if shared == "0":
+        env["RINGCOMM_SHM_BOARD_STREAM_BYTES"] = "1"
     env["RINGCOMM_SHM_BY_ADDRESS_BYTES"] = "8192" if native else "0"  # 0: the board's too
     env["RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES"] = "8192"
     pool = RankPool(size, env=env)
@@ -156,6 +159,8 @@ def test_board_collectives(size: int, native: bool, shared: str) -> None:
     assert len(pieces) == 1 and pieces.pop() > 100, "every rank numbers the same pieces"
     assert all(res["area"] == 4096 for res in results)
     assert all(res["native"] == native and res["by_address"] == native for res in results)
+    if shared == "0":
+        assert all(res["stream_bytes"] == 1 for res in results)
     if native and shared != "auto":
         # apart, by address: each reader's copy split with the root; else in the areas
         kind = native_board.BROADCAST_SPLIT if shared == "0" else native_board.BROADCAST

@@ -30,7 +30,8 @@ def _field(out: str, name: str) -> str:
 
 
 def test_info_reports_versions_transports_and_settings() -> None:
-    res = _info(env={"RINGCOMM_TIMEOUT_SECONDS": "7"})
+    streams = {"RINGCOMM_SHM_BOARD_STREAM_BYTES": str(8 << 20)}
+    res = _info(env={"RINGCOMM_TIMEOUT_SECONDS": "7", **streams})
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     for section in ("versions", "MPI", "settings (RINGCOMM_*)", "transports on this host"):
@@ -44,6 +45,7 @@ def test_info_reports_versions_transports_and_settings() -> None:
     assert _field(out, "RINGCOMM_SEGMENT_BYTES") == "1048576  (default)"
     assert _field(out, "shared memory").startswith("yes: /dev/shm")
     assert _field(out, "read a peer's memory").split()[0] in ("yes", "no:")
+    assert _field(out, "last-level cache").endswith("; all_gather streams from 8 MiB on the host")
     assert _field(out, "sockets bind to").startswith("127.0.0.1")
     assert out.rstrip().endswith("no problems found")
 

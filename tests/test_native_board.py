@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import numba
 import numpy as np
 import pytest
 
@@ -368,6 +369,53 @@ def test_broadcast_and_all_gather_read_a_peer_by_address_where_it_published_one(
     b.peer_publishes(2, 2, np.full(c, 30.0, np.float32))
     assert finish(b, mine, out, nb.ALL_GATHER, 2, mine.nbytes) == nb.FINISHED
     np.testing.assert_array_equal(out, np.repeat(np.array([10.0, 1.0, 30.0], np.float32), c))
+
+
+@numba.njit
+def _copy_streaming(dst: np.ndarray, src: np.ndarray) -> None:
+    nb._copy_streaming(dst, src)
+
+
+def test_a_streaming_copy_writes_every_byte_and_nothing_beyond() -> None:
+    """Every length up to three lines from every offset within a line: the plain copy
+    before the first line, the streamed lines and the plain copy after them."""
+    src = np.arange(256, dtype=np.uint8) ^ 0x5A
+    for start in range(64):
+        for count in [*range(200), 4097]:
+            where = np.full(start + count + 128 + 64, 0xEE, np.uint8)
+            dst = where[start + 64 : start + 64 + count]
+            data = np.resize(src, count)
+            _copy_streaming(dst, data)
+            np.testing.assert_array_equal(dst, data, err_msg=f"start {start} count {count}")
+            assert (where[: start + 64] == 0xEE).all()
+            assert (where[start + 64 + count :] == 0xEE).all()
+
+
+@needs_readv
+@pytest.mark.parametrize("in_place", [False, True])
+def test_all_gather_streams_its_output_from_the_size_the_table_says(in_place: bool) -> None:
+    """At and above H_STREAM_BYTES of data on the host, all_gather writes its own part and
+    what it reads by address with streaming stores, through the scratch (several blocks
+    here), at element offsets no line boundary meets; below it, with plain copies."""
+    c = 251  # float64: 2,008 bytes, 21 scratch blocks of 96
+    everyone = [np.arange(c, dtype=np.float64) * (r + 1) + 0.5 for r in range(N)]
+    host_bytes = N * N * c * 8 + (0 if in_place else N * c * 8)
+    for threshold, k in ((host_bytes, 1), (host_bytes + 1, 2)):
+        b = FakeBoard()
+        b.table[nb.H_STREAM_BYTES] = threshold
+        b.counters[RANK][DONE] = k - 1
+        whole = np.full(N * c + 1, -1.0)
+        out = whole[1:]  # 8 bytes past a line boundary, if numpy aligned ``whole``
+        mine = out[RANK * c : (RANK + 1) * c] if in_place else everyone[RANK].copy()
+        if in_place:
+            mine[...] = everyone[RANK]
+        b.peer_publishes_address(0, k, everyone[0])
+        b.peer_publishes_address(2, k, everyone[2])
+        assert finish(b, mine, out, nb.ALL_GATHER, k, mine.nbytes) == nb.FINISHED
+        np.testing.assert_array_equal(out, np.concatenate(everyone), err_msg=f"{threshold}")
+        assert whole[0] == -1.0
+        streamed = threshold <= host_bytes  # a streamed read leaves its last block there
+        assert b.scratch.any() == streamed, f"{threshold} against {host_bytes} bytes on the host"
 
 
 @needs_readv

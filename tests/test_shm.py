@@ -235,3 +235,18 @@ def test_remote_reads_and_writes_copy_or_say_why() -> None:
         syscalls.write_remote(gone.pid, syscalls.address_of(into), data)
     with pytest.raises(OSError, match=rf"process_vm_readv from pid {gone.pid}"):
         syscalls.read_remote(gone.pid, syscalls.address_of(data), back)
+
+
+def test_all_gather_streams_by_the_cache_unless_ranks_outnumber_cores(monkeypatch) -> None:
+    """RINGCOMM_SHM_BOARD_STREAM_BYTES wins where set; auto is 1.25 times the last-level
+    cache (32 MiB where the OS does not say), and never where ranks outnumber cores."""
+    from ringcomm import hosts
+    from ringcomm.transport.shm.board import stream_bytes_for
+
+    monkeypatch.setattr(hosts, "last_level_cache_bytes", lambda: 8 << 20)
+    assert stream_bytes_for(None) == 10 << 20
+    assert stream_bytes_for(None, oversubscribed=True) == 0
+    assert stream_bytes_for(3, oversubscribed=True) == 3
+    assert stream_bytes_for(0) == 0
+    monkeypatch.setattr(hosts, "last_level_cache_bytes", lambda: None)
+    assert stream_bytes_for(None) == 40 << 20

@@ -734,6 +734,7 @@ def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
         "broadcast_kind": direct.broadcast_piece(board, np.empty(40_003, np.float32), 0, False)[0],
         "pieces": board.count,
         "area": board.area_bytes,
+        "stream_bytes": board.stream_bytes,
         "bits": bits,
         "native": board.table is not None,
         "by_address": board.by_address and comm._transport.by_address_bytes == 8192,  # type: ignore[attr-defined]

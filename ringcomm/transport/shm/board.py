@@ -46,6 +46,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ringcomm import hosts
 from ringcomm.errors import CommTimeoutError, PeerLostError, TransportError
 from ringcomm.logs import get_logger
 from ringcomm.native import board as native_board
@@ -146,6 +147,29 @@ NATIVE_YIELD_SECONDS = 0.0002
 # What a native call reads a peer's data into before it reduces it (two halves: the peer's
 # block, and this rank's own where it reduces in place): small enough to stay in cache.
 _NATIVE_SCRATCH_BYTES = 256 << 10
+# An all_gather whose data on the host (every rank's output, and input where apart) is at
+# least this many times the last-level cache writes its output with streaming stores
+# (native.board._copy_streaming), where the host's ranks do not outnumber its cores.
+# 2026-12-07, the same launch switching between them every 15 calls, six rounds, median
+# us plain | streaming: n=2 out of place 4 MiB 229 | 282, 8 MiB 378 | 426 (24 MiB of data
+# in a 32 MiB L3: it stays in cache), 16 MiB 900 | 847, 32 MiB 2114 | 1965, 64 MiB 6957
+# | 5549; in place 16 MiB 297 | 403 (32 MiB of data), 32 MiB 787 | 768, 64 MiB 1695 |
+# 1418. Ranks outnumbering the cores lose it between them: n=8 on 2 cores, 16 MiB 7960 |
+# 8580; n=4, 8 MiB 1579 | 1624, 16 MiB 3090 | 2936.
+STREAM_CACHE_FACTOR = 1.25
+_CACHE_BYTES_UNKNOWN = 32 << 20  # where the OS does not say
+
+
+def stream_bytes_for(setting: int | None, oversubscribed: bool = False) -> int:
+    """RINGCOMM_SHM_BOARD_STREAM_BYTES, or where it is auto (None) the data from which an
+    all_gather streams by this host's last-level cache (STREAM_CACHE_FACTOR); 0 (never)
+    where the host's ranks outnumber its cores."""
+    if setting is not None:
+        return setting
+    if oversubscribed:
+        return 0
+    cache = hosts.last_level_cache_bytes() or _CACHE_BYTES_UNKNOWN
+    return int(cache * STREAM_CACHE_FACTOR)
 
 
 def _runs_native(transport: ShmTransport) -> bool:
@@ -229,6 +253,10 @@ class Board:
         # an operation larger than this that goes through the areas goes in pieces
         self.piece_bytes = min(PIECE_BYTES, self.area_bytes)
         self._scratch: np.ndarray | None = None  # where the native calls read peers into
+        # an all_gather with this much data on the host streams its output (0: never)
+        self.stream_bytes = stream_bytes_for(
+            transport.board_stream_bytes, oversubscribed=not transport.polls
+        )
         if _runs_native(transport):
             self.table = self._native_table()
         self._spins = transport.polls * _NATIVE_SPINS_PER_POLL
@@ -331,6 +359,7 @@ class Board:
         table[nb.H_COUNTER_WORDS], table[nb.H_ADDRESS] = PAGE // 8, ADDRESS
         table[nb.H_READV] = syscalls.libc_address("process_vm_readv")
         table[nb.H_WRITEV] = syscalls.libc_address("process_vm_writev")
+        table[nb.H_STREAM_BYTES] = self.stream_bytes
         self._scratch = np.empty(_NATIVE_SCRATCH_BYTES, np.uint8)
         table[nb.H_SCRATCH] = syscalls.address_of(self._scratch)
         table[nb.H_SCRATCH_BYTES] = self._scratch.nbytes
