@@ -537,7 +537,10 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
         return FINISHED | _sleeping(table)
     elif kind == ALL_GATHER:
         c = src.size
-        mine = dst[rank * c : rank * c + c]
+        # Rank r's part lies ``stride`` elements after rank r - 1's: ``c`` for a whole
+        # operation, the input's whole count for a piece of it (see _piece_of).
+        stride = (dst.size - c) // (size - 1)
+        mine = dst[rank * stride : rank * stride + c]
         in_place = mine.ctypes.data == src.ctypes.data  # (its part is there already)
         # Where the host's data of this all_gather (every rank's output, and its input if
         # apart) overflows the cache, the output goes around it: a plain store would read
@@ -553,7 +556,7 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
         # at 16 MiB, 1.16x at 4 MiB).
         for i in range(1, size):
             r = (rank + i) % size
-            if not _read(table, r, k, dst[r * c : r * c + c], src, streaming):
+            if not _read(table, r, k, dst[r * stride : r * stride + c], src, streaming):
                 return UNREAD
     elif kind == BROADCAST and not _read(table, root, k, dst, dst):
         return UNREAD
@@ -635,11 +638,25 @@ def _through(steps):  # type: ignore[no-untyped-def]
     return status
 
 
+@njit(inline="always")
+def _piece_of(table, kind, src, dst, start, stop):  # type: ignore[no-untyped-def]
+    """What of ``dst`` piece ``src[start:stop]`` lands in: the same elements, or for an
+    all_gather from rank 0's part of that piece to the last rank's (the ranks' parts of
+    ``dst`` lie as far apart as the input is long, where ``src`` and ``dst`` start at the
+    same element of it)."""
+    if kind != ALL_GATHER:
+        return dst[start:stop]
+    n = _word(table, H_SIZE)
+    stride = (dst.size - src.size) // (n - 1)
+    return dst[start : start + (n - 1) * stride + stop - start]
+
+
 @njit(nogil=True, cache=True)
 def pieces(table, src, dst, kind, k, step, op, root, steps, spins):  # type: ignore[no-untyped-def]
-    """An element-wise operation (all_reduce, broadcast: ``src`` and ``dst`` alike) too
-    large for one piece, ``step`` elements at a time as pieces ``k``, ``k + 1``, ... (each
-    as :func:`piece` takes it, its size compared), without returning between pieces while
+    """An operation too large for one piece (all_reduce, broadcast: ``src`` and ``dst``
+    alike; all_gather: ``dst`` the output from where ``src`` goes in rank 0's part),
+    ``step`` elements of ``src`` at a time as pieces ``k``, ``k + 1``, ... (each as
+    :func:`piece` takes it, its size compared), without returning between pieces while
     each takes every one of ``steps``: at n=2, 32 pieces of a 16 MiB all_reduce cost 1-2 us
     of Python each. Returns how many pieces went through times STATUS_SPAN, plus what
     piece() said of the one it stopped at (the caller waits, wakes or raises there, then
@@ -648,7 +665,7 @@ def pieces(table, src, dst, kind, k, step, op, root, steps, spins):  # type: ign
     went = 0
     for start in range(0, src.size, step):
         stop = min(src.size, start + step)
-        part, out = src[start:stop], dst[start:stop]
+        part, out = src[start:stop], _piece_of(table, kind, src, dst, start, stop)
         status = piece(table, part, out, kind, k + went, part.nbytes, op, root, steps, spins)
         if status != through:
             return went * STATUS_SPAN + status

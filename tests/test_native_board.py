@@ -344,6 +344,36 @@ def test_pieces_go_one_after_another_up_to_one_that_cannot() -> None:
     assert b.counters[RANK][READY] == 2 and b.counters[RANK][DONE] == 2
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_all_gather_in_pieces_lands_each_part_where_its_rank_goes(in_place: bool) -> None:
+    """An all_gather in pieces: piece j of every rank's input lands at j in that rank's
+    part of the output, also when the call stops at a piece (a peer not there yet) and
+    the next call goes on from there, with the input and output from that piece on."""
+    b = FakeBoard()
+    c, step = 23, 10  # pieces of 10, 10 and 3 elements, numbered 1, 2, 3
+    everyone = [np.arange(c, dtype=np.int32) + 100 * (r + 1) for r in range(N)]
+    out = np.zeros(N * c, np.int32)
+    mine = out[RANK * c : (RANK + 1) * c] if in_place else everyone[RANK].copy()
+    mine[...] = everyone[RANK]
+    for k, lo in ((1, 0), (2, step)):
+        for r in (0, 2):
+            b.peer_publishes(r, k, everyone[r][lo : lo + step])
+    said = nb.pieces(b.table, mine, out, nb.ALL_GATHER, 1, step, 0, -1, ALL, 10)
+    assert divmod(said, nb.STATUS_SPAN) == (2, nb.BLOCKED)  # piece 3 waits for DONE 1
+    parts = out.reshape(N, c)
+    for r in range(N):
+        np.testing.assert_array_equal(parts[r, :20], everyone[r][:20], err_msg=f"rank {r}")
+    if not in_place:
+        assert not parts[:, 20:].any()
+    for r in (0, 2):
+        b.counters[r][DONE] = 2
+        b.peer_publishes(r, 3, everyone[r][20:])
+    start = 2 * step  # the caller goes on from the piece that stopped
+    said = nb.pieces(b.table, mine[start:], out[start:], nb.ALL_GATHER, 3, step, 0, -1, ALL, 10)
+    assert said == nb.STATUS_SPAN
+    np.testing.assert_array_equal(out, np.concatenate(everyone))
+
+
 needs_readv = pytest.mark.skipif(
     not syscalls.libc_address("process_vm_readv"), reason="no process_vm_readv in this libc"
 )

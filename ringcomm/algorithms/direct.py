@@ -25,9 +25,10 @@ native calls). The owner waits until every reader is done before its buffer may 
 
 An operation that fits one area (a reduce: below the one-step size), or goes by address,
 runs as one piece in native calls (:meth:`Board.native_piece`), the same protocol without
-the interpreter between its steps; an all_reduce from the one-step size, and a broadcast
-up to ``BROADCAST_IN_PIECES_BYTES`` where the cores share a cache, run through the areas
-in native pieces of :attr:`Board.piece_bytes` (every rank runs native calls).
+the interpreter between its steps; an all_reduce from the one-step size, a broadcast up
+to ``BROADCAST_IN_PIECES_BYTES`` and an all_gather larger than a piece (at n=2 up to
+``ALLGATHER_IN_PIECES_BYTES_N2``) where the cores share a cache, run through the areas in
+native pieces of :attr:`Board.piece_bytes` (every rank runs native calls).
 
 Every function takes the point-to-point algorithm to fall back on: it runs instead when the
 communicator cannot have a board (its ranks span hosts, another transport, /dev/shm full
@@ -61,6 +62,17 @@ NOTHING = np.empty(0, np.uint8)  # a barrier's data
 # 78, 2 MiB 71 vs 152 | 86 vs 147; but 4 MiB 147-151 vs 155-233 | 156-200 vs 127-211 and
 # 16 MiB 1056 vs 828 | 901 vs 865: a read of a buffer on huge pages is as fast.
 BROADCAST_IN_PIECES_BYTES = 2 << 20
+# Where the cores share a cache and every rank runs native calls, all_gather inputs larger
+# than a piece go through the areas piece after piece too: three copies in cache beat two
+# where one is a read by address, which pins the pages one by one. 2026-12-07, one launch
+# switching between them every 15 calls, median us by address | in pieces: n=2 out of
+# place 2 MiB 91 | 51, 4 MiB 176 | 99, 8 MiB 316 | 238, 16 MiB 995 | 813; n=3 16 MiB 2518
+# | 1914, 64 MiB 10281 | 7801; n=4 (2 cores) 4 MiB 560 | 282, 64 MiB 11902 | 9464, in
+# place 64 MiB 9156 | 7789; n=8 32 MiB 13329 | 10429. But at n=2 in place, the one read
+# of the peer's part (its output: on huge pages) wins from 8 MiB of input: 16 MiB 260 |
+# 468, 64 MiB 2122 | 3615 (and 32 MiB out of place 2241 | 2323). Hence at n=2 up to this
+# input, with more ranks at every size.
+ALLGATHER_IN_PIECES_BYTES_N2 = 4 << 20
 # A broadcast by address splits each reader's copy with the root (which otherwise waits
 # idle) where the root's share of it is at least this large: it writes each reader's share
 # in a system call of its own. n=2, 2026-12-07, against the reader copying it all, us: with
@@ -183,7 +195,18 @@ def _gathers_by_address(b: Board, data: np.ndarray) -> bool:
 
 
 def allgather_piece(b: Board, inp: np.ndarray, bfloat16: bool) -> tuple[int, int]:
-    """The native piece of an all_gather of ``inp`` (in place too: it lands on itself)."""
+    """The native piece of an all_gather of ``inp`` (in place too: it lands on itself):
+    where the cores share a cache, through the areas in pieces (see
+    ``ALLGATHER_IN_PIECES_BYTES_N2``) or in one; else by address from
+    :attr:`~Board.read_in_place_bytes`, or through an area."""
+    if (
+        b.shared_cache
+        and b.piece_bytes < inp.nbytes
+        and (b.size > 2 or inp.nbytes <= ALLGATHER_IN_PIECES_BYTES_N2)
+        and b.native_everywhere
+        and _native(b, inp, bfloat16, -1, any_size=True)
+    ):
+        return native_board.ALL_GATHER, _WHOLE_PIECE | native_board.IN_PIECES
     by_address = _gathers_by_address(b, inp)
     if not _native(b, inp, bfloat16, -1, by_address):
         return NO_PIECE

@@ -395,9 +395,9 @@ class Board:
         spins briefly; longer waits, errors and wake-ups are made here, between calls.
 
         An operation larger than :attr:`piece_bytes` with IN_PIECES in ``steps`` (an
-        element-wise all_reduce or broadcast through the areas: ``src`` and ``dst`` alike)
-        runs piece after piece, each numbered, :attr:`piece_bytes` at a time (the same cut
-        on every rank: each piece's size is compared)."""
+        all_reduce, broadcast or all_gather through the areas) runs piece after piece, each
+        numbered, :attr:`piece_bytes` of ``src`` at a time (the same cut on every rank:
+        each piece's size is compared)."""
         table = self.table
         assert table is not None
         nbytes = src.nbytes
@@ -416,8 +416,8 @@ class Board:
                 if start >= size:
                     return
                 self.count = k = self.count + 1
-                stop = start + step
-                part, out = src[start:stop], dst[start:stop]
+                stop = min(size, start + step)
+                part, out = src[start:stop], self._piece_of(kind, src, dst, start, stop)
                 self._carry_on(kind, part, out, deadline, steps, op, root, k, status)
                 start = stop
             return
@@ -426,6 +426,16 @@ class Board:
         if status == _PUBLISHED_FINISHED and steps == native_board.WHOLE_PIECE:  # the usual
             return
         self._carry_on(kind, src, dst, deadline, steps, op, root, k, status)
+
+    def _piece_of(
+        self, kind: int, src: np.ndarray, dst: np.ndarray, start: int, stop: int
+    ) -> np.ndarray:
+        """What of ``dst`` piece ``src[start:stop]`` lands in (as native.board._piece_of:
+        an all_gather's from rank 0's part of the piece to the last rank's)."""
+        if kind != native_board.ALL_GATHER:
+            return dst[start:stop]
+        stride = (dst.size - src.size) // (self.size - 1)
+        return dst[start : start + (self.size - 1) * stride + stop - start]
 
     def _carry_on(
         self,
