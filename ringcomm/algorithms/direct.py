@@ -70,9 +70,12 @@ BROADCAST_IN_PIECES_BYTES = 2 << 20
 # | 1914, 64 MiB 10281 | 7801; n=4 (2 cores) 4 MiB 560 | 282, 64 MiB 11902 | 9464, in
 # place 64 MiB 9156 | 7789; n=8 32 MiB 13329 | 10429. But at n=2 in place, the one read
 # of the peer's part (its output: on huge pages) wins from 8 MiB of input: 16 MiB 260 |
-# 468, 64 MiB 2122 | 3615 (and 32 MiB out of place 2241 | 2323). Hence at n=2 up to this
-# input, with more ranks at every size.
-ALLGATHER_IN_PIECES_BYTES_N2 = 4 << 20
+# 468, 64 MiB 2122 | 3615 (and 32 MiB out of place 2241 | 2323); and at 4 MiB of input
+# it went either way from launch to launch (in place 8 MiB 192 | 157, 152 | 157, 125 |
+# 227; out of place 316 | 238, 290 | 287). Hence at n=2 up to this input (in place 4 MiB
+# 136 | 78 and 138 | 75, out of place 176 | 99 and 187 | 137), with more ranks at every
+# size.
+ALLGATHER_IN_PIECES_BYTES_N2 = 2 << 20
 # A broadcast by address splits each reader's copy with the root (which otherwise waits
 # idle) where the root's share of it is at least this large: it writes each reader's share
 # in a system call of its own. n=2, 2026-12-07, against the reader copying it all, us: with
