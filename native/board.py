@@ -472,6 +472,14 @@ def _write_shares(table, src, head, k):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
+def _stride(size, src, dst):  # type: ignore[no-untyped-def]
+    """How many elements of all_gather output ``dst`` lie between the starts of two ranks'
+    parts, where ``src`` and ``dst`` start at the same element of a part: ``src.size`` for
+    a whole operation, the input's whole count for a piece of it (see _piece_of)."""
+    return (dst.size - src.size) // (size - 1)
+
+
+@njit(inline="always")
 def _publish(table, src, kind, k, size_word, steps, spins):  # type: ignore[no-untyped-def]
     rank = _word(table, H_RANK)
     if k > 2 and not _reached(table, _word(table, H_DONE), k - 2, -1, spins):
@@ -536,10 +544,7 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
         _store_seq_cst(own, _word(table, H_REDUCED), k)
         return FINISHED | _sleeping(table)
     elif kind == ALL_GATHER:
-        c = src.size
-        # Rank r's part lies ``stride`` elements after rank r - 1's: ``c`` for a whole
-        # operation, the input's whole count for a piece of it (see _piece_of).
-        stride = (dst.size - c) // (size - 1)
+        c, stride = src.size, _stride(size, src, dst)
         mine = dst[rank * stride : rank * stride + c]
         in_place = mine.ctypes.data == src.ctypes.data  # (its part is there already)
         # Where the host's data of this all_gather (every rank's output, and its input if
@@ -647,8 +652,7 @@ def _piece_of(table, kind, src, dst, start, stop):  # type: ignore[no-untyped-de
     if kind != ALL_GATHER:
         return dst[start:stop]
     n = _word(table, H_SIZE)
-    stride = (dst.size - src.size) // (n - 1)
-    return dst[start : start + (n - 1) * stride + stop - start]
+    return dst[start : start + (n - 1) * _stride(n, src, dst) + stop - start]
 
 
 @njit(nogil=True, cache=True)

@@ -434,7 +434,7 @@ class Board:
         an all_gather's from rank 0's part of the piece to the last rank's)."""
         if kind != native_board.ALL_GATHER:
             return dst[start:stop]
-        stride = (dst.size - src.size) // (self.size - 1)
+        stride = (dst.size - src.size) // (self.size - 1)  # as native.board._stride
         return dst[start : start + (self.size - 1) * stride + stop - start]
 
     def _carry_on(
