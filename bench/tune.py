@@ -28,7 +28,7 @@ import ringcomm
 from ringcomm.algorithms import tuning
 from ringcomm.config import ALGORITHMS, parse_size
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce")
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all")
 # Candidates that take part in a flat comparison (star is for teaching; hierarchical runs
 # across hosts only and is chosen by topology, not size).
 NOT_MEASURED = ("star", "hierarchical")
@@ -58,6 +58,9 @@ def issuer(comm: ringcomm.Communicator, op: str, nbytes: int, alg: str) -> Calla
         return lambda: comm.reduce_scatter(part, buf, algorithm=alg)
     if op == "broadcast":
         return lambda: comm.broadcast(buf, 0, algorithm=alg)
+    if op == "all_to_all":
+        out = np.empty_like(buf)
+        return lambda: comm.all_to_all(out, buf, algorithm=alg)
     return lambda: comm.reduce(buf, 0, algorithm=alg)
 
 

@@ -24,10 +24,11 @@ By address: a rank may publish where its data lies instead of a copy (BY_ADDRESS
 others then read it there with ``process_vm_readv``, called through its address in the
 table, and the publisher waits until every reader raised DONE before its buffer may change
 (AWAIT_DONE). broadcast and all_gather read the owner's data, reduce_scatter its chunk of
-every peer's input block by block through a scratch, and ALL_REDUCE_SLICES reduces this
-rank's slice of every buffer in place (FINISH, raising REDUCED), then reads the others'
-reduced slices (GATHER). ALL_REDUCE_SLICES also runs through the areas (COPY): each rank
-then copies its reduced slice into its own area, and the others copy it from there.
+every peer's input block by block through a scratch, all_to_all its chunk of every peer's
+input straight into its output, and ALL_REDUCE_SLICES reduces this rank's slice of every
+buffer in place (FINISH, raising REDUCED), then reads the others' reduced slices (GATHER).
+ALL_REDUCE_SLICES also runs through the areas (COPY): each rank then copies its reduced
+slice into its own area, and the others copy it from there.
 
 The board's layout lives with the board: it hands over a ``table`` of uint64 words, the
 header below, then per rank the addresses of its counters, its two areas, (peers only) the
@@ -70,6 +71,9 @@ ALL_REDUCE_SLICES = 6
 # reader's buffer (FINISH, then REDUCED); a reader is through once the root raised REDUCED
 # (GATHER). Each rank copies (n-1)/n of the data, where a reader alone copied all of it.
 BROADCAST_SPLIT = 7
+# ALL_TO_ALL: every rank publishes its input (a copy of every chunk but its own, or where it
+# lies); each reads chunk ``rank`` of every peer's into that peer's slot of its output.
+ALL_TO_ALL = 8
 
 # The table's header words, then per rank FIELDS words from FIRST. H_ADDRESS: the counter
 # word (and the next, by parity) where a rank says where its data lies (0: in its area);
@@ -489,8 +493,9 @@ def _publish(table, src, kind, k, size_word, steps, spins):  # type: ignore[no-u
         own[_word(table, H_ADDRESS) + (k & 1)] = np.uint64(src.ctypes.data)
     else:
         own[_word(table, H_ADDRESS) + (k & 1)] = 0
-        if steps & COPY and (kind == ALL_REDUCE_SLICES or kind == REDUCE_SCATTER):  # noqa: SIM109
-            # No peer reads this rank's own slice or chunk (a reduced slice goes there later).
+        # No peer reads this rank's own slice or chunk (a reduced slice goes there later).
+        skips_own = (kind == ALL_REDUCE_SLICES) | (kind == REDUCE_SCATTER) | (kind == ALL_TO_ALL)
+        if steps & COPY and skips_own:
             area = _area(table, rank, k, src, src.size)
             size = _word(table, H_SIZE)
             if kind == ALL_REDUCE_SLICES:
@@ -565,6 +570,19 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
                 return UNREAD
     elif kind == BROADCAST and not _read(table, root, k, dst, dst):
         return UNREAD
+    elif kind == ALL_TO_ALL:
+        c = dst.size // size
+        _copy(dst[rank * c : (rank + 1) * c], src[rank * c : (rank + 1) * c])
+        offset = np.uint64(rank * c * dst.itemsize)
+        address_word = _word(table, H_ADDRESS) + (k & 1)
+        for i in range(1, size):  # (from the next rank on, as all_gather)
+            r = (rank + i) % size
+            out = dst[r * c : (r + 1) * c]
+            address = _counters(table, r)[address_word]
+            if not address:
+                _copy(out, _area(table, r, k, src, src.size)[rank * c : (rank + 1) * c])
+            elif not _read_remote(table, r, address + offset, out):
+                return UNREAD
     elif kind == BROADCAST_SPLIT:
         head = _split_head(dst.size, size)
         if rank == root:
@@ -591,14 +609,14 @@ def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type:
     sleeps (WAKE: the caller wakes it before anyone waits for it). FINISH: once every rank
     it reads from (a broadcast's reader: ``root``) raised READY (else NOT_READY) with this
     size (else MISMATCH, nothing read), read the piece as ``kind`` says into ``dst``
-    (reductions with ``op``, in rank order; all_gather, reduce_scatter and broadcast read a
-    peer by address where it published one, else out of its area; UNREAD if such a read,
-    or BROADCAST_SPLIT's root's write, failed) and raise DONE (ALL_REDUCE_SLICES: its slice
-    only, then REDUCED; BROADCAST_SPLIT's root: REDUCED, once it wrote every reader's
-    share): FINISHED. GATHER (ALL_REDUCE_SLICES): once every peer raised REDUCED (else
-    NOT_REDUCED), read their reduced slices and raise DONE: GATHERED; (BROADCAST_SPLIT's
-    reader) once the root raised REDUCED: GATHERED. AWAIT_DONE: then wait until every peer
-    raised DONE: AWAITED (else NOT_DONE)."""
+    (reductions with ``op``, in rank order; all_gather, reduce_scatter, all_to_all and
+    broadcast read a peer by address where it published one, else out of its area; UNREAD
+    if such a read, or BROADCAST_SPLIT's root's write, failed) and raise DONE
+    (ALL_REDUCE_SLICES: its slice only, then REDUCED; BROADCAST_SPLIT's root: REDUCED, once
+    it wrote every reader's share): FINISHED. GATHER (ALL_REDUCE_SLICES): once every peer
+    raised REDUCED (else NOT_REDUCED), read their reduced slices and raise DONE: GATHERED;
+    (BROADCAST_SPLIT's reader) once the root raised REDUCED: GATHERED. AWAIT_DONE: then
+    wait until every peer raised DONE: AWAITED (else NOT_DONE)."""
     status = 0
     if steps & PUBLISH:
         status = _publish(table, src, kind, k, size_word, steps, spins)

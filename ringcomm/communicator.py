@@ -838,22 +838,24 @@ class Communicator:
         output_is_large: bool,
         algorithm: str | None,
         timeout: float | None,
+        in_place: bool = True,
     ) -> bool:
-        """Run a blocking all_gather (``output_is_large``) or reduce_scatter ``name`` by its
-        piece in :attr:`_quick`, where it has one and both are numpy arrays as as_buffer
-        takes them (:func:`plain_array`), of one dtype, apart or in place (the small one is
-        this rank's slot of the large one); False, nothing done, where the general path
-        must take it. Arrays that each own their memory are apart without asking numpy
-        (0.17 us; one array as both has no piece: its sizes differ where a piece runs)."""
+        """Run a blocking all_gather (``output_is_large``), reduce_scatter or all_to_all
+        ``name`` by its piece in :attr:`_quick`, where it has one and both are numpy arrays
+        as as_buffer takes them (:func:`plain_array`), of one dtype, apart or, where
+        ``in_place``, in place (the small one is this rank's slot of the large one); False,
+        nothing done, where the general path must take it (and raise what it raises).
+        Arrays that each own their memory are apart without asking numpy (0.17 us) unless
+        they are one."""
         o = plain_array(output, True)
         i = plain_array(input, False)
         if o is None or i is None or o.dtype != i.dtype:
             return False
         large, small = (o, i) if output_is_large else (i, o)
         if not (
-            (o.flags.owndata and i.flags.owndata)
+            (o.flags.owndata and i.flags.owndata and o is not i)
             or not np.may_share_memory(o, i)
-            or _in_slot(large, small, self.rank * small.size)
+            or (in_place and _in_slot(large, small, self.rank * small.size))
         ):
             return False
         quick = self._quick.get((name, large.nbytes, small.nbytes, o.dtype, algorithm))
@@ -1426,12 +1428,25 @@ class Communicator:
         )
 
     def all_to_all(
-        self, output: Any, input: Any, *, async_op: bool = False, timeout: float | None = None
+        self,
+        output: Any,
+        input: Any,
+        *,
+        async_op: bool = False,
+        algorithm: str | None = None,
+        timeout: float | None = None,
     ) -> Work | None:
         """Slot s of rank d's ``output`` gets slot d of rank s's ``input``.
 
-        Both hold the same number of elements, a multiple of ``size``.
+        Both hold the same number of elements, a multiple of ``size``, in memory apart.
+        ``algorithm``: ``"direct"`` (ranks of one host: every rank reads its slot of every
+        peer's input out of shared memory or where it lies, one step) or ``"linear"``
+        (every pair exchanges its slots; default: the board where the ranks have one).
         """
+        if not async_op and self._quick_pair(
+            "all_to_all", output, input, True, algorithm, timeout, in_place=False
+        ):
+            return None
         o = as_buffer(output, "all_to_all output", writable=True, read=False)
         i = as_buffer(input, "all_to_all input", writable=False)
         _same_dtype(o, i, "all_to_all")
@@ -1441,9 +1456,23 @@ class Communicator:
                 f"number of elements, a multiple of size {self.size}"
             )
         _no_overlap(o, i, "all_to_all")
+        board = self._quick_board(async_op)
+        if board is not None and type(o) is Buffer and type(i) is Buffer:
+            key = ("piece", "all_to_all", i.nbytes, i.array.dtype, algorithm)
+            quick = ("all_to_all", o.nbytes, i.nbytes, i.array.dtype, algorithm)
+            piece = self._choices.get(key) or self._choose_piece(
+                key, (o, i), direct.alltoall_piece, board, o.array, i.array, quick=quick
+            )
+            if piece[1] and self._run_piece(
+                "all_to_all", (o, i), board, piece, i.array, o.array, timeout
+            ):
+                return None
+        body: Callable[[OpContext], Any] = lambda ctx: linear.all_to_all(ctx, o.array, i.array)  # noqa: E731
+        if self._direct("all_to_all", i.nbytes, (o, i), algorithm):
+            body = lambda ctx: direct.all_to_all(ctx, o.array, i.array, linear.all_to_all)  # noqa: E731
         return self._submit(
             "all_to_all",
-            lambda ctx: linear.all_to_all(ctx, o.array, i.array),
+            body,
             (o, i),
             async_op=async_op,
             timeout=timeout,

@@ -30,6 +30,7 @@ BROADCAST_ALGORITHMS = ("direct", "binomial", "chain")
 ALLGATHER_ALGORITHMS = ("direct", "bruck", "ring")
 REDUCE_SCATTER_ALGORITHMS = ("direct", "recursive_halving", "ring")
 REDUCE_ALGORITHMS = ("direct", "binomial")
+ALL_TO_ALL_ALGORITHMS = ("direct", "linear")
 # Per collective: the algorithms it takes, and the Config field that forces one.
 ALGORITHMS = {
     "all_reduce": ALLREDUCE_ALGORITHMS,
@@ -37,6 +38,7 @@ ALGORITHMS = {
     "reduce_scatter": REDUCE_SCATTER_ALGORITHMS,
     "broadcast": BROADCAST_ALGORITHMS,
     "reduce": REDUCE_ALGORITHMS,
+    "all_to_all": ALL_TO_ALL_ALGORITHMS,
 }
 ALGORITHM_FIELDS = {
     "all_reduce": "allreduce_algorithm",
@@ -44,6 +46,7 @@ ALGORITHM_FIELDS = {
     "reduce_scatter": "reduce_scatter_algorithm",
     "broadcast": "broadcast_algorithm",
     "reduce": "reduce_algorithm",
+    "all_to_all": "all_to_all_algorithm",
 }
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -319,6 +322,9 @@ class Config:
     )
     reduce_algorithm: str | None = _forced_algorithm(
         "reduce", "RINGCOMM_REDUCE_ALGORITHM", REDUCE_ALGORITHMS
+    )
+    all_to_all_algorithm: str | None = _forced_algorithm(
+        "all_to_all", "RINGCOMM_ALL_TO_ALL_ALGORITHM", ALL_TO_ALL_ALGORITHMS
     )
     tune_file: str = setting(
         "",

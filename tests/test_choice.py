@@ -65,6 +65,9 @@ def test_board_defaults_follow_the_world_size() -> None:
     assert choice.use_direct("reduce_scatter", 4 * M, 2, cfg, None, True) is True
     assert choice.use_direct("all_gather", 4 * M, 2, cfg, None, True) is True
     assert choice.use_direct("all_gather", 4 * K, 2, cfg, None, False) is False
+    assert choice.use_direct("all_to_all", 4 * K, 2, cfg, None, True) is True
+    assert choice.use_direct("all_to_all", 64 * M, 8, cfg, None, True) is True
+    assert choice.use_direct("all_to_all", 4 * K, 2, cfg, None, False) is False
 
 
 def test_forced_ranges_choose_per_size_and_fall_back_where_they_cannot_run() -> None:
@@ -79,6 +82,10 @@ def test_forced_ranges_choose_per_size_and_fall_back_where_they_cannot_run() -> 
     assert choice.use_direct("reduce", 1 * M, 4, forced, None, True) is False
     assert choice.use_direct("all_gather", 64 * M, 2, forced, None, True) is True
     assert choice.use_direct("all_gather", 64 * M, 2, forced, "ring", True) is False
+    linear = ringcomm.Config.from_env({"RINGCOMM_ALL_TO_ALL_ALGORITHM": "linear:0-1M"})
+    assert choice.use_direct("all_to_all", 4 * K, 2, linear, None, True) is False
+    assert choice.use_direct("all_to_all", 4 * M, 2, linear, None, True) is True
+    assert choice.use_direct("all_to_all", 4 * M, 2, linear, "linear", True) is False
 
 
 def test_tune_ranges_from_measured_winners() -> None:

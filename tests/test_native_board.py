@@ -568,3 +568,30 @@ def test_reduce_scatter_reads_peers_by_address_block_by_block(dtype: str, in_pla
     assert status == nb.FINISHED
     want = reference(native.SUM, everyone)[RANK * c : (RANK + 1) * c]
     np.testing.assert_array_equal(out, want)
+
+
+@needs_readv
+@pytest.mark.parametrize("dtype", ["int8", "float64"])
+def test_all_to_all_takes_its_chunk_of_every_peer_out_of_its_area_or_where_it_lies(
+    dtype: str,
+) -> None:
+    b = FakeBoard()
+    c = 5
+    everyone = [make_input(dtype, native.SUM, r, N * c, seed=8) for r in range(N)]
+    mine = everyone[RANK]
+    status = nb.piece(
+        b.table, mine, mine, nb.ALL_TO_ALL, 1, mine.nbytes, 0, -1, nb.PUBLISH | nb.COPY, 10
+    )
+    assert status == nb.PUBLISHED
+    area = b.area(RANK, 1, mine)  # every chunk but its own, which no peer reads
+    own = slice(RANK * c, (RANK + 1) * c)
+    np.testing.assert_array_equal(area[: own.start], mine[: own.start])
+    np.testing.assert_array_equal(area[own.stop :], mine[own.stop :])
+    assert not area[own].any()
+    b.peer_publishes_address(0, 1, everyone[0])  # rank 0 by address, rank 2 in its area
+    b.peer_publishes(2, 1, everyone[2])
+    out = np.zeros(N * c, dtype)
+    assert finish(b, mine, out, nb.ALL_TO_ALL, 1, mine.nbytes) == nb.FINISHED
+    want = np.concatenate([everyone[r][own] for r in range(N)])
+    np.testing.assert_array_equal(out, want)
+    assert b.counters[RANK][DONE] == 1

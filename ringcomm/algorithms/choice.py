@@ -175,6 +175,8 @@ BOARD_DEFAULTS: dict[tuple[str, bool], str | None] = {
     ("broadcast", True): "direct",
     ("reduce", False): "direct:0-64K",
     ("reduce", True): "direct:256K-",
+    ("all_to_all", False): "direct",
+    ("all_to_all", True): "direct",
 }
 
 
@@ -305,7 +307,8 @@ def choose_reduce_scatter(nbytes: int, size: int, config: Config, requested: str
 def use_direct(
     op: str, nbytes: int, size: int, config: Config, requested: str | None, board: bool
 ) -> bool:
-    """Whether all_gather, reduce_scatter or reduce on ``nbytes`` (the whole gathered or
-    scattered buffer) runs on the board rather than its point-to-point algorithm."""
+    """Whether all_gather, reduce_scatter, reduce or all_to_all on ``nbytes`` (the whole
+    gathered, scattered or exchanged buffer) runs on the board rather than its
+    point-to-point algorithm."""
     configured = getattr(config, ALGORITHM_FIELDS[op])
     return _direct(op, nbytes, size, _forced(requested, configured, op, nbytes), board)

@@ -13,15 +13,17 @@ into pieces that fit an area; per piece:
 - broadcast: the root publishes; the others copy.
 - reduce: as all_reduce's two steps, with only the root copying the reduced slices (small
   pieces: the root reduces every area).
+- all_to_all: every rank publishes its input; rank r copies chunk r from every area.
 - barrier: every rank raises READY and waits for every peer's.
 
 By address: where every rank may read every other's memory (and none turned it off), from
 rank 0's ``RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES`` up, a rank publishes where its data lies
 instead of a copy, and the others read it there in one copy (``process_vm_readv``):
-broadcast and all_gather read the owner's data, reduce_scatter its chunk of every peer's
-input, and all_reduce from 64 KiB reduces its slice of every rank's buffer in place, then
-reads the others' reduced slices (reduce_scatter and all_reduce only where every rank runs
-native calls). The owner waits until every reader is done before its buffer may change.
+broadcast and all_gather read the owner's data, reduce_scatter and all_to_all its chunk of
+every peer's input, and all_reduce from 64 KiB reduces its slice of every rank's buffer in
+place, then reads the others' reduced slices (all but broadcast and all_gather only where
+every rank runs native calls). The owner waits until every reader is done before its
+buffer may change.
 
 An operation that fits one area (a reduce: below the one-step size), or goes by address,
 runs as one piece in native calls (:meth:`Board.native_piece`), the same protocol without
@@ -238,6 +240,23 @@ def reduce_scatter_piece(
     if not _native(b, inp, bfloat16, op, by_address):
         return NO_PIECE
     return native_board.REDUCE_SCATTER, _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
+
+
+def alltoall_piece(b: Board, out: np.ndarray, inp: np.ndarray) -> tuple[int, int]:
+    """The native piece of an all_to_all of ``inp`` into ``out``: by address (every rank
+    reads its chunk of every peer's input where it lies, straight into its output) where
+    reduce_scatter goes so, from :attr:`~Board.by_address_bytes` a chunk and
+    :attr:`~Board.read_in_place_bytes` of input; else through an area where the input fits
+    one."""
+    by_address = (
+        b.by_address
+        and b.native_everywhere
+        and inp.nbytes // b.size >= b.by_address_bytes
+        and inp.nbytes >= b.read_in_place_bytes
+    )
+    if not _native(b, inp, False, -1, by_address):  # (it copies: 16-bit floats are uint16)
+        return NO_PIECE
+    return native_board.ALL_TO_ALL, _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
 
 
 def broadcast_piece(b: Board, data: np.ndarray, root: int, bfloat16: bool) -> tuple[int, int]:
@@ -558,6 +577,38 @@ def reduce_scatter(
             ctx.reduce(piece, _view(b.area(r, k), dtype, size * m).reshape(size, m)[rank])
         b.raise_counter(b.DONE, k)
     ctx.finish_average(out)
+
+
+def all_to_all(
+    ctx: OpContext, out: np.ndarray, inp: np.ndarray, fallback: Callable[..., None]
+) -> None:
+    """Chunk r of this rank's ``inp`` to rank r, chunk r of ``out`` from rank r, on the
+    board (``out`` and ``inp`` apart)."""
+    b = board(ctx)
+    size = ctx.size
+    if b is None or b.area_bytes < size * inp.itemsize:
+        fallback(ctx, out, inp)
+        return
+    rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
+    kind, steps = alltoall_piece(b, out, inp)
+    if steps:
+        b.native_piece(kind, inp, out, deadline, steps)
+        return
+    c = inp.size // size
+    chunks, outs = inp.reshape(size, c), out.reshape(size, c)
+    outs[rank] = chunks[rank]
+    step = max(1, b.area_bytes // (size * inp.itemsize))
+    for start in range(0, max(1, c), step):
+        stop = min(c, start + step)
+        m = stop - start
+        k = b.next(deadline)
+        _view(b.area(rank, k), dtype, size * m).reshape(size, m)[...] = chunks[:, start:stop]
+        b.publish_address(k, None)  # (a native reader looks there first)
+        b.publish(k, inp.nbytes)
+        b.wait_published(k, inp.nbytes, deadline)
+        for r in b.others:
+            outs[r, start:stop] = _view(b.area(r, k), dtype, size * m).reshape(size, m)[rank]
+        b.raise_counter(b.DONE, k)
 
 
 def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., None]) -> None:

@@ -614,7 +614,30 @@ def quick_path_takes_what_as_buffer_takes(comm: ringcomm.Communicator) -> None:
     part = np.zeros(c, np.float32)
     comm.reduce_scatter(part, np.full(n * c, r + 1, np.float32))
     np.testing.assert_array_equal(part, np.full(c, n * (n + 1) / 2, np.float32))
+    _quick_all_to_all_takes_arrays_apart(comm)
     _quick_path_sums_where_other_ops_chose_first(comm)
+
+
+def _quick_all_to_all_takes_arrays_apart(comm: ringcomm.Communicator) -> None:
+    """all_to_all on the quick path: right, and never with its output on its input (one
+    array as both, or views of one array), which it must refuse as the general path
+    does."""
+    n, r, c = comm.size, comm.rank, 1024
+    sent = np.arange(n * c, dtype=np.float32) + 10_000 * r
+    want = np.concatenate(
+        [np.arange(r * c, (r + 1) * c, dtype=np.float32) + 10_000 * q for q in range(n)]
+    )
+    got = np.zeros(n * c, np.float32)
+    for _ in range(2):
+        comm.all_to_all(got, sent)
+    assert ("all_to_all", n * c * 4, n * c * 4, np.dtype(np.float32), None) in comm._quick  # type: ignore[attr-defined]
+    got[:] = 0
+    with _no_intake():
+        comm.all_to_all(got, sent)
+    np.testing.assert_array_equal(got, want)
+    _refused(lambda: comm.all_to_all(sent, sent), ValueError, "overlap")
+    _refused(lambda: comm.all_to_all(sent[:], sent), ValueError, "overlap")
+    _refused(lambda: comm.all_to_all(np.zeros(n * c, np.int32), sent), TypeError, "float32")
 
 
 def _quick_path_sums_where_other_ops_chose_first(comm: ringcomm.Communicator) -> None:
@@ -702,6 +725,11 @@ def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
             comm.all_reduce(total, algorithm="direct")
             want_all = reference(ringcomm.SUM, everyone)
             np.testing.assert_allclose(total, want_all, rtol=1e-5, err_msg=f"all_reduce {what}")
+            for alg in ("direct", "linear"):
+                got = np.zeros(n * count, dtype)
+                comm.all_to_all(got, big[r], algorithm=alg)
+                want = np.concatenate([big[q][r * count : (r + 1) * count] for q in range(n)])
+                np.testing.assert_array_equal(got, want, err_msg=f"all_to_all {alg} {what}")
             for root in range(n):
                 buf = everyone[root].copy() if r == root else np.zeros(count, dtype)
                 comm.broadcast(buf, root, algorithm="direct")
