@@ -545,37 +545,57 @@ def allgather(
         b.raise_counter(b.DONE, k)
 
 
-def reduce_scatter(
-    ctx: OpContext, out: np.ndarray, inp: np.ndarray, fallback: Callable[..., None]
-) -> None:
-    """Reduce ``inp`` across ranks; this rank's ``out`` gets chunk ``rank``, on the board."""
+def _chunk_board(ctx: OpContext, inp: np.ndarray) -> Board | None:
+    """The board for a reduce_scatter or all_to_all of ``inp``; None where the
+    point-to-point algorithm runs instead (no board, or an area too small for an element
+    of every chunk)."""
     b = board(ctx)
-    size = ctx.size
-    if b is None or b.area_bytes < size * inp.itemsize:
-        fallback(ctx, out, inp)
-        return
-    rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
-    kind, steps = reduce_scatter_piece(b, out, inp, ctx.op, ctx.bfloat16)
-    if steps:
-        b.native_piece(kind, inp, out, deadline, steps, op=ctx.op)
-        ctx.finish_average(out)
-        return
-    c = out.size
-    chunks = inp.reshape(size, c)
+    return None if b is None or b.area_bytes < ctx.size * inp.itemsize else b
+
+
+def _chunks_published(
+    b: Board, inp: np.ndarray, deadline: float
+) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    """The Python steps of reduce_scatter and all_to_all: elements ``start:stop`` of every
+    one of ``inp``'s ``size`` chunks at a time (as many as fit an area), copied into this
+    rank's area and published; yields ``start, stop`` and every rank's area as ``size`` rows
+    of them once every peer published, and raises DONE when the caller is through."""
+    size = b.size
+    chunks = inp.reshape(size, inp.size // size)
+    c = chunks.shape[1]
     step = max(1, b.area_bytes // (size * inp.itemsize))
     for start in range(0, max(1, c), step):
         stop = min(c, start + step)
         m = stop - start
         k = b.next(deadline)
-        mine = _view(b.area(rank, k), dtype, size * m).reshape(size, m)
-        mine[...] = chunks[:, start:stop]
+        areas = [_view(b.area(r, k), inp.dtype, size * m).reshape(size, m) for r in range(size)]
+        areas[b.rank][...] = chunks[:, start:stop]
+        b.publish_address(k, None)  # (a native reader looks there first)
         b.publish(k, inp.nbytes)
         b.wait_published(k, inp.nbytes, deadline)
-        piece = out[start:stop]
-        piece[...] = mine[rank]
-        for r in b.others:
-            ctx.reduce(piece, _view(b.area(r, k), dtype, size * m).reshape(size, m)[rank])
+        yield start, stop, areas
         b.raise_counter(b.DONE, k)
+
+
+def reduce_scatter(
+    ctx: OpContext, out: np.ndarray, inp: np.ndarray, fallback: Callable[..., None]
+) -> None:
+    """Reduce ``inp`` across ranks; this rank's ``out`` gets chunk ``rank``, on the board."""
+    b = _chunk_board(ctx, inp)
+    if b is None:
+        fallback(ctx, out, inp)
+        return
+    rank, deadline = ctx.rank, ctx.deadline
+    kind, steps = reduce_scatter_piece(b, out, inp, ctx.op, ctx.bfloat16)
+    if steps:
+        b.native_piece(kind, inp, out, deadline, steps, op=ctx.op)
+        ctx.finish_average(out)
+        return
+    for start, stop, areas in _chunks_published(b, inp, deadline):
+        piece = out[start:stop]
+        piece[...] = areas[rank][rank]
+        for r in b.others:
+            ctx.reduce(piece, areas[r][rank])
     ctx.finish_average(out)
 
 
@@ -584,31 +604,20 @@ def all_to_all(
 ) -> None:
     """Chunk r of this rank's ``inp`` to rank r, chunk r of ``out`` from rank r, on the
     board (``out`` and ``inp`` apart)."""
-    b = board(ctx)
-    size = ctx.size
-    if b is None or b.area_bytes < size * inp.itemsize:
+    b = _chunk_board(ctx, inp)
+    if b is None:
         fallback(ctx, out, inp)
         return
-    rank, deadline, dtype = ctx.rank, ctx.deadline, inp.dtype
+    rank, deadline = ctx.rank, ctx.deadline
     kind, steps = alltoall_piece(b, out, inp)
     if steps:
         b.native_piece(kind, inp, out, deadline, steps)
         return
-    c = inp.size // size
-    chunks, outs = inp.reshape(size, c), out.reshape(size, c)
-    outs[rank] = chunks[rank]
-    step = max(1, b.area_bytes // (size * inp.itemsize))
-    for start in range(0, max(1, c), step):
-        stop = min(c, start + step)
-        m = stop - start
-        k = b.next(deadline)
-        _view(b.area(rank, k), dtype, size * m).reshape(size, m)[...] = chunks[:, start:stop]
-        b.publish_address(k, None)  # (a native reader looks there first)
-        b.publish(k, inp.nbytes)
-        b.wait_published(k, inp.nbytes, deadline)
+    outs = out.reshape(ctx.size, -1)
+    outs[rank] = inp.reshape(ctx.size, -1)[rank]
+    for start, stop, areas in _chunks_published(b, inp, deadline):
         for r in b.others:
-            outs[r, start:stop] = _view(b.area(r, k), dtype, size * m).reshape(size, m)[rank]
-        b.raise_counter(b.DONE, k)
+            outs[r, start:stop] = areas[r][rank]
 
 
 def broadcast(ctx: OpContext, data: np.ndarray, root: int, fallback: Callable[..., None]) -> None:
