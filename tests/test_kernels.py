@@ -202,7 +202,9 @@ def test_narrow_and_widen_round_as_numpy_does(bfloat16: bool) -> None:
 
 def test_portable_half_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Hosts without hardware float16 conversion (x86 without F16C) use integer selects:
-    the float16 tests above, run again on that path (its own numba cache)."""
+    the float16 tests above, run again on that path (its own numba cache; without the
+    conftest, whose warm-up would compile the board's calls too, which these tests do not
+    use: minutes on a slow machine)."""
     import os
     import subprocess
     import sys
@@ -211,7 +213,7 @@ def test_portable_half_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
     code = (
         "import sys, pytest; from ringcomm.native import kernels;"
         "assert not kernels._HARDWARE_HALF;"
-        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-k',"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--noconftest', '-k',"
         " 'float16 or narrow or divide or test_reduce_into_matches_numpy', sys.argv[1]]))"
     )
     done = subprocess.run(
