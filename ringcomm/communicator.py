@@ -1461,7 +1461,7 @@ class Communicator:
             key = ("piece", "all_to_all", i.nbytes, i.array.dtype, algorithm)
             quick = ("all_to_all", o.nbytes, i.nbytes, i.array.dtype, algorithm)
             piece = self._choices.get(key) or self._choose_piece(
-                key, (o, i), direct.alltoall_piece, board, o.array, i.array, quick=quick
+                key, (o, i), direct.alltoall_piece, board, i.array, quick=quick
             )
             if piece[1] and self._run_piece(
                 "all_to_all", (o, i), board, piece, i.array, o.array, timeout

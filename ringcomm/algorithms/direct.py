@@ -242,8 +242,8 @@ def reduce_scatter_piece(
     return native_board.REDUCE_SCATTER, _EXCHANGE_BY_ADDRESS if by_address else _WHOLE_PIECE
 
 
-def alltoall_piece(b: Board, out: np.ndarray, inp: np.ndarray) -> tuple[int, int]:
-    """The native piece of an all_to_all of ``inp`` into ``out``: by address (every rank
+def alltoall_piece(b: Board, inp: np.ndarray) -> tuple[int, int]:
+    """The native piece of an all_to_all of ``inp``: by address (every rank
     reads its chunk of every peer's input where it lies, straight into its output) where
     reduce_scatter goes so, from :attr:`~Board.by_address_bytes` a chunk and
     :attr:`~Board.read_in_place_bytes` of input; else through an area where the input fits
@@ -609,7 +609,7 @@ def all_to_all(
         fallback(ctx, out, inp)
         return
     rank, deadline = ctx.rank, ctx.deadline
-    kind, steps = alltoall_piece(b, out, inp)
+    kind, steps = alltoall_piece(b, inp)
     if steps:
         b.native_piece(kind, inp, out, deadline, steps)
         return
