@@ -402,20 +402,29 @@ def test_broadcast_and_all_gather_read_a_peer_by_address_where_it_published_one(
 
 
 @numba.njit
+def _copy(dst: np.ndarray, src: np.ndarray) -> None:
+    nb._copy(dst, src)
+
+
+@numba.njit
 def _copy_streaming(dst: np.ndarray, src: np.ndarray) -> None:
     nb._copy_streaming(dst, src)
 
 
-def test_a_streaming_copy_writes_every_byte_and_nothing_beyond() -> None:
-    """Every length up to three lines from every offset within a line: the plain copy
-    before the first line, the streamed lines and the plain copy after them."""
+@pytest.mark.parametrize("copy", [_copy, _copy_streaming], ids=["plain", "streaming"])
+def test_a_copy_writes_every_byte_and_nothing_beyond(
+    copy: numba.core.dispatcher.Dispatcher,
+) -> None:
+    """Every length up to three lines from every offset within a line: the memcpy before
+    the first line, the lines (64-byte loads and stores, streamed or not) and the memcpy
+    after them."""
     src = np.arange(256, dtype=np.uint8) ^ 0x5A
     for start in range(64):
         for count in [*range(200), 4097]:
             where = np.full(start + count + 128 + 64, 0xEE, np.uint8)
             dst = where[start + 64 : start + 64 + count]
             data = np.resize(src, count)
-            _copy_streaming(dst, data)
+            copy(dst, data)
             np.testing.assert_array_equal(dst, data, err_msg=f"start {start} count {count}")
             assert (where[: start + 64] == 0xEE).all()
             assert (where[start + 64 + count :] == 0xEE).all()

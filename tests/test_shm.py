@@ -10,6 +10,7 @@ Every rank is a process with a hard timeout; a failure names the ranks that did 
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -213,6 +214,16 @@ def test_cache_verdict_takes_medians_of_every_peer() -> None:
     assert not shm_board.share_a_cache({1: [1.0, 1.0, 1.0], 2: [4.0, 3.5, 100.0]}, local)
     assert not shm_board.share_a_cache({1: [3.2, 3.3, 0.1]}, [1.0])
     assert shm_board.share_a_cache({1: [3.0]}, [1.0])
+
+
+@pytest.mark.parametrize("nbytes", [1, 4096, 65536, 65537])
+def test_cache_probe_copies_between_page_aligned_buffers(nbytes: int) -> None:
+    """The probe's own buffers start on a page, as the areas do: its copies then time the
+    caches, not memcpy's slow way with a destination a few bytes past the source's page."""
+    buffers = [shm_board._page_aligned(nbytes) for _ in range(3)]
+    for b in buffers:
+        assert b.ctypes.data % shm_board.PAGE == 0 and b.nbytes == nbytes and b.dtype == np.uint8
+    assert not any(np.shares_memory(x, y) for x, y in itertools.pairwise(buffers))
 
 
 @pytest.mark.skipif(
