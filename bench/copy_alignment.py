@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numba
 import numpy as np
+from collectives import parse_size
 
 from ringcomm.native import board as native_board
 
@@ -54,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="16K,64K,256K,1M,4M")
     parser.add_argument("--distances", default="0,16,64,2048")
     args = parser.parse_args(argv)
-    units = {"K": 1 << 10, "M": 1 << 20}
-    sizes = [
-        int(s[:-1]) * units[s[-1]] if s[-1] in units else int(s) for s in args.sizes.split(",")
-    ]
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
     distances = [int(d) for d in args.distances.split(",")]
     print("# us a copy: memcpy (numpy) / board copy, by (dst - src) mod 4096")
     print(f"{'bytes':>9} " + " ".join(f"{f'd={d}':>17}" for d in distances))

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from collectives import parse_size
 
 import ringcomm
 import ringcomm.transport.shm.board as shm_board
@@ -89,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--old FOLDER (or --extract REVISION FOLDER first)")
     sys.path.insert(0, str(args.old))
     old_board = importlib.import_module("oldnative.board")
-    units = {"K": 1 << 10, "M": 1 << 20}
-    sizes = [
-        int(s[:-1]) * units[s[-1]] if s[-1] in units else int(s) for s in args.sizes.split(",")
-    ]
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
     ops = args.ops.split(",")
     times: dict[tuple[str, int, str], list[float]] = {}
     with ringcomm.init() as comm:
