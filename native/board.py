@@ -140,6 +140,12 @@ def _pause(typingctx):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+# Inlining: numba's inline="always" copies the callee's IR into every call site, which
+# dominated the compile: 27 s per dtype for piece (4.9 min for warm_cache's ten) when
+# every helper was inlined. Small helpers on the per-call path stay inlined (called
+# through numba, they cost the 4 KiB call 4-6%: numba does not inline across its own
+# functions); the big ones whose own work (a system call, a loop over blocks) dwarfs a
+# call do not: 12 s per dtype, the native call's cost alike (bench/native_ab.py).
 @njit(inline="always")
 def _word(table, i):  # type: ignore[no-untyped-def]
     """Header word ``i`` as a signed integer (numba mixes uint64 and int64 into floats)."""
@@ -312,7 +318,7 @@ def _process_vm_call(typingctx, function, pid, local, remote):  # type: ignore[n
     return sig, codegen
 
 
-@njit(inline="always")
+@njit
 def _remote_copy(table, function_word, r, address, local):  # type: ignore[no-untyped-def]
     """Copy ``local.nbytes`` between ``local`` and ``address`` in rank ``r``'s process, the
     way the function at header word ``function_word`` goes (H_READV: into ``local``;
@@ -335,14 +341,14 @@ def _remote_copy(table, function_word, r, address, local):  # type: ignore[no-un
     return True
 
 
-@njit(inline="always")
+@njit
 def _read_remote(table, r, address, dst):  # type: ignore[no-untyped-def]
     """Read ``dst.nbytes`` at ``address`` in rank ``r``'s process into ``dst``; False if
     the system call failed (the caller says why)."""
     return _remote_copy(table, H_READV, r, address, dst)
 
 
-@njit(inline="always")
+@njit
 def _read_streaming(table, r, address, dst):  # type: ignore[no-untyped-def]
     """As :func:`_read_remote`, block by block through the scratch (where the read's own
     stores stay in cache), each block then streamed into ``dst``."""
@@ -371,7 +377,7 @@ def _read(table, r, k, dst, like, streaming=False):  # type: ignore[no-untyped-d
     return True
 
 
-@njit(inline="always")
+@njit
 def _reduce_own_chunk(table, src, dst, start, k, op):  # type: ignore[no-untyped-def]
     """Reduce this rank's chunk (``dst.size`` elements from ``start``) of every rank's
     input into ``dst``, in rank order, block by block through the scratch: each peer's out
@@ -434,7 +440,7 @@ def _slice(m, size, r):  # type: ignore[no-untyped-def]
     return start, start + base + (1 if r < extra else 0)
 
 
-@njit(inline="always")
+@njit
 def _gather_slices(table, data, k, spins):  # type: ignore[no-untyped-def]
     """The second step of ALL_REDUCE_SLICES: once every peer raised REDUCED, read each
     one's reduced slice where it lies into ``data``, then raise DONE."""
@@ -462,7 +468,7 @@ def _split_head(count, size):  # type: ignore[no-untyped-def]
     return count - count // size
 
 
-@njit(inline="always")
+@njit
 def _write_shares(table, src, head, k):  # type: ignore[no-untyped-def]
     """BROADCAST_SPLIT's root: write ``src[head:]`` where every reader's buffer of piece
     ``k`` lies, from the next rank on (readers that arrive together are not all written
