@@ -145,7 +145,7 @@ def _pause(typingctx):  # type: ignore[no-untyped-def]
 # every helper was inlined. Small helpers on the per-call path stay inlined (called
 # through numba, they cost the 4 KiB call 4-6%: numba does not inline across its own
 # functions); the big ones whose own work (a system call, a loop over blocks) dwarfs a
-# call do not: 12 s per dtype, the native call's cost alike (bench/native_ab.py).
+# call do not: 12 s per dtype, the native call's cost alike (bench/piece_cost.py).
 @njit(inline="always")
 def _word(table, i):  # type: ignore[no-untyped-def]
     """Header word ``i`` as a signed integer (numba mixes uint64 and int64 into floats)."""
