@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from collectives import parse_size
@@ -47,8 +48,13 @@ def extract(revision: str, folder: Path) -> None:
             check=True, cwd=Path(__file__).resolve().parents[1],
         ).stdout  # fmt: skip
         (package / f"{name}.py").write_text(text)
+    load_old(folder).warm_cache()
+
+
+def load_old(folder: Path) -> ModuleType:
+    """The board of the build that ``--extract`` wrote under ``folder``."""
     sys.path.insert(0, str(folder))
-    importlib.import_module("oldnative.board").warm_cache()
+    return importlib.import_module("oldnative.board")
 
 
 def _at(nbytes: int, offset: int) -> np.ndarray:
@@ -88,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.old is None:
         parser.error("--old FOLDER (or --extract REVISION FOLDER first)")
-    sys.path.insert(0, str(args.old))
-    old_board = importlib.import_module("oldnative.board")
+    old_board = load_old(args.old)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     ops = args.ops.split(",")
     times: dict[tuple[str, int, str], list[float]] = {}

@@ -14,33 +14,35 @@ its fastest round, microseconds per operation (three calls).
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 from collectives import parse_size
+from native_ab import load_old
 
 from ringcomm.native import board as new_board
 
 AREA = 1 << 24  # each of a rank's two areas: the largest size taken
+# The counter words, as a board's (SIZE and ADDRESS: two each, by the piece's parity).
+READY, SIZE, DONE, ADDRESS, REDUCED, WORDS = 1, 2, 4, 6, 8, 512
 
 
 def _tables(b: ModuleType) -> tuple[list[np.ndarray], tuple[object, ...]]:
     """Two ranks' tables over the same counters and areas (and what must stay alive)."""
-    words = [np.zeros(512, np.uint64) for _ in range(2)]
+    words = [np.zeros(WORDS, np.uint64) for _ in range(2)]
     for w in words:  # as if pieces 1 and 2 were done: piece 3 may publish at once
-        w[4] = w[8] = 2
+        w[DONE] = w[REDUCED] = 2
     areas = [np.zeros(2 * AREA, np.uint8) for _ in range(2)]
     scratch = np.zeros(1 << 16, np.uint8)
     tables = []
     for rank in range(2):
         t = np.zeros(b.FIRST + 2 * b.FIELDS, np.uint64)
-        t[b.H_SIZE], t[b.H_RANK], t[b.H_READY], t[b.H_SIZE_WORD] = 2, rank, 1, 2
-        t[b.H_DONE], t[b.H_COUNTER_WORDS], t[b.H_ADDRESS], t[b.H_REDUCED] = 4, 512, 6, 8
+        t[b.H_SIZE], t[b.H_RANK], t[b.H_READY], t[b.H_SIZE_WORD] = 2, rank, READY, SIZE
+        t[b.H_DONE], t[b.H_COUNTER_WORDS], t[b.H_ADDRESS] = DONE, WORDS, ADDRESS
+        t[b.H_REDUCED] = REDUCED
         t[b.H_SCRATCH], t[b.H_SCRATCH_BYTES] = scratch.ctypes.data, scratch.nbytes
         for r in range(2):
             at = b.FIRST + b.FIELDS * r
@@ -93,8 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     builds = {"new": new_board}
     if args.old:
-        sys.path.insert(0, str(args.old))
-        builds = {"old": importlib.import_module("oldnative.board"), **builds}
+        builds = {"old": load_old(args.old), **builds}
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     if max(sizes) > AREA:
         raise SystemExit(f"sizes up to {AREA} bytes")
