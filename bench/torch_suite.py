@@ -6,7 +6,8 @@ backends, decided when the module is imported. This harness imports it as gloo (
 select exactly the tests gloo runs) and then points the suite's ``BACKEND`` at the backend
 under test, which ``init_process_group`` and the tests' bodies read at run time.
 
-Run a part of it with pytest (``SUITE_BACKEND`` is ringcomm or gloo, ``WORLD_SIZE`` 2 or 3)::
+Run a part of it with pytest (``SUITE_BACKEND`` is ringcomm or gloo, ``WORLD_SIZE`` 2 or 3,
+``SUITE_START`` spawn, the default, or fork)::
 
     SUITE_BACKEND=ringcomm WORLD_SIZE=2 python -m pytest bench/torch_suite.py -k all_reduce
 
@@ -41,12 +42,21 @@ if __name__ != "__main__":
     for feature in ("gpu", "cuda", "ddp", "subgroup"):
         DistTestCases.backend_feature[feature].add("ringcomm")
 
+    # How each test starts its ranks: "spawn" as torch's test_distributed_spawn.py, or "fork",
+    # which spares every rank the import of torch and the suite (about 5 s a test on 2 cores).
+    START = os.environ.get("SUITE_START", "spawn")
+    if START not in ("spawn", "fork"):
+        raise ValueError(f"SUITE_START must be spawn or fork, not {START!r}")
+
     class TestDistBackendWithSpawn(suite.TestDistBackend, suite.DistributedTest._DistTestBase):
-        """torch's ``test_distributed_spawn.py`` harness."""
+        """torch's ``test_distributed_spawn.py`` harness (ranks forked with SUITE_START=fork)."""
 
         def setUp(self) -> None:
             super().setUp()
-            self._spawn_processes()
+            if START == "spawn":
+                self._spawn_processes()
+            else:
+                self._start_processes(torch.multiprocessing.get_context("fork").Process)
             torch.backends.cudnn.flags(enabled=True, allow_tf32=False).__enter__()
 
 
