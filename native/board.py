@@ -46,6 +46,7 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .cache import cached
 from .kernels import _apply_arithmetic
 from .ops import AVG, MAX, MIN, PROD, SUM
 from .shm import _load_acquire, _store_release, _store_seq_cst
@@ -609,7 +610,7 @@ def _finish(table, src, dst, kind, k, size_word, op, root, spins):  # type: igno
     return FINISHED | _sleeping(table)
 
 
-@njit(nogil=True, cache=True)
+@cached(nogil=True)
 def piece(table, src, dst, kind, k, size_word, op, root, steps, spins):  # type: ignore[no-untyped-def]
     """The ``steps`` (PUBLISH, COPY, DONE_TOO, FINISH, BY_ADDRESS, GATHER, AWAIT_DONE) of
     piece ``k`` of an operation of ``size_word`` bytes, as far as they go within ``spins``
@@ -685,7 +686,7 @@ def _piece_of(table, kind, src, dst, start, stop):  # type: ignore[no-untyped-de
     return dst[start : start + (n - 1) * _stride(n, src, dst) + stop - start]
 
 
-@njit(nogil=True, cache=True)
+@cached(nogil=True)
 def pieces(table, src, dst, kind, k, step, op, root, steps, spins):  # type: ignore[no-untyped-def]
     """An operation too large for one piece (all_reduce, broadcast: ``src`` and ``dst``
     alike; all_gather: ``dst`` the output from where ``src`` goes in rank 0's part),
@@ -707,8 +708,9 @@ def pieces(table, src, dst, kind, k, step, op, root, steps, spins):  # type: ign
     return went * STATUS_SPAN
 
 
-def warm_cache() -> None:
-    """Compile (or load from numba's cache) piece and pieces for every dtype they take."""
+def warm_cache(part: int = 0, parts: int = 1) -> None:
+    """Compile (or load from numba's cache) piece and pieces for every dtype they take, or
+    for every ``parts``-th of them from the ``part``-th (one process's share)."""
     if not AVAILABLE:
         return
     words = np.zeros(8, np.uint64)
@@ -721,7 +723,7 @@ def warm_cache() -> None:
     table[FIRST + F_COUNTERS] = words.__array_interface__["data"][0]
     table[FIRST + F_AREA0] = areas.__array_interface__["data"][0]
     table[FIRST + F_AREA1] = table[FIRST + F_AREA0] + 16
-    for k, dtype in enumerate(sorted(DTYPES, key=str), 1):
+    for k, dtype in enumerate(sorted(DTYPES, key=str)[part::parts], 1):
         a = np.ones(2, dtype)
         steps = PUBLISH | COPY | FINISH
         k = 3 * k  # (each dtype numbers three pieces: one, then two more in pieces)

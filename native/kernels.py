@@ -23,28 +23,29 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import numpy_fallback
+from .cache import cached
 from .ops import AVG, BAND, BOR, BXOR, MAX, MIN, NATIVE_DTYPES, PROD, SUM
 
 # 16-bit floats are widened in blocks of this many elements: O(1) scratch per call.
 _BLOCK = 2048
 
-_JIT = dict(nogil=True, cache=True)
+_JIT = cached(nogil=True)  # (numba's cache=True, its writes under a lock)
 _NUMBA_OFF = bool(numba.config.DISABLE_JIT)
 
 
-@njit(**_JIT)
+@_JIT
 def _sum(dst, src):
     for i in range(dst.shape[0]):
         dst[i] += src[i]
 
 
-@njit(**_JIT)
+@_JIT
 def _prod(dst, src):
     for i in range(dst.shape[0]):
         dst[i] *= src[i]
 
 
-@njit(**_JIT)
+@_JIT
 def _min(dst, src):
     for i in range(dst.shape[0]):
         s = src[i]
@@ -52,7 +53,7 @@ def _min(dst, src):
             dst[i] = s
 
 
-@njit(**_JIT)
+@_JIT
 def _max(dst, src):
     for i in range(dst.shape[0]):
         s = src[i]
@@ -60,25 +61,25 @@ def _max(dst, src):
             dst[i] = s
 
 
-@njit(**_JIT)
+@_JIT
 def _band(dst, src):
     for i in range(dst.shape[0]):
         dst[i] &= src[i]
 
 
-@njit(**_JIT)
+@_JIT
 def _bor(dst, src):
     for i in range(dst.shape[0]):
         dst[i] |= src[i]
 
 
-@njit(**_JIT)
+@_JIT
 def _bxor(dst, src):
     for i in range(dst.shape[0]):
         dst[i] ^= src[i]
 
 
-@njit(**_JIT)
+@_JIT
 def _apply_arithmetic(dst, src, op):
     """The arithmetic ops, on any dtype: float32 blocks of widened 16-bit floats, the
     board's native pieces (native.board)."""
@@ -190,7 +191,7 @@ def _bf16_out(value):  # type: ignore[no-untyped-def]
     return np.uint16(quiet if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded)
 
 
-@njit(**_JIT)
+@_JIT
 def _widen16(bits, out, is_bf16):
     if is_bf16:
         for j in range(bits.shape[0]):
@@ -200,7 +201,7 @@ def _widen16(bits, out, is_bf16):
             out[j] = _half_in(bits[j])
 
 
-@njit(**_JIT)
+@_JIT
 def _narrow16(values, out_bits, factor, is_bf16):
     f = np.float32(factor)
     if is_bf16:
@@ -211,7 +212,7 @@ def _narrow16(values, out_bits, factor, is_bf16):
             out_bits[j] = _half_out(values[j] * f)
 
 
-@njit(**_JIT)
+@_JIT
 def _add_widened(acc, bits, is_bf16):
     if is_bf16:
         for j in range(acc.shape[0]):
@@ -221,7 +222,7 @@ def _add_widened(acc, bits, is_bf16):
             acc[j] += _half_in(bits[j])
 
 
-@njit(**_JIT)
+@_JIT
 def _apply_half(dst, src, op, is_bf16):
     """Reduce 16-bit float bit patterns: widen to float32, reduce, round once."""
     n = dst.shape[0]
@@ -244,7 +245,7 @@ def _apply_half(dst, src, op, is_bf16):
         _narrow16(a[:k], dst[start:stop], 1.0, is_bf16)
 
 
-@njit(**_JIT)
+@_JIT
 def _divide(arr, divisor):
     # In the array's own type: float32 / int64 would divide in float64, 2.6x slower here
     # (and no more exact: float32's quotient is correctly rounded either way).
@@ -253,7 +254,7 @@ def _divide(arr, divisor):
         arr[i] = arr[i] / d
 
 
-@njit(**_JIT)
+@_JIT
 def _divide_half(arr, divisor, is_bf16):
     d = np.float32(divisor)
     if is_bf16:
@@ -264,7 +265,7 @@ def _divide_half(arr, divisor, is_bf16):
             arr[j] = _half_out(_half_in(arr[j]) / d)
 
 
-@njit(**_JIT)
+@_JIT
 def _byte_offset(start, at):
     return np.int64(at.ctypes.data) - np.int64(start.ctypes.data)
 

@@ -14,9 +14,11 @@ import platform
 
 import numba
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .cache import cached
 
 _NUMBA_OFF = bool(numba.config.DISABLE_JIT)
 
@@ -66,17 +68,17 @@ def _store_seq_cst(typingctx, arr, idx, value):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
+@cached(nogil=True)
 def _jit_load(arr, i):  # type: ignore[no-untyped-def]
     return _load_acquire(arr, i)
 
 
-@njit(cache=True, nogil=True)
+@cached(nogil=True)
 def _jit_store(arr, i, value):  # type: ignore[no-untyped-def]
     _store_release(arr, i, value)
 
 
-@njit(cache=True, nogil=True)
+@cached(nogil=True)
 def _jit_store_fenced(arr, i, value):  # type: ignore[no-untyped-def]
     _store_seq_cst(arr, i, value)
 
