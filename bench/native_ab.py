@@ -35,19 +35,22 @@ import ringcomm.transport.shm.board as shm_board
 from ringcomm.native import board as new_board
 
 PAGE = 4096
-MODULES = ("__init__", "board", "kernels", "numpy_fallback", "ops", "shm")
 
 
 def extract(revision: str, folder: Path) -> None:
     """``native/`` at ``revision`` as ``folder/oldnative``, its board compiled."""
     package = folder / "oldnative"
     package.mkdir(parents=True, exist_ok=True)
-    for name in MODULES:
-        text = subprocess.run(
-            ["git", "show", f"{revision}:native/{name}.py"], capture_output=True, text=True,
-            check=True, cwd=Path(__file__).resolve().parents[1],
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parents[1],
         ).stdout  # fmt: skip
-        (package / f"{name}.py").write_text(text)
+
+    for path in git("ls-tree", "--name-only", f"{revision}:native").split():
+        if path.endswith(".py"):
+            (package / path).write_text(git("show", f"{revision}:native/{path}"))
     load_old(folder).warm_cache()
 
 
