@@ -44,14 +44,9 @@ def warm_cache(processes: int | None = None) -> None:
     if kernels._NUMBA_OFF:
         return
     parts = processes or min(2, os.cpu_count() or 1)
-    env = dict(os.environ)
-    if "." not in __name__:  # a copy imported on its own (bench/native_ab.py --extract)
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
     code = f"import {__name__} as native; native.board.warm_cache({{}}, {parts})"
     helpers = [
-        subprocess.Popen([sys.executable, "-c", code.format(part)], env=env)
-        for part in range(1, parts)
+        subprocess.Popen([sys.executable, "-c", code.format(part)]) for part in range(1, parts)
     ]
     try:
         kernels.warm_cache()

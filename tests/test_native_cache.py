@@ -67,7 +67,8 @@ def test_a_reader_waits_for_the_data_file_the_index_names(tmp_path: Path) -> Non
         try:
             outs[name] = proc.communicate(timeout=120)[0]
         except subprocess.TimeoutExpired:
-            writer.kill(), reader.kill()
+            writer.kill()
+            reader.kill()
             pytest.fail(f"the {name} hung")
         assert proc.returncode == 0, f"{name}: {outs[name]}"
     assert outs["writer"].split()[-1] == "22", outs["writer"]
