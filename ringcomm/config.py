@@ -466,13 +466,26 @@ class Config:
         None,
         "RINGCOMM_SHM_BOARD_SHARED_CACHE",
         bool,
-        "1: the cores of this host's ranks share a cache, so broadcast data and all_gather "
-        "inputs up to 512 KiB (and an area) go through the area (two copies in cache beat one "
-        "`process_vm_readv`), and all_reduces up to an area take one step through them; 0: "
-        "they do not, such data is read where it lies from "
-        "`RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES` up; unset or `auto`: rank 0 times copying "
-        "64 KiB its peers just wrote against its own when a board is made. Rank 0's setting "
+        "1: the cores of this host's ranks share a cache, so all_reduces from 64 KiB go "
+        "through the areas in pieces; 0: they do not, all_reduce slices are read where they "
+        "lie from `RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES` up, and so is all copied data (see "
+        "`RINGCOMM_SHM_BOARD_AREA_COPIES`); unset or `auto`: rank 0 times copying 64 KiB "
+        "its peers just wrote against its own when a board is made. Rank 0's setting "
         "decides for every rank",
+        auto_is_none=True,
+        default_text="auto",
+    )
+    shm_board_area_copies: bool | None = setting(
+        None,
+        "RINGCOMM_SHM_BOARD_AREA_COPIES",
+        bool,
+        "1: broadcast data, all_gather inputs and reduce_scatter inputs up to 512 KiB (and "
+        "an area) go through the area (the publisher's copy in, the reader's out), and "
+        "broadcasts up to 2 MiB and all_gathers (at n=2 up to 2 MiB) in pieces through "
+        "the areas; 0: from `RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES` up they are read where "
+        "they lie; unset or `auto`: as `RINGCOMM_SHM_BOARD_SHARED_CACHE` where that is set "
+        "(or its probe says the cores share no cache), else rank 0 times 64 KiB sent to each "
+        "peer both ways when a board is made. Rank 0's setting decides for every rank",
         auto_is_none=True,
         default_text="auto",
     )

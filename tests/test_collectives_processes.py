@@ -193,13 +193,26 @@ def test_all_reduce_reads_buffers_where_they_lie(size: int, transport: str) -> N
         assert all(res["mapped"] == size - 1 for res in results), results
 
 
-@pytest.mark.parametrize(("size", "shared"), [(2, "auto"), (3, "auto"), (2, "1"), (3, "0")])
-def test_board_copies_follow_the_cache(size: int, shared: str) -> None:
-    """Whether broadcast and all_gather data that fits an area goes through it: forced
-    either way, or probed by rank 0 (every rank learns its verdict, and the verdict follows
-    its own figures); then the roots publish their data as settled, and it arrives."""
+@pytest.mark.parametrize(
+    ("size", "shared", "copies"),
+    [
+        (2, "auto", "auto"),
+        (3, "auto", "auto"),
+        (2, "1", "auto"),
+        (3, "0", "auto"),
+        (2, "auto", "0"),
+        (3, "1", "0"),
+    ],
+)
+def test_board_copies_follow_the_cache(size: int, shared: str, copies: str) -> None:
+    """Whether all_reduce data goes through the areas follows the cache, and whether
+    broadcast, all_gather and reduce_scatter data up to 512 KiB does follows the copy
+    verdict: forced either way, or probed by rank 0 (every rank learns its verdicts, and
+    each follows its own figures; the copy probe runs only where both are unset and the
+    cores share a cache); then the roots publish their data as settled, and it arrives."""
     env = {
         "RINGCOMM_SHM_BOARD_SHARED_CACHE": shared,
+        "RINGCOMM_SHM_BOARD_AREA_COPIES": copies,
         "RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES": "16384",
     }
     pool = RankPool(size, env=env)
@@ -207,36 +220,59 @@ def test_board_copies_follow_the_cache(size: int, shared: str) -> None:
         results = pool.run(collectives.board_copies, timeout=120)
     finally:
         pool.close()
-    verdicts = {res["shared"] for res in results}
+    verdicts = {(res["shared"], res["area_copies"]) for res in results}
     assert len(verdicts) == 1, results
-    verdict = verdicts.pop()
+    verdict, area_copies = verdicts.pop()
     if shared == "auto":
         remote, local = results[0]["probed_us"]
         assert verdict == (remote <= shm_board.APART_RATIO * local), results[0]
-        assert all(res["probed_us"] is None for res in results[1:])
     else:
         assert verdict == (shared == "1")
-        assert all(res["probed_us"] is None for res in results)
+    assert all(res["probed_us"] is None for res in results[1:])
+    assert all(res["probed_copies_us"] is None for res in results[1:])
+    if copies != "auto":
+        assert area_copies == (copies == "1")
+    if shared == "auto" and copies == "auto" and verdict:
+        through_areas, by_address = results[0]["probed_copies_us"]
+        assert area_copies == (through_areas <= by_address), results[0]
+    else:
+        assert results[0]["probed_copies_us"] is None, results[0]
+        if copies == "auto":
+            assert area_copies == verdict
     for res in results:
         through_area = min(res["area"], shm_board.COPY_THROUGH_AREA_BYTES)
-        want = through_area + 1 if verdict else res["by_address_bytes"]
+        want = through_area + 1 if area_copies else res["by_address_bytes"]
         assert res["read_in_place"] == want, res
         assert res["by_address_bytes"] == 16384
-        # through the area: no address published; by address: where the data lies
-        assert all((address == 0) == verdict for address in res["published"]), res
+        # through the areas: no address published; by address: where the data lies (the
+        # all_reduce, second to last, follows the cache; the copies, the copy verdict)
+        *copied, reduced, scattered = res["published"]
+        assert (reduced == 0) == verdict, res
+        assert all((address == 0) == area_copies for address in [*copied, scattered]), res
 
 
 def test_board_copies_follow_rank_0() -> None:
-    """Ranks set differently follow rank 0's setting (or probe), and none waits for a probe
-    that rank 0 does not run."""
+    """Ranks set differently follow rank 0's settings (or probes), and none waits for a
+    probe that rank 0 does not run."""
     results = get_pool(3).run(collectives.board_copies_follow_rank_0, timeout=120)
-    for case, (forced, probed) in enumerate([(True, False), (None, True), (False, False)]):
-        verdicts = {res[case]["shared"] for res in results}
+    # per case: rank 0's shared setting, whether it probes the cache, its copy setting
+    cases = [(True, False, None), (None, True, None), (False, False, None)]
+    cases += [(None, True, None), (None, True, True), (None, True, None)]
+    cases += [(True, False, False), (False, False, True)]
+    for case, (forced, probed, copies) in enumerate(cases):
+        verdicts = {(res[case]["shared"], res[case]["area_copies"]) for res in results}
         assert len(verdicts) == 1, (case, results)
+        shared, area_copies = verdicts.pop()
         assert (results[0][case]["probed_us"] is not None) == probed, (case, results)
         if forced is not None:
-            assert verdicts == {forced}, (case, results)
-    assert len({res[3]["shared"] for res in results}) == 1
+            assert shared == forced, (case, results)
+        copy_probed = probed and copies is None and shared
+        assert (results[0][case]["probed_copies_us"] is not None) == copy_probed, (case, results)
+        if copies is not None:
+            assert area_copies == copies, (case, results)
+        elif not copy_probed:
+            assert area_copies == shared, (case, results)
+        assert all(res[case]["probed_copies_us"] is None for res in results[1:]), (case, results)
 
 
 def test_board_by_address_follows_rank_0() -> None:

@@ -39,6 +39,7 @@ on some rank; every rank decides alike).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -58,14 +59,15 @@ if TYPE_CHECKING:
 # Measured: see ringcomm.algorithms.choice.
 ONE_STEP_BELOW_BYTES = 64 << 10
 NOTHING = np.empty(0, np.uint8)  # a barrier's data
-# Where the cores share a cache, broadcasts up to this size go through the areas piece
-# after piece (the root fills one area while the readers empty the other). n=2, 2026-12-06,
-# against by address, back to back | barrier before each, us: 1 MiB 39 vs 78-80 | 49-56 vs
-# 78, 2 MiB 71 vs 152 | 86 vs 147; but 4 MiB 147-151 vs 155-233 | 156-200 vs 127-211 and
-# 16 MiB 1056 vs 828 | 901 vs 865: a read of a buffer on huge pages is as fast.
+# Where copies go through the areas (Board.area_copies), broadcasts up to this size go
+# through them piece after piece (the root fills one area while the readers empty the
+# other). n=2, 2026-12-06, AMD EPYC, against by address, back to back | barrier before
+# each, us: 1 MiB 39 vs 78-80 | 49-56 vs 78, 2 MiB 71 vs 152 | 86 vs 147; but 4 MiB
+# 147-151 vs 155-233 | 156-200 vs 127-211 and 16 MiB 1056 vs 828 | 901 vs 865: a read
+# of a buffer on huge pages is as fast.
 BROADCAST_IN_PIECES_BYTES = 2 << 20
-# Where the cores share a cache and every rank runs native calls, all_gather inputs larger
-# than a piece go through the areas piece after piece too: three copies in cache beat two
+# Where copies go through the areas and every rank runs native calls, all_gather inputs
+# larger than a piece go through them piece after piece too: three copies in cache beat two
 # where one is a read by address, which pins the pages one by one. 2026-12-07, one launch
 # switching between them every 15 calls, median us by address | in pieces: n=2 out of
 # place 2 MiB 91 | 51, 4 MiB 176 | 99, 8 MiB 316 | 238, 16 MiB 995 | 813; n=3 16 MiB 2518
@@ -145,12 +147,24 @@ def board(ctx: OpContext) -> Board | None:
         transport.board_possible = False
         return None
     try:
-        made.settle_copies(transport.board_shared_cache, ctx.deadline)
+        made.settle_copies(
+            transport.board_shared_cache,
+            transport.board_area_copies,
+            ctx.deadline,
+            functools.partial(_probe_broadcast, made, deadline=ctx.deadline),
+        )
     except BaseException:
         made.close()
         raise
     transport.board = made
     return made
+
+
+def _probe_broadcast(b: Board, data: np.ndarray, deadline: float) -> None:
+    """A broadcast of ``data`` from rank 0 in the native piece the board now chooses, for
+    its copy probe (see Board.settle_copies)."""
+    kind, steps = broadcast_piece(b, data, 0, False)
+    b.native_piece(kind, data, data, deadline, steps=steps, root=0)
 
 
 def _native(b: Board, data: np.ndarray, bfloat16: bool, op: int, any_size: bool = False) -> bool:
@@ -201,11 +215,11 @@ def _gathers_by_address(b: Board, data: np.ndarray) -> bool:
 
 def allgather_piece(b: Board, inp: np.ndarray, bfloat16: bool) -> tuple[int, int]:
     """The native piece of an all_gather of ``inp`` (in place too: it lands on itself):
-    where the cores share a cache, through the areas in pieces (see
-    ``ALLGATHER_IN_PIECES_BYTES_N2``) or in one; else by address from
+    where copies go through the areas (:attr:`~Board.area_copies`), through them in pieces
+    (see ``ALLGATHER_IN_PIECES_BYTES_N2``) or in one; else by address from
     :attr:`~Board.read_in_place_bytes`, or through an area."""
     if (
-        b.shared_cache
+        b.area_copies
         and b.piece_bytes < inp.nbytes
         and (b.size > 2 or inp.nbytes <= ALLGATHER_IN_PIECES_BYTES_N2)
         and b.native_everywhere
@@ -224,11 +238,11 @@ def reduce_scatter_piece(
     """The native piece of a reduce_scatter of ``inp`` into ``out``. By address (every
     rank reads its chunk of every peer's input where it lies) only where every rank runs
     native calls (the Python steps read the areas), and not below
-    :attr:`~Board.read_in_place_bytes` of input: where the cores share a cache, up to 512 KiB
-    goes through the areas (2026-12-06, in one launch, through the areas vs by address, us:
-    n=2 64 KiB 6.1-6.4 vs 9.0-9.3, 256 KiB 11.5-14.1 vs 17.4-20.4, 512 KiB 21-25 vs 32; n=4
-    on 2 cores 64 KiB 26-72 vs 47-128, 512 KiB 70-79 vs 110-122; but n=2 1 MiB 101-107 vs
-    67-69 in alternating launches)."""
+    :attr:`~Board.read_in_place_bytes` of input: where copies go through the areas, up to
+    512 KiB goes through them (2026-12-06, AMD EPYC, in one launch, through the areas vs
+    by address, us: n=2 64 KiB 6.1-6.4 vs 9.0-9.3, 256 KiB 11.5-14.1 vs 17.4-20.4,
+    512 KiB 21-25 vs 32; n=4 on 2 cores 64 KiB 26-72 vs 47-128, 512 KiB 70-79 vs
+    110-122; but n=2 1 MiB 101-107 vs 67-69 in alternating launches)."""
     if b.area_bytes < b.size * inp.itemsize:
         return NO_PIECE
     by_address = (
@@ -260,11 +274,12 @@ def alltoall_piece(b: Board, inp: np.ndarray) -> tuple[int, int]:
 
 
 def broadcast_piece(b: Board, data: np.ndarray, root: int, bfloat16: bool) -> tuple[int, int]:
-    """The native piece of a broadcast of ``data`` from ``root``, on this rank: where the
-    cores share a cache, up to ``BROADCAST_IN_PIECES_BYTES`` through the areas piece after
-    piece; else by address from :attr:`~Board.read_in_place_bytes`, or through an area."""
+    """The native piece of a broadcast of ``data`` from ``root``, on this rank: where
+    copies go through the areas (:attr:`~Board.area_copies`), up to
+    ``BROADCAST_IN_PIECES_BYTES`` through them piece after piece; else by address from
+    :attr:`~Board.read_in_place_bytes`, or through an area."""
     if (
-        b.shared_cache
+        b.area_copies
         and data.nbytes <= BROADCAST_IN_PIECES_BYTES
         and b.native_everywhere
         and _native(b, data, bfloat16, -1, any_size=True)

@@ -770,11 +770,12 @@ def board_collectives(comm: ringcomm.Communicator) -> dict[str, Any]:
 
 
 def board_copies(comm: ringcomm.Communicator) -> dict[str, Any]:
-    """What the board settled about its copies (RINGCOMM_SHM_BOARD_SHARED_CACHE as the pool
-    sets it), and where each rank's broadcast and all_gather data of 64 KiB went (below the
-    512 KiB that may go through an area, above the by-address threshold): the ADDRESS word
-    a root published (0: through its area), an all_reduce's of 256 KiB and a
-    reduce_scatter's of 64 KiB chunks. All against numpy, broadcast from every root."""
+    """What the board settled about its copies (RINGCOMM_SHM_BOARD_SHARED_CACHE and
+    RINGCOMM_SHM_BOARD_AREA_COPIES as the pool sets them), and where each rank's broadcast
+    and all_gather data of 64 KiB went (below the 512 KiB that may go through an area,
+    above the by-address threshold): the ADDRESS word a root published (0: through its
+    area), an all_reduce's of 256 KiB and a reduce_scatter's of 64 KiB chunks. All against
+    numpy, broadcast from every root."""
     from ringcomm.transport.shm.board import ADDRESS
 
     n, r = comm.size, comm.rank
@@ -806,6 +807,8 @@ def board_copies(comm: ringcomm.Communicator) -> dict[str, Any]:
     published.append(int(b.counters[r][ADDRESS + (b.count & 1)]))
     return {
         "shared": b.shared_cache,
+        "area_copies": b.area_copies,
+        "probed_copies_us": b.probed_copies_us,
         "read_in_place": b.read_in_place_bytes,
         "area": b.area_bytes,
         "by_address_bytes": comm._transport.board_by_address_bytes,  # type: ignore[attr-defined]
@@ -815,22 +818,40 @@ def board_copies(comm: ringcomm.Communicator) -> dict[str, Any]:
 
 
 def board_copies_follow_rank_0(comm: ringcomm.Communicator) -> list[dict[str, Any]]:
-    """Ranks set apart (RINGCOMM_SHM_BOARD_SHARED_CACHE as each rank's transport holds it,
-    on fresh sub-communicators): rank 0's setting, or its probe, decides for every rank,
-    and nobody waits for a probe that does not come. Each case's verdict and rank 0's
-    figures; a 64 KiB broadcast checked after each."""
-    cases = [(True, None), (None, False), (False, True), (None, None)]
+    """Ranks set apart (RINGCOMM_SHM_BOARD_SHARED_CACHE and RINGCOMM_SHM_BOARD_AREA_COPIES
+    as each rank's transport holds them, on fresh sub-communicators): rank 0's settings,
+    or its probes, decide for every rank, and nobody waits for a probe that does not come.
+    Each case's verdicts and rank 0's figures; a 64 KiB broadcast checked after each."""
+    cases = [
+        (True, None, None, None),
+        (None, False, None, None),
+        (False, True, None, None),
+        (None, None, None, None),
+        (None, None, True, None),
+        (None, None, None, False),
+        (True, True, False, None),
+        (False, False, True, None),
+    ]
     seen = []
-    for first, others in cases:
+    for shared_0, shared, copies_0, copies in cases:
         sub = comm.split(0)  # a fresh communicator: its board is made at its first use
         assert sub is not None
-        sub._transport.board_shared_cache = first if comm.rank == 0 else others  # type: ignore[attr-defined]
+        t = sub._transport  # type: ignore[attr-defined]
+        t.board_shared_cache = shared_0 if comm.rank == 0 else shared
+        t.board_area_copies = copies_0 if comm.rank == 0 else copies
         want = np.arange(16 << 10, dtype=np.float32)
         buf = want.copy() if comm.rank == 0 else np.zeros_like(want)
         sub.broadcast(buf, 0, algorithm="direct")
         np.testing.assert_array_equal(buf, want)
-        b = sub._transport.board  # type: ignore[attr-defined]
-        seen.append({"shared": b.shared_cache, "probed_us": b.probed_us})
+        b = t.board
+        seen.append(
+            {
+                "shared": b.shared_cache,
+                "probed_us": b.probed_us,
+                "area_copies": b.area_copies,
+                "probed_copies_us": b.probed_copies_us,
+            }
+        )
         sub.close()
     return seen
 

@@ -106,15 +106,23 @@ MAPPED = 4 * LINE // 8
 # MAP_FAILED + parity: 1 if this rank could not map every peer's buffer of that operation
 # (written before it raises REDUCED, which keeps its meaning for the operations after).
 MAP_FAILED = MAPPED + 8
-# The cache probe (Board.settle_copies): each rank's round counter, rank 0's verdict
-# (VERDICT_SHARED or VERDICT_APART) and its by-address threshold, which every rank takes.
+# The probes (Board.settle_copies): each rank's round counter, rank 0's verdict
+# (VERDICT_SHARED or VERDICT_APART) and its by-address threshold, which every rank takes;
+# whether the copy probe follows the cache probe (1), and rank 0's verdict on copies
+# through the areas (VERDICT_SHARED: they go so).
 PROBE = 6 * LINE // 8
 VERDICT = PROBE + 1
 BY_ADDRESS_FROM = PROBE + 2
+COPY_PROBE = PROBE + 3
+AREA_VERDICT = PROBE + 4
 VERDICT_SHARED, VERDICT_APART = 1, 2
-# Rank 0 copies this much that a peer just wrote, this many times per peer.
+# Rank 0 copies this much that a peer just wrote, this many times per peer (and the copy
+# probe broadcasts it, COPY_PROBE_ROUNDS times each way after one untimed each way: a
+# broadcast of 64 KiB at n=2 takes 5-15 us, and 7 timed rounds each way gave either
+# verdict on this machine's Intel Xeon from launch to launch).
 PROBE_BYTES = 64 << 10
 PROBE_ROUNDS = 7
+COPY_PROBE_ROUNDS = 25
 # A peer's freshly written lines copied this many times slower than this rank's own: their
 # cores share no cache. 2026-12-06, this 2-core machine with its vCPUs sharing a cache:
 # 64 KiB 1.2 us both ways (ratio 0.9-1.4 from 16 KiB to 1 MiB); earlier sessions found
@@ -278,47 +286,95 @@ class Board:
         # where they lie (else through the owner's area); see settle_copies
         self.read_in_place_bytes: int = self.by_address_bytes
         self.shared_cache: bool | None = None  # None: not settled (every rank alike)
-        # the probe's medians, microseconds: the slowest peer's, rank 0's own (rank 0 only)
+        # whether copied data goes through the areas (see settle_copies); None: not settled
+        self.area_copies: bool | None = None
+        # the cache probe's medians, microseconds: the slowest peer's, rank 0's own (rank 0
+        # only, where it probed)
         self.probed_us: tuple[float, float] | None = None
+        # the copy probe's medians, microseconds: a broadcast through the areas, by address
+        self.probed_copies_us: tuple[float, float] | None = None
 
-    def settle_copies(self, shared: bool | None, deadline: float) -> None:
-        """Settle how broadcast, all_gather and reduce_scatter data that fits an area (up
-        to :data:`COPY_THROUGH_AREA_BYTES`) travels: through the area (two copies) where the
-        ranks' cores share a cache, by address otherwise (:attr:`read_in_place_bytes`);
-        and an all_reduce from 64 KiB (and a broadcast up to 2 MiB): through the areas in
-        pieces where they share one (:attr:`shared_cache`), else by address.
-        ``shared``: whether they do (None: probe it; RINGCOMM_SHM_BOARD_SHARED_CACHE). A
-        collective step: rank 0's setting (and probe) decides for every rank.
+    def settle_copies(
+        self,
+        shared: bool | None,
+        area_copies: bool | None,
+        deadline: float,
+        broadcast: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
+        """Settle how the board's data travels, a collective step in which rank 0's
+        settings (and probes) decide for every rank.
 
-        Where lines one core writes are cheap for another to read, two copies in cache beat
-        one ``process_vm_readv`` (a fixed few microseconds, then 10-15 GB/s): n=2 broadcast
-        256 KiB 10 against 22 us, all_gather 1 MiB 40 against 55 us, all_reduce 256 KiB
-        24 against 55 us. Where they are not (this machine's vCPUs land on cores with
-        separate caches from launch to launch), each such line costs up to 10x and the area
-        loses: all_gather 256 KiB 75 against 25 us.
+        :attr:`shared_cache`: whether the ranks' cores share a cache (``shared``; None:
+        probe it, :meth:`_probe_peers`, RINGCOMM_SHM_BOARD_SHARED_CACHE). Where they do, an
+        all_reduce from 64 KiB goes through the areas in pieces, else by address. Where
+        lines one core writes are cheap for another to read, the areas' reductions read
+        them in place where by address each is first copied: n=2 all_reduce 256 KiB 24
+        against 55 us (this machine's AMD EPYC), 30 against 50 (its Intel Xeon).
+
+        :attr:`area_copies`: whether broadcast, all_gather and reduce_scatter data that fits
+        an area (up to :data:`COPY_THROUGH_AREA_BYTES`) goes through it (the publisher's
+        copy in, the reader's out) rather than by address (one ``process_vm_readv``:
+        :attr:`read_in_place_bytes`), and broadcasts and all_gathers go in pieces through
+        the areas (``area_copies``; None: as ``shared`` where that is set or the cores share
+        no cache, else probe it, :meth:`_probe_copies`, with ``broadcast``: the caller's
+        native broadcast from rank 0 as the board stands; RINGCOMM_SHM_BOARD_AREA_COPIES).
+        A shared cache does not settle it: on the AMD EPYC the area won (n=2 broadcast
+        256 KiB 10 against 22 us, all_gather 1 MiB 40 against 55), but on the Intel Xeon,
+        whose cores share a cache as well, it lost (broadcast 64 KiB 12 against 5.7 us,
+        256 KiB 17 against 9.1, all_gather 256 KiB 20 against 12): there the root's copy
+        into lines its reader last read costs about 10 ns a line (11 us at 64 KiB). Where
+        the cores share no cache, the area loses too (all_gather 256 KiB 75 against 25 us).
 
         Every rank also takes rank 0's :attr:`by_address_bytes`."""
-        self.shared_cache = self._agree_cache(shared, deadline)
+        nbytes = min(PROBE_BYTES, self.area_bytes)
+        shared, probe_copies = self._agree_cache(shared, area_copies, nbytes, deadline)
+        if probe_copies:
+            assert broadcast is not None
+            area_copies = self._probe_copies(shared, nbytes, broadcast, deadline)
+        else:
+            verdict = int(native_shm.load_acquire(self.counters[0], AREA_VERDICT))
+            area_copies = verdict == VERDICT_SHARED
+        self._settle(shared, area_copies)
+
+    def _settle(self, shared: bool, area_copies: bool) -> None:
+        self.shared_cache, self.area_copies = shared, area_copies
         self.read_in_place_bytes = self.by_address_bytes
-        if self.shared_cache:
+        if area_copies:
             through_area = min(self.area_bytes, COPY_THROUGH_AREA_BYTES)
             self.read_in_place_bytes = max(self.read_in_place_bytes, through_area + 1)
 
-    def _agree_cache(self, shared: bool | None, deadline: float) -> bool:
-        """Whether the ranks' cores share a cache, as rank 0 says: ``shared`` there, else
-        (None) its probe (:meth:`_probe_peers`). Rank 0 tells every rank through VERDICT,
-        and its :attr:`by_address_bytes` through BY_ADDRESS_FROM; the peers always take
-        their turns (a rank 0 that does not probe releases them at once), so ranks set
-        alike or not never wait apart."""
-        nbytes = min(PROBE_BYTES, self.area_bytes)
+    def _agree_cache(
+        self, shared: bool | None, area_copies: bool | None, nbytes: int, deadline: float
+    ) -> tuple[bool, bool]:
+        """Whether the ranks' cores share a cache, as rank 0 says (``shared`` there, else
+        its probe), and whether the copy probe follows (rank 0's COPY_PROBE: its
+        ``area_copies`` and ``shared`` are None, its cores share a cache, and every rank
+        may read by address in native calls from ``nbytes``). Rank 0 tells every rank
+        through VERDICT, its :attr:`by_address_bytes` through BY_ADDRESS_FROM, and where no
+        copy probe follows its verdict on copies through AREA_VERDICT (its
+        ``area_copies``, else ``shared``). The peers always take their turns (a rank 0 that
+        does not probe releases them at once), so ranks set alike or not never wait
+        apart."""
         rounds = PROBE_ROUNDS * (self.size - 1)
         if self.rank == 0:
+            unset = shared is None and area_copies is None
             if shared is None:
                 shared = self._probe_peers(nbytes, deadline)
+            probe_copies = (
+                unset
+                and shared
+                and self.by_address
+                and self.native_everywhere
+                and nbytes >= self.by_address_bytes
+                and bool(self.others)
+            )
+            copies = shared if area_copies is None else area_copies
             self.counters[0][VERDICT] = VERDICT_SHARED if shared else VERDICT_APART
             self.counters[0][BY_ADDRESS_FROM] = self.by_address_bytes
+            self.counters[0][COPY_PROBE] = int(probe_copies)
+            self.counters[0][AREA_VERDICT] = VERDICT_SHARED if copies else VERDICT_APART
             self.raise_counter(PROBE, rounds + 1)
-            return shared
+            return shared, probe_copies
         mine = self.areas[self.rank][0][:nbytes]
         first = (self.rank - 1) * PROBE_ROUNDS + 1  # rank 0 probes its peers in rank order
         for j in range(first, first + PROBE_ROUNDS):
@@ -327,7 +383,8 @@ class Board:
             self.raise_counter(PROBE, j)
         self.wait(PROBE, rounds + 1, deadline, [0])
         self.by_address_bytes = int(self.counters[0][BY_ADDRESS_FROM])
-        return int(native_shm.load_acquire(self.counters[0], VERDICT)) == VERDICT_SHARED
+        shared = int(native_shm.load_acquire(self.counters[0], VERDICT)) == VERDICT_SHARED
+        return shared, bool(self.counters[0][COPY_PROBE])
 
     def _probe_peers(self, nbytes: int, deadline: float) -> bool:
         """Rank 0's probe: time copying the ``nbytes`` each peer just wrote into its area
@@ -360,6 +417,49 @@ class Board:
             nbytes >> 10, *self.probed_us, "share" if shared else "do not share",
         )  # fmt: skip
         return shared
+
+    def _probe_copies(
+        self,
+        shared: bool,
+        nbytes: int,
+        broadcast: Callable[[np.ndarray], None],
+        deadline: float,
+    ) -> bool:
+        """The copy probe, on every rank: ``broadcast`` ``nbytes`` from rank 0 the way the
+        operation goes, alternately through the areas and by address, COPY_PROBE_ROUNDS
+        times each way after one untimed round each way; rank 0 times each until every
+        reader is done with it (the data freshly written, as a collective's usually is) and
+        says through AREA_VERDICT whether the areas' median is the faster. Every rank takes
+        rank 0's verdict."""
+        data = np.zeros(nbytes // 4, np.float32)
+        times: tuple[list[float], list[float]] = ([], [])
+        clock = time.perf_counter
+        for i in range(-2, 2 * COPY_PROBE_ROUNDS):
+            through_areas = i % 2 == 0
+            self._settle(shared, through_areas)
+            if self.rank == 0:
+                data.fill(i)
+            t0 = clock()
+            broadcast(data)
+            if self.rank == 0:
+                self.wait(DONE, self.count, deadline)  # (by address, it waited already)
+            if i >= 0:
+                times[0 if through_areas else 1].append(clock() - t0)
+        rounds = PROBE_ROUNDS * (self.size - 1)
+        if self.rank != 0:
+            self.wait(PROBE, rounds + 2, deadline, [0])
+            return int(native_shm.load_acquire(self.counters[0], AREA_VERDICT)) == VERDICT_SHARED
+        area_us, address_us = (statistics.median(t) * 1e6 for t in times)
+        self.probed_copies_us = (area_us, address_us)
+        areas = area_us <= address_us
+        self.counters[0][AREA_VERDICT] = VERDICT_SHARED if areas else VERDICT_APART
+        self.raise_counter(PROBE, rounds + 2)
+        log.debug(
+            "rank 0: %d KiB broadcast through the areas in %.2f us, by address in %.2f: "
+            "copies go %s",
+            nbytes >> 10, area_us, address_us, "through the areas" if areas else "by address",
+        )  # fmt: skip
+        return areas
 
     def _native_table(self) -> np.ndarray:
         nb = native_board

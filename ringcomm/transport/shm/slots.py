@@ -182,6 +182,7 @@ class ShmTransport(Transport):
         self.board_area_bytes = config.shm_board_bytes
         self.board_native = config.shm_board_native
         self.board_shared_cache = config.shm_board_shared_cache  # None: probe it
+        self.board_area_copies = config.shm_board_area_copies  # None: probe it (or follow)
         self.board_stream_bytes = config.shm_board_stream_bytes  # None: by the cache
         # data on the board read where it lies from this size up (rank 0's, for every rank;
         # see Board.by_address_bytes); never where reading by address is off altogether
