@@ -497,7 +497,7 @@ class Config:
         "host, every rank's output and its input where that lies apart, is at least this "
         "large writes its output with streaming stores, around the caches it would not stay "
         "in; 0: never; unset or `auto`: 1.25 times the last-level cache (32 MiB where the "
-        "OS does not say), never where the host's ranks outnumber its cores",
+        "OS does not say), at most 96 MiB, never where the host's ranks outnumber its cores",
         unit="bytes",
         minimum=0,
         auto_is_none=True,

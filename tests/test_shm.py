@@ -250,7 +250,8 @@ def test_remote_reads_and_writes_copy_or_say_why() -> None:
 
 def test_all_gather_streams_by_the_cache_unless_ranks_outnumber_cores(monkeypatch) -> None:
     """RINGCOMM_SHM_BOARD_STREAM_BYTES wins where set; auto is 1.25 times the last-level
-    cache (32 MiB where the OS does not say), and never where ranks outnumber cores."""
+    cache (32 MiB where the OS does not say) up to 96 MiB, and never where ranks outnumber
+    cores."""
     from ringcomm import hosts
     from ringcomm.transport.shm.board import stream_bytes_for
 
@@ -261,3 +262,6 @@ def test_all_gather_streams_by_the_cache_unless_ranks_outnumber_cores(monkeypatc
     assert stream_bytes_for(0) == 0
     monkeypatch.setattr(hosts, "last_level_cache_bytes", lambda: None)
     assert stream_bytes_for(None) == 40 << 20
+    monkeypatch.setattr(hosts, "last_level_cache_bytes", lambda: 480 << 20)
+    assert stream_bytes_for(None) == 96 << 20
+    assert stream_bytes_for(1 << 30) == 1 << 30
