@@ -484,8 +484,9 @@ class Config:
         "broadcasts up to 2 MiB and all_gathers (at n=2 up to 2 MiB) in pieces through "
         "the areas; 0: from `RINGCOMM_SHM_BOARD_BY_ADDRESS_BYTES` up they are read where "
         "they lie; unset or `auto`: as `RINGCOMM_SHM_BOARD_SHARED_CACHE` where that is set "
-        "(or its probe says the cores share no cache), else rank 0 times 64 KiB sent to each "
-        "peer both ways when a board is made. Rank 0's setting decides for every rank",
+        "(or its probe says the cores share no cache), else rank 0 times 64 KiB broadcasts "
+        "through the areas against by address when a board is made. Rank 0's setting "
+        "decides for every rank",
         auto_is_none=True,
         default_text="auto",
     )

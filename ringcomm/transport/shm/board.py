@@ -70,7 +70,6 @@ _PUBLISH, _FINISH, _IN_PIECES = native_board.PUBLISH, native_board.FINISH, nativ
 _PUBLISHED, _FINISHED, _WAKE = native_board.PUBLISHED, native_board.FINISHED, native_board.WAKE
 _BLOCKED, _NOT_READY = native_board.BLOCKED, native_board.NOT_READY
 _MISMATCH = native_board.MISMATCH
-
 _AWAIT_DONE, _AWAITED, _NOT_DONE = (
     native_board.AWAIT_DONE,
     native_board.AWAITED,
@@ -99,7 +98,8 @@ def _all_taken(steps: int) -> int:
 
 # steps -> _all_taken(steps), for every combination of the bits piece() takes: a blocking
 # call that went through returns on one lookup instead of _carry_on's checks (a 4 KiB
-# broadcast's root publishes only, its readers finish only: 0.3 us a call).
+# broadcast's root publishes only, its readers finish only: its Python path, the native
+# call stubbed out, 2.0 -> 1.8 us a call).
 _ALL_TAKEN = [_all_taken(steps) for steps in range(_ALL_STEPS + 1)]
 
 # Counter words in the control page, a cache line apart (peers poll them).
