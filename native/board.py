@@ -91,7 +91,16 @@ H_WRITEV = 14
 # H_STREAM_BYTES: an all_gather with this much data on the host (every rank's output, and
 # input where apart) writes its output with streaming stores (0: never; _copy_streaming).
 H_STREAM_BYTES = 15
-FIRST = 16
+# H_SLOT_BYTES: a piece no larger than this lies in slot ``(k >> 1) % AREA_SLOTS`` of its
+# area, this many bytes apart (0: at the area's start), so that a rank rewrites the lines
+# of a small piece only AREA_SLOTS pieces of that parity later, not while its readers still
+# hold them. 2026-12-08, the Intel Xeon, n=2 (bench/native_loop.py, native us a piece,
+# slots / the area's start): broadcast through the areas 64 KiB 3.9 / 9.0-9.4, the one-step
+# all_reduce 16 KiB 3.0 / 4.1-4.3; 4 KiB and 256 KiB alike. A standalone writer and reader
+# moved 64 KiB in 3.6 us through four slots or more, 9.6-12 through two.
+H_SLOT_BYTES = 16
+AREA_SLOTS = 4
+FIRST = 17
 F_COUNTERS, F_AREA0, F_AREA1, F_SLEEPING, F_PID = range(5)
 FIELDS = 5
 
@@ -161,7 +170,13 @@ def _counters(table, r):  # type: ignore[no-untyped-def]
 
 @njit(inline="always")
 def _area(table, r, k, like, count):  # type: ignore[no-untyped-def]
-    return carray(_voidptr(table[FIRST + FIELDS * r + F_AREA0 + (k & 1)]), count, like.dtype)
+    """Rank ``r``'s area of piece ``k`` as ``count`` elements of ``like``'s dtype, from the
+    slot where a piece of that size lies (see H_SLOT_BYTES)."""
+    base = table[FIRST + FIELDS * r + F_AREA0 + (k & 1)]
+    slot = _word(table, H_SLOT_BYTES)
+    if slot > 0 and count * like.itemsize <= slot:
+        base += np.uint64(((k >> 1) % AREA_SLOTS) * slot)
+    return carray(_voidptr(base), count, like.dtype)
 
 
 @njit(inline="always")

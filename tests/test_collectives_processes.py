@@ -295,6 +295,23 @@ def test_board_mixed_native_and_python_steps() -> None:
     assert not any(res["everywhere"] for res in results), results
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_board_small_pieces_rotate_through_slots(mixed: bool) -> None:
+    """Where every rank runs native pieces, a small piece lies in slot (k >> 1) % 4 of its
+    area, so a rank does not rewrite lines its readers read a piece before; where one rank
+    runs the Python steps, every piece lies at the area's start. The data arrives
+    either way."""
+    results = get_pool(3).run(collectives.board_small_pieces_rotate, mixed, timeout=120)
+    native = [res for rank, res in enumerate(results) if not (mixed and rank == 1)]
+    for res in native:
+        assert res["slot_bytes"] == (0 if mixed else (1 << 20) // 4), res
+        assert res["found"], res
+        for k, at in res["found"]:
+            assert at == [0 if mixed else (k >> 1) % 4], (k, res)
+    if mixed:
+        assert results[1] == {"slot_bytes": None, "found": []}, results[1]
+
+
 def test_board_goes_without_when_a_rank_cannot_make_one() -> None:
     results = get_pool(3).run(collectives.board_goes_without)
     assert results == [{"board": False, "possible": False}] * 3, results

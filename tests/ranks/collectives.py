@@ -894,6 +894,38 @@ def board_by_address_follows_rank_0(comm: ringcomm.Communicator) -> list[dict[st
     return seen
 
 
+def board_small_pieces_rotate(comm: ringcomm.Communicator, mixed: bool) -> dict[str, Any]:
+    """Eight 4 KiB broadcasts through the areas, from every root in turn, on a fresh
+    sub-communicator (copies forced through the areas; ``mixed``: rank 1 runs the Python
+    steps): each against the root's data, and for each root that runs native pieces the
+    piece's number and the slots of its area (see native.board.H_SLOT_BYTES) that hold its
+    data."""
+    from ringcomm.native import board as nb
+
+    sub = comm.split(0)  # a fresh communicator: its board is made at its first use
+    assert sub is not None
+    t = sub._transport  # type: ignore[attr-defined]
+    t.board_area_copies = True
+    t.board_native = not (mixed and sub.rank == 1)
+    n, r = sub.size, sub.rank
+    found = []
+    for i in range(8):
+        root = i % n
+        want = np.arange(1024, dtype=np.float32) + 1000 * i
+        buf = want.copy() if r == root else np.zeros_like(want)
+        sub.broadcast(buf, root, algorithm="direct")
+        np.testing.assert_array_equal(buf, want, err_msg=f"broadcast {i} from {root}")
+        b = t.board
+        if r == root and b.table is not None:
+            k, step = b.count, max(1, int(b.table[nb.H_SLOT_BYTES]) // 4)
+            area = b.areas[r][k & 1].view(np.float32)
+            slots = range(nb.AREA_SLOTS)
+            found.append((k, [s for s in slots if (area[s * step :][:1024] == want).all()]))
+    slot_bytes = None if t.board.table is None else int(t.board.table[nb.H_SLOT_BYTES])
+    sub.close()
+    return {"slot_bytes": slot_bytes, "found": found}
+
+
 def board_mixed_native(comm: ringcomm.Communicator) -> dict[str, Any]:
     """Rank 1 runs the board's Python steps, the others native pieces (as each rank's
     transport holds it, on a fresh sub-communicator; copies through the areas): every rank

@@ -494,6 +494,10 @@ class Board:
         table[nb.H_READV] = syscalls.libc_address("process_vm_readv")
         table[nb.H_WRITEV] = syscalls.libc_address("process_vm_writev")
         table[nb.H_STREAM_BYTES] = self.stream_bytes
+        # Small pieces rotate through slots of the areas only where every rank runs native
+        # pieces: the Python steps take their data from an area's start.
+        if self.native_everywhere:
+            table[nb.H_SLOT_BYTES] = self.area_bytes // nb.AREA_SLOTS & ~(LINE - 1)
         self._scratch = np.empty(_NATIVE_SCRATCH_BYTES, np.uint8)
         table[nb.H_SCRATCH] = syscalls.address_of(self._scratch)
         table[nb.H_SCRATCH_BYTES] = self._scratch.nbytes
