@@ -354,11 +354,9 @@ class Board:
         shared, probe_copies = self._agree_cache(shared, area_copies, nbytes, deadline)
         if probe_copies:
             assert broadcast is not None
-            area_copies = self._probe_copies(shared, nbytes, broadcast, deadline)
-        else:
-            verdict = int(native_shm.load_acquire(self.counters[0], AREA_VERDICT))
-            area_copies = verdict == VERDICT_SHARED
-        self._settle(shared, area_copies)
+            self._probe_copies(shared, nbytes, broadcast, deadline)
+        verdict = int(native_shm.load_acquire(self.counters[0], AREA_VERDICT))
+        self._settle(shared, verdict == VERDICT_SHARED)
 
     def _settle(self, shared: bool, area_copies: bool) -> None:
         self.shared_cache, self.area_copies = shared, area_copies
@@ -448,13 +446,13 @@ class Board:
         nbytes: int,
         broadcast: Callable[[np.ndarray], None],
         deadline: float,
-    ) -> bool:
+    ) -> None:
         """The copy probe, on every rank: ``broadcast`` ``nbytes`` from rank 0 the way the
         operation goes, alternately through the areas and by address, COPY_PROBE_ROUNDS
         times each way after one untimed round each way; rank 0 times each until every
         reader is done with it (the data freshly written, as a collective's usually is) and
-        says through AREA_VERDICT whether the areas' median is the faster. Every rank takes
-        rank 0's verdict."""
+        says through AREA_VERDICT whether the areas' median is the faster; the peers wait for
+        it."""
         data = np.zeros(nbytes // 4, np.float32)
         times: tuple[list[float], list[float]] = ([], [])
         clock = time.perf_counter
@@ -472,7 +470,7 @@ class Board:
         rounds = PROBE_ROUNDS * (self.size - 1)
         if self.rank != 0:
             self.wait(PROBE, rounds + 2, deadline, [0])
-            return int(native_shm.load_acquire(self.counters[0], AREA_VERDICT)) == VERDICT_SHARED
+            return
         area_us, address_us = (statistics.median(t) * 1e6 for t in times)
         self.probed_copies_us = (area_us, address_us)
         areas = area_us <= address_us
@@ -483,7 +481,6 @@ class Board:
             "copies go %s",
             nbytes >> 10, area_us, address_us, "through the areas" if areas else "by address",
         )  # fmt: skip
-        return areas
 
     def _native_table(self) -> np.ndarray:
         nb = native_board
